@@ -1,0 +1,1 @@
+"""vitlab: Lightning + Hydra experiments for image classification."""

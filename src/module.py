@@ -1,0 +1,93 @@
+"""The one LightningModule: any backbone + cross-entropy + torchmetrics + optimizer/scheduler from config.
+
+It receives the backbone, optimizer and scheduler as configs (`_recursive_: false`) and builds them itself,
+so a checkpoint alone rebuilds the model: `ClassifierModule.load_from_checkpoint(path)` needs no config.
+"""
+
+import inspect
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from timm.optim import param_groups_weight_decay
+from torch import nn
+from torchmetrics import MeanMetric, MetricCollection
+from torchmetrics.classification import MulticlassAccuracy
+
+
+def _plain(config):
+    return OmegaConf.to_container(config, resolve=True) if isinstance(config, DictConfig) else config
+
+
+class ClassifierModule(L.LightningModule):
+    def __init__(
+        self,
+        backbone: DictConfig,
+        optimizer: DictConfig,
+        scheduler: DictConfig | None,
+        num_classes: int,
+        label_smoothing: float = 0.0,
+        data: DictConfig | None = None,
+    ):
+        """`data` is the data config the model was trained with, kept so that eval and predict can rebuild
+        the same inputs from the checkpoint alone."""
+        super().__init__()
+        # plain dicts, not DictConfigs: checkpoints then load with torch.load(weights_only=True)
+        backbone, optimizer, scheduler, data = map(_plain, (backbone, optimizer, scheduler, data))
+        self.save_hyperparameters(logger=False)
+        self.backbone: nn.Module = instantiate(backbone)
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        metrics = {"acc": MulticlassAccuracy(num_classes, top_k=1, average="micro")}
+        if num_classes >= 5:
+            metrics["acc_top5"] = MulticlassAccuracy(num_classes, top_k=5, average="micro")
+        metrics = MetricCollection(metrics)
+        # one set per stage: metric state must not mix train, val and test batches
+        for stage in ("train", "val", "test"):
+            setattr(self, f"{stage}_metrics", metrics.clone(prefix=f"{stage}/"))
+            setattr(self, f"{stage}_loss", MeanMetric())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)
+
+    def _step(self, batch, stage: str) -> torch.Tensor:
+        images, labels = batch
+        logits = self(images)
+        loss = self.criterion(logits, labels)
+        mean_loss, metrics = getattr(self, f"{stage}_loss"), getattr(self, f"{stage}_metrics")
+        mean_loss(loss)
+        metrics(logits, labels)
+        # per-step train loss for the progress bar and curves; epoch means for everything else
+        self.log(f"{stage}/loss", mean_loss, on_step=stage == "train", on_epoch=True, prog_bar=True)
+        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=True)
+        return loss
+
+    def training_step(self, batch, batch_idx):
+        return self._step(batch, "train")
+
+    def validation_step(self, batch, batch_idx):
+        self._step(batch, "val")
+
+    def test_step(self, batch, batch_idx):
+        self._step(batch, "test")
+
+    def configure_optimizers(self):
+        optimizer_cfg = self.hparams.optimizer
+        # no weight decay on biases, norms and embeddings (timm's rule, honouring backbone.no_weight_decay())
+        no_decay = getattr(self.backbone, "no_weight_decay", set)()
+        groups = param_groups_weight_decay(self.backbone, optimizer_cfg.get("weight_decay", 0.0), no_decay)
+        optimizer = instantiate(optimizer_cfg)(params=groups)
+        if self.hparams.scheduler is None:
+            return optimizer
+        schedule = instantiate(self.hparams.scheduler["schedule"])
+        # schedules defined over the whole run (OneCycle, warmup-cosine) are told its length
+        kwargs = {}
+        if "total_steps" in inspect.signature(schedule).parameters:
+            kwargs["total_steps"] = int(self.trainer.estimated_stepping_batches)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {
+                "scheduler": schedule(optimizer, **kwargs),
+                "interval": self.hparams.scheduler["interval"],
+            },
+        }

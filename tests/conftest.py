@@ -1,0 +1,67 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import open_dict
+
+from tests.fakes import write_fake_cifar10, write_fake_flowers102
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+
+# a scratch ViT small enough to train a step in well under a second on a CPU
+TINY_VIT = ["model.embed_dim=32", "model.depth=1", "model.num_heads=2", "model.mlp_dim=64"]
+# one short CPU epoch, no progress bar noise
+QUICK = [
+    "trainer.max_epochs=1",
+    "trainer.accelerator=cpu",
+    "data.num_workers=0",
+    "~callbacks.rich_progress_bar",
+]
+
+
+def compose_config(config_name: str, overrides: list[str], output_dir: Path):
+    """The config an entry point would see, composed as Hydra composes it, with `${hydra:...}` resolvable."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.root_dir = str(output_dir)
+        cfg.paths.output_dir = str(output_dir)
+        del cfg.hydra  # resolved already; instantiate() must not see it
+    return cfg
+
+
+def run_cli(
+    module: str, *overrides: str, cwd: Path = ROOT, timeout: int = 600
+) -> subprocess.CompletedProcess:
+    """Runs `python -m <module> <overrides>` as a user would and returns what it did."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
+    return subprocess.run(
+        [sys.executable, "-m", module, *overrides],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def run_dirs(log_dir: Path, task_name: str) -> list[Path]:
+    return sorted((log_dir / task_name / "runs").iterdir())
+
+
+@pytest.fixture(scope="session")
+def fake_cifar10(tmp_path_factory) -> Path:
+    return write_fake_cifar10(tmp_path_factory.mktemp("cifar10"))
+
+
+@pytest.fixture(scope="session")
+def fake_flowers102(tmp_path_factory) -> Path:
+    return write_fake_flowers102(tmp_path_factory.mktemp("flowers102"))

@@ -1,0 +1,96 @@
+"""The real CLI on generated CIFAR-10 / Flowers102 files, the digits quickstart, and src.eval."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from tests.conftest import QUICK, TINY_VIT, run_cli, run_dirs
+
+
+def scalar_tags(run_dir: Path) -> set[str]:
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    return set(events.Tags()["scalars"])
+
+
+def assert_complete_run(run_dir: Path) -> None:
+    checkpoints = {p.name for p in (run_dir / "checkpoints").glob("*.ckpt")}
+    assert "last.ckpt" in checkpoints and len(checkpoints) == 2, checkpoints  # best + last
+    assert {"train/loss_step", "train/loss_epoch", "val/acc", "test/acc", "test/loss"} <= scalar_tags(run_dir)
+    assert (run_dir / ".hydra" / "config.yaml").is_file()
+    hparams = (run_dir / "tensorboard" / "hparams.yaml").read_text()
+    assert "params_trainable" in hparams
+
+
+@pytest.mark.parametrize(("data", "extra"), [("cifar10", ["data.val_size=20"]), ("flowers102", [])])
+def test_train_on_generated_files_in_torchvision_format(data, extra, request, tmp_path):
+    data_dir = request.getfixturevalue(f"fake_{data}")
+    result = run_cli(
+        "src.train", "model=vit", f"data={data}", *extra, f"data.data_dir={data_dir}", "data.download=false",
+        "data.verify_checksums=false", "data.image_size=32", "data.batch_size=8", f"paths.log_dir={tmp_path}",
+        *TINY_VIT, *QUICK,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run_dir,) = run_dirs(tmp_path, "train")
+    assert_complete_run(run_dir)
+
+
+@pytest.mark.parametrize("data", ["cifar10", "flowers102"])
+def test_missing_data_offline_gives_one_clear_message(data, tmp_path):
+    empty = tmp_path / "nothing-here"
+    result = run_cli(
+        "src.train", f"data={data}", f"data.data_dir={empty}", f"paths.log_dir={tmp_path}", *QUICK
+    )
+    assert result.returncode == 2
+    folder = {"cifar10": "cifar-10-batches-py", "flowers102": "flowers-102"}[data]
+    assert (
+        f"error: {'CIFAR-10' if data == 'cifar10' else 'Flowers102'} is missing or corrupt in"
+        in result.stderr
+    )
+    assert str(empty / folder) in result.stderr
+    assert "data.data_dir" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_unknown_model_lists_the_options(tmp_path):
+    result = run_cli("src.train", "model=no_such_model", f"paths.log_dir={tmp_path}")
+    assert result.returncode != 0
+    assert "Could not find 'model/no_such_model'" in result.stderr
+    assert "vit" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_quickstart_trains_then_eval_reproduces_test_accuracy(tmp_path):
+    """`make train`: the scratch ViT on digits reaches >= 95 % test accuracy; src.eval on its best
+    checkpoint gives the same test/acc."""
+    result = run_cli(
+        "src.train", "experiment=quickstart", f"paths.log_dir={tmp_path}", "~callbacks.rich_progress_bar"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run_dir,) = run_dirs(tmp_path, "quickstart")
+    assert_complete_run(run_dir)
+    best = next(p for p in (run_dir / "checkpoints").glob("epoch_*.ckpt"))
+    train_acc = EventAccumulator(str(run_dir / "tensorboard"))
+    train_acc.Reload()
+    test_acc = train_acc.Scalars("test/acc")[-1].value
+    assert test_acc >= 0.95
+
+    result = run_cli(
+        "src.eval", f"ckpt_path={best}", f"paths.log_dir={tmp_path}", "~callbacks.rich_progress_bar"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "test/acc" in result.stdout
+    (eval_dir,) = run_dirs(tmp_path, "eval")
+    events = EventAccumulator(str(eval_dir / "tensorboard"))
+    events.Reload()
+    assert abs(events.Scalars("test/acc")[-1].value - test_acc) < 1e-3
+    assert torch.load(best, weights_only=True)["hyper_parameters"]["data"]["_target_"].endswith(
+        "DigitsDataModule"
+    )
+
+
+def test_eval_with_a_missing_checkpoint_says_so(tmp_path):
+    result = run_cli("src.eval", f"ckpt_path={tmp_path}/nope.ckpt", f"paths.log_dir={tmp_path}")
+    assert result.returncode == 2
+    assert "checkpoint not found" in result.stderr and "Traceback" not in result.stderr
