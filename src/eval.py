@@ -35,7 +35,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         callbacks=instantiate_group(cfg.get("callbacks")),
         logger=instantiate_group(cfg.get("logger")),
     )
-    trainer.test(model, datamodule=datamodule)
+    # with ckpt_path, callbacks get their state back too (the report callback: the training curves)
+    trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = metrics_to_floats(trainer.callback_metrics)
     log_hyperparameters(trainer, cfg, model, metrics)
     return metrics

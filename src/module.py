@@ -33,6 +33,8 @@ class ClassifierModule(L.LightningModule):
         """`data` is the data config the model was trained with, kept so that eval and predict can rebuild
         the same inputs from the checkpoint alone."""
         super().__init__()
+        # filled from the DataModule when a checkpoint is saved, and from the checkpoint when one is loaded
+        self.class_names: list[str] = []
         # plain dicts, not DictConfigs: checkpoints then load with torch.load(weights_only=True)
         backbone, optimizer, scheduler, data = map(_plain, (backbone, optimizer, scheduler, data))
         self.save_hyperparameters(logger=False)
@@ -50,7 +52,7 @@ class ClassifierModule(L.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone(x)
 
-    def _step(self, batch, stage: str) -> torch.Tensor:
+    def _step(self, batch, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
         images, labels = batch
         logits = self(images)
         loss = self.criterion(logits, labels)
@@ -60,16 +62,26 @@ class ClassifierModule(L.LightningModule):
         # per-step train loss for the progress bar and curves; epoch means for everything else
         self.log(f"{stage}/loss", mean_loss, on_step=stage == "train", on_epoch=True, prog_bar=True)
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=True)
-        return loss
+        return loss, logits
 
     def training_step(self, batch, batch_idx):
-        return self._step(batch, "train")
+        return self._step(batch, "train")[0]
 
     def validation_step(self, batch, batch_idx):
         self._step(batch, "val")
 
     def test_step(self, batch, batch_idx):
-        self._step(batch, "test")
+        # the logits go to callbacks' on_test_batch_end (the report callback builds its tables from them)
+        return self._step(batch, "test")[1]
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # class names travel with the weights, so predict needs no data set (a plain list: weights_only loads)
+        names = getattr(self.trainer.datamodule, "class_names", None) or self.class_names
+        if names:
+            checkpoint["class_names"] = list(names)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.class_names = checkpoint.get("class_names", [])
 
     def configure_optimizers(self):
         optimizer_cfg = self.hparams.optimizer

@@ -1,0 +1,159 @@
+"""The files a run leaves for people to read, as pure functions of arrays: classification report (markdown,
+CSV, rich table), confusion matrices, training curves, the most confidently wrong images, summary.json."""
+
+import csv
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display on servers and in DDP workers
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from rich.table import Table  # noqa: E402
+from sklearn.metrics import ConfusionMatrixDisplay, classification_report, confusion_matrix  # noqa: E402
+
+REPORT_COLUMNS = ("precision", "recall", "f1-score", "support")
+SUMMARY_ROWS = ("accuracy", "macro avg", "weighted avg")
+
+
+def classification_rows(y_true, y_pred, class_names: Sequence[str]) -> dict[str, dict[str, float]]:
+    """scikit-learn's per-class precision/recall/F1/support, then accuracy, macro and weighted averages.
+    Every class gets a row, also one the test set lacks (its scores are 0, not an error)."""
+    report = classification_report(
+        y_true,
+        y_pred,
+        labels=list(range(len(class_names))),
+        target_names=list(class_names),
+        output_dict=True,
+        zero_division=0,
+    )
+    # scikit-learn gives accuracy as a bare float; as a row (in place, before the averages) it reads like
+    # scikit-learn's text report and seed 001's tables
+    report["accuracy"] = {"f1-score": report["accuracy"], "support": report["weighted avg"]["support"]}
+    return report
+
+
+def _cells(row: dict[str, float], digits: int | None = 4) -> list[str]:
+    """Table cells ('' where scikit-learn has no value); `digits=None` keeps full precision (the CSV)."""
+    cells = []
+    for key in REPORT_COLUMNS:
+        value = row.get(key)
+        if value is None:
+            cells.append("")
+        elif key == "support":
+            cells.append(str(int(value)))
+        else:
+            cells.append(str(value) if digits is None else f"{value:.{digits}f}")
+    return cells
+
+
+def write_report(report: dict[str, dict[str, float]], run_dir: Path) -> str:
+    """report.md and report.csv (the same rows); returns the markdown."""
+    lines = ["| class | " + " | ".join(REPORT_COLUMNS) + " |", "|---" * (len(REPORT_COLUMNS) + 1) + "|"]
+    for name, row in report.items():
+        lines.append(f"| {name} | " + " | ".join(_cells(row)) + " |")
+    markdown = "\n".join(lines) + "\n"
+    (run_dir / "report.md").write_text(markdown)
+    with open(run_dir / "report.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["class", *REPORT_COLUMNS])
+        writer.writerows([name, *_cells(row, digits=None)] for name, row in report.items())
+    return markdown
+
+
+def report_table(report: dict[str, dict[str, float]], title: str) -> Table:
+    table = Table(title=title)
+    table.add_column("class")
+    for column in REPORT_COLUMNS:
+        table.add_column(column, justify="right")
+    for name, row in report.items():
+        table.add_row(name, *_cells(row))
+    table.rows[-len(SUMMARY_ROWS) - 1].end_section = True  # a rule between the classes and the averages
+    return table
+
+
+def plot_confusion_matrix(y_true, y_pred, class_names: Sequence[str], path: Path) -> Figure:
+    """Counts on the left, each true class's row normalised to 1 on the right (recall on the diagonal)."""
+    labels = list(range(len(class_names)))
+    n = len(labels)
+    side = max(5.0, 0.35 * n + 2)
+    fig, axes = plt.subplots(1, 2, figsize=(2 * side + 1, side), layout="constrained")
+    for ax, normalize, title in zip(
+        axes, (None, "true"), ("counts", "normalised over true class"), strict=True
+    ):
+        matrix = confusion_matrix(y_true, y_pred, labels=labels, normalize=normalize)
+        display = ConfusionMatrixDisplay(matrix, display_labels=list(class_names))
+        # numbers in the cells stay readable up to ~20 classes; beyond that the colours carry it
+        display.plot(
+            ax=ax,
+            include_values=n <= 20,
+            values_format="d" if normalize is None else ".2f",
+            xticks_rotation="vertical",
+            colorbar=False,
+            cmap="Blues",
+        )
+        ax.set_title(f"Confusion matrix ({title})")
+    fig.savefig(path, dpi=100)
+    return fig
+
+
+def plot_curves(history: Sequence[dict[str, float]], path: Path) -> Figure:
+    """Loss and accuracy per epoch, train and val, from rows like {'epoch': 0, 'train/loss': ...}."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), layout="constrained")
+    for ax, metric in zip(axes, ("loss", "acc"), strict=True):
+        for stage in ("train", "val"):
+            points = [
+                (row["epoch"], row[f"{stage}/{metric}"]) for row in history if f"{stage}/{metric}" in row
+            ]
+            if points:
+                ax.plot(*zip(*points, strict=True), marker="o", markersize=3, label=stage)
+        ax.set_xlabel("epoch")
+        ax.set_title({"loss": "loss", "acc": "accuracy"}[metric])
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.savefig(path, dpi=100)
+    return fig
+
+
+def plot_misclassified(
+    images: torch.Tensor,
+    y_true: Sequence[int],
+    y_pred: Sequence[int],
+    confidence: Sequence[float],
+    class_names: Sequence[str],
+    mean: Sequence[float],
+    std: Sequence[float],
+    path: Path,
+) -> Figure:
+    """A grid of normalised (N, C, H, W) images, un-normalised with the data set's mean/std for display."""
+    n = len(images)
+    cols = min(n, 4) or 1
+    rows = max(1, -(-n // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3.3 * rows), squeeze=False, layout="constrained")
+    shown = images.float() * torch.tensor(std).view(-1, 1, 1) + torch.tensor(mean).view(-1, 1, 1)
+    shown = shown.clamp(0, 1).permute(0, 2, 3, 1).numpy()
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, true, pred, p in zip(axes.flat, shown, y_true, y_pred, confidence, strict=False):
+        ax.imshow(image, interpolation="nearest")
+        ax.set_title(f"true: {class_names[true]}\npred: {class_names[pred]} ({p:.0%})", fontsize=9)
+    if n == 0:
+        axes[0, 0].text(0.5, 0.5, "no misclassified test images", ha="center", va="center")
+    fig.suptitle("Most confidently wrong test images")
+    fig.savefig(path, dpi=100)
+    return fig
+
+
+def write_summary(summary: dict, path: Path) -> None:
+    path.write_text(json.dumps(summary, indent=2, default=_json_default) + "\n")
+
+
+def _json_default(value):
+    if isinstance(value, np.generic | torch.Tensor):
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {value!r}")

@@ -1,0 +1,209 @@
+"""ReportCallback: records the curves and epoch times during fit, gathers the test predictions over all DDP ranks
+and, on rank 0, writes the report files of artefacts.py into the run dir (and to TensorBoard)."""
+
+import logging
+import resource
+import statistics
+import time
+from pathlib import Path
+
+import lightning as L
+import matplotlib.pyplot as plt
+import torch
+from hydra.core.hydra_config import HydraConfig
+from lightning.pytorch.loggers import TensorBoardLogger
+from rich.console import Console
+
+from src.reporting import artefacts
+from src.utils import metrics_to_floats, parameter_counts
+
+log = logging.getLogger(__name__)
+
+# epoch-level names in trainer.callback_metrics -> names in the curves (train/loss is logged per step too)
+CURVE_METRICS = {
+    "train": {"train/loss": "train/loss_epoch", "train/acc": "train/acc"},
+    "val": {"val/loss": "val/loss", "val/acc": "val/acc"},
+}
+
+
+def _hydra_choices() -> dict[str, str]:
+    """The model / data / freeze options this run was started with (e.g. `model=vit`), when run through Hydra."""
+    choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
+    return {group: choices[group] for group in ("model", "data", "freeze") if choices.get(group)}
+
+
+class ReportCallback(L.Callback):
+    def __init__(self, output_dir: str, num_misclassified: int = 16):
+        self.output_dir = Path(output_dir)
+        self.num_misclassified = num_misclassified
+        # one row per epoch: {"epoch": 3, "train/loss": ..., "val/acc": ...}; and each epoch's wall time
+        self.history: list[dict[str, float]] = []
+        self.epoch_seconds: list[float] = []
+        self.choices: dict[str, str] = {}
+
+    # -- kept in checkpoints, so a resumed fit continues the curves and src.eval reports the training run's
+    # curves, epoch times and model/data names (plain lists and dicts: checkpoints still load weights_only)
+    def state_dict(self) -> dict:
+        return {"history": self.history, "epoch_seconds": self.epoch_seconds, "choices": self.choices}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        if self.history:  # testing the best checkpoint after fit: this run's full history wins
+            return
+        self.history = list(state_dict["history"])
+        self.epoch_seconds = list(state_dict["epoch_seconds"])
+        self.choices = {**state_dict["choices"], **self.choices}  # e.g. src.eval data=... overrides
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self.choices |= _hydra_choices()
+
+    # -- fit: curves and epoch times
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._epoch_start = time.perf_counter()
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            self._record(trainer, "val")
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        # called after the epoch's validation: the time includes it, as a Keras epoch's does
+        self.epoch_seconds.append(time.perf_counter() - self._epoch_start)
+        self._record(trainer, "train")
+
+    def _record(self, trainer: L.Trainer, stage: str) -> None:
+        if not self.history or self.history[-1]["epoch"] != trainer.current_epoch:
+            self.history.append({"epoch": trainer.current_epoch})
+        metrics = trainer.callback_metrics
+        for name, key in CURVE_METRICS[stage].items():
+            if key in metrics:
+                self.history[-1][name] = float(metrics[key])
+
+    # -- test: keep predictions, and only the most confidently wrong images (not the whole test set)
+    def on_test_epoch_start(self, trainer, pl_module) -> None:
+        self._test_start = time.perf_counter()
+        self._targets, self._preds = [], []
+        self._wrong: dict[str, torch.Tensor] | None = None
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        images, targets = batch
+        confidence, preds = outputs.float().softmax(dim=-1).max(dim=-1)
+        self._targets.append(targets)
+        self._preds.append(preds)
+        wrong = preds != targets
+        batch_wrong = {
+            "wrong_confidence": confidence[wrong],
+            "wrong_image": images[wrong],
+            "wrong_target": targets[wrong],
+            "wrong_pred": preds[wrong],
+        }
+        if self._wrong is None:  # fixed-size padding for all_gather: confidence -1 marks an empty slot
+            n = self.num_misclassified
+            self._wrong = {
+                key: value[:0].new_zeros((n, *value.shape[1:])) for key, value in batch_wrong.items()
+            }
+            self._wrong["wrong_confidence"] -= 1
+        self._wrong = _most_confident(self._wrong, batch_wrong, self.num_misclassified)
+
+    def on_test_end(self, trainer, pl_module) -> None:
+        test_seconds = time.perf_counter() - self._test_start
+        # every rank takes part in the gathers; only rank 0 writes
+        gathered = pl_module.all_gather(
+            {"target": torch.cat(self._targets), "pred": torch.cat(self._preds), **self._wrong}
+        )
+        if trainer.world_size > 1:  # (ranks, n, ...) -> (ranks * n, ...)
+            gathered = {key: value.flatten(0, 1) for key, value in gathered.items()}
+        peak = pl_module.all_gather(torch.tensor(_peak_memory_mib(pl_module.device), device=pl_module.device))
+        if trainer.is_global_zero:
+            self._write(
+                trainer, pl_module, {k: v.cpu() for k, v in gathered.items()}, test_seconds, peak.max()
+            )
+
+    def _write(
+        self, trainer, pl_module, gathered: dict[str, torch.Tensor], test_seconds: float, peak
+    ) -> None:
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        targets, preds = gathered["target"].numpy(), gathered["pred"].numpy()
+        names = _class_names(trainer, pl_module)
+        report = artefacts.classification_rows(targets, preds, names)
+        markdown = artefacts.write_report(report, self.output_dir)
+        Console().print(artefacts.report_table(report, "Classification report (test)"))
+
+        figures = {
+            "confusion_matrix": artefacts.plot_confusion_matrix(
+                targets, preds, names, self.output_dir / "confusion_matrix.png"
+            )
+        }
+        if self.history:
+            figures["curves"] = artefacts.plot_curves(self.history, self.output_dir / "curves.png")
+        # each rank's most confident mistakes, padded with confidence -1: keep the best of all ranks
+        filled = gathered["wrong_confidence"] >= 0
+        wrong = {
+            key[len("wrong_") :]: value[filled] for key, value in gathered.items() if key.startswith("wrong_")
+        }
+        top = wrong["confidence"].argsort(descending=True)[: self.num_misclassified]
+        data = trainer.datamodule.hparams  # the images were normalised with the test data's statistics
+        figures["misclassified"] = artefacts.plot_misclassified(
+            wrong["image"][top],
+            wrong["target"][top].tolist(),
+            wrong["pred"][top].tolist(),
+            wrong["confidence"][top].tolist(),
+            names,
+            data.mean,
+            data.std,
+            self.output_dir / "misclassified.png",
+        )
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_text("test/classification_report", markdown, trainer.global_step)
+                logger.experiment.add_figure(
+                    "test/confusion_matrix", figures["confusion_matrix"], trainer.global_step, close=False
+                )
+        for figure in figures.values():
+            plt.close(figure)
+
+        backbone = pl_module.hparams.get("backbone", {})
+        checkpoint = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        summary = {
+            "model": self.choices.get("model") or backbone.get("model_name") or backbone.get("_target_"),
+            "data": self.choices.get("data") or type(trainer.datamodule).__name__,
+            "freeze": self.choices.get("freeze"),
+            "num_classes": len(names),
+            "test": {
+                **metrics_to_floats(
+                    {k: v for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
+                ),
+                "test/macro_f1": report["macro avg"]["f1-score"],
+                "test/weighted_f1": report["weighted avg"]["f1-score"],
+            },
+            **parameter_counts(pl_module),
+            "epochs": len(self.epoch_seconds),
+            "seconds_per_epoch": statistics.fmean(self.epoch_seconds) if self.epoch_seconds else None,
+            "test_images": len(targets),
+            "test_seconds": test_seconds,
+            "images_per_second": len(targets) / test_seconds,
+            "peak_memory_mib": float(peak),
+            "peak_memory_of": "gpu" if pl_module.device.type == "cuda" else "process_rss",
+            "best_checkpoint": checkpoint or None,
+            "tested_checkpoint": trainer.ckpt_path,
+        }
+        artefacts.write_summary(summary, self.output_dir / "summary.json")
+        log.info(
+            "Report, confusion matrix, curves, misclassified images and summary.json in %s", self.output_dir
+        )
+
+
+def _most_confident(kept: dict, new: dict, n: int) -> dict:
+    merged = {key: torch.cat([kept[key], new[key]]) for key in kept}
+    top = merged["wrong_confidence"].topk(n).indices
+    return {key: value[top] for key, value in merged.items()}
+
+
+def _class_names(trainer: L.Trainer, pl_module: L.LightningModule) -> list[str]:
+    names = getattr(trainer.datamodule, "class_names", None) or getattr(pl_module, "class_names", None)
+    return list(names) if names else [str(i) for i in range(pl_module.hparams.num_classes)]
+
+
+def _peak_memory_mib(device: torch.device) -> float:
+    """Peak GPU memory allocated by tensors on `device`, or this process's peak resident memory on a CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # Linux reports KiB
