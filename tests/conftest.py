@@ -65,3 +65,18 @@ def fake_cifar10(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def fake_flowers102(tmp_path_factory) -> Path:
     return write_fake_flowers102(tmp_path_factory.mktemp("flowers102"))
+
+
+@pytest.fixture(scope="session")
+def tiny_sweep(tmp_path_factory) -> Path:
+    """One `src.train -m` sweep of two tiny digits runs (ViT depth 1 and 2, 2 short epochs): the multirun dir.
+    Shared by the report, predict and compare tests, so they cost one CLI run."""
+    log_dir = tmp_path_factory.mktemp("sweep")
+    result = run_cli(
+        "src.train", "-m", "data=digits", *(o for o in TINY_VIT if not o.startswith("model.depth")),
+        "model.depth=1,2", *QUICK, "trainer.max_epochs=2", "+trainer.limit_train_batches=3",
+        "+trainer.limit_val_batches=2", f"paths.log_dir={log_dir}",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    (sweep,) = (log_dir / "train" / "multiruns").iterdir()
+    return sweep

@@ -14,6 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 from rich.table import Table  # noqa: E402
 from sklearn.metrics import ConfusionMatrixDisplay, classification_report, confusion_matrix  # noqa: E402
 
@@ -113,6 +114,7 @@ def plot_curves(history: Sequence[dict[str, float]], path: Path) -> Figure:
             if points:
                 ax.plot(*zip(*points, strict=True), marker="o", markersize=3, label=stage)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title({"loss": "loss", "acc": "accuracy"}[metric])
         ax.grid(alpha=0.3)
         ax.legend()

@@ -175,7 +175,6 @@ class ReportCallback(L.Callback):
                 "test/weighted_f1": report["weighted avg"]["f1-score"],
             },
             **parameter_counts(pl_module),
-            "epochs": len(self.epoch_seconds),
             "seconds_per_epoch": statistics.fmean(self.epoch_seconds) if self.epoch_seconds else None,
             "test_images": len(targets),
             "test_seconds": test_seconds,
@@ -183,7 +182,7 @@ class ReportCallback(L.Callback):
             "peak_memory_mib": float(peak),
             "peak_memory_of": "gpu" if pl_module.device.type == "cuda" else "process_rss",
             "best_checkpoint": checkpoint or None,
-            "tested_checkpoint": trainer.ckpt_path,
+            "tested_checkpoint": str(trainer.ckpt_path) if trainer.ckpt_path else None,
         }
         artefacts.write_summary(summary, self.output_dir / "summary.json")
         log.info(
