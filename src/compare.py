@@ -1,0 +1,136 @@
+"""Compare runs side by side: python -m src.compare <multirun dir | run dirs ...> [--out DIR]
+
+Reads each run's summary.json (written after test by the report callback) and the sweep overrides in
+.hydra/overrides.yaml, and writes comparison.md, comparison.csv and comparison.png (bar charts)."""
+
+import argparse
+import csv
+import json
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+
+from src.errors import UserError, exit_on_user_error  # noqa: E402
+
+# (column, how to get it from summary.json, markdown format)
+COLUMNS = [
+    ("model", lambda s: s["model"], "{}"),
+    ("data", lambda s: s["data"], "{}"),
+    ("freeze", lambda s: s.get("freeze") or "none", "{}"),
+    ("test acc", lambda s: s["test"]["test/acc"], "{:.4f}"),
+    ("macro F1", lambda s: s["test"]["test/macro_f1"], "{:.4f}"),
+    ("params", lambda s: s["params_total"], "{:,}"),
+    ("trainable params", lambda s: s["params_trainable"], "{:,}"),
+    ("s/epoch", lambda s: s["seconds_per_epoch"], "{:.1f}"),
+    ("test s", lambda s: s["test_seconds"], "{:.1f}"),
+    ("peak memory MiB", lambda s: s["peak_memory_mib"], "{:,.0f}"),
+]
+CHARTS = ["test acc", "macro F1", "s/epoch", "test s", "peak memory MiB", "trainable params"]
+
+
+def _natural(path: Path) -> list[tuple[int, int | str]]:
+    """Sort key that puts multirun job 10 after job 9."""
+    return [(0, int(part)) if part.isdigit() else (1, part) for part in path.parts]
+
+
+def find_runs(paths: list[Path]) -> list[Path]:
+    """Run dirs (those with a summary.json) at or below each path: run dirs themselves, multirun dirs, outputs/."""
+    runs = []
+    for path in paths:
+        if (path / "summary.json").is_file():
+            runs.append(path)
+        else:
+            runs += sorted((p.parent for p in path.rglob("summary.json")), key=_natural)
+    if not runs:
+        raise UserError(
+            f"no summary.json found in {', '.join(map(str, paths))}: pass run dirs or a multirun dir of runs "
+            "that finished testing (src.train / src.eval write summary.json after test)"
+        )
+    return runs
+
+
+def _overrides(run: Path) -> list[str]:
+    path = run / ".hydra" / "overrides.yaml"
+    return list(OmegaConf.load(path)) if path.is_file() else []
+
+
+def run_labels(runs: list[Path]) -> list[str]:
+    """Each run's command-line overrides that differ between the runs (e.g. `model=vgg19`), else its folder."""
+    overrides = [_overrides(run) for run in runs]
+    shared = set.intersection(*map(set, overrides)) if len(runs) > 1 else set()
+    labels = [" ".join(o for o in run_overrides if o not in shared) for run_overrides in overrides]
+    return [label or run.name for label, run in zip(labels, runs, strict=True)]
+
+
+def comparison_rows(runs: list[Path]) -> list[dict]:
+    rows = []
+    for run, label in zip(runs, run_labels(runs), strict=True):
+        summary = json.loads((run / "summary.json").read_text())
+        rows.append({"run": label, **{name: get(summary) for name, get, _ in COLUMNS}, "dir": str(run)})
+    return rows
+
+
+def to_markdown(rows: list[dict]) -> str:
+    header = ["run", *(name for name, _, _ in COLUMNS)]
+    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    for row in rows:
+        cells = [
+            row["run"],
+            *(fmt.format(row[name]) if row[name] is not None else "" for name, _, fmt in COLUMNS),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(rows: list[dict], path: Path) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def plot_bars(rows: list[dict], path: Path) -> None:
+    fig, axes = plt.subplots(2, 3, figsize=(15, 8), layout="constrained")
+    labels = [row["run"] for row in rows]
+    for ax, name in zip(axes.flat, CHARTS, strict=True):
+        values = [row[name] or 0 for row in rows]
+        ax.bar(range(len(rows)), values, color=[f"C{i}" for i in range(len(rows))])
+        ax.bar_label(ax.containers[0], fmt="%.4g", fontsize=8)
+        ax.set_xticks(range(len(rows)), labels, rotation=30, ha="right", fontsize=8)
+        ax.set_title(name)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+@exit_on_user_error
+def compare(paths: list[Path], out: Path | None = None) -> list[dict]:
+    rows = comparison_rows(find_runs(paths))
+    out = out or Path(os.path.commonpath([p.resolve() for p in paths]))
+    out.mkdir(parents=True, exist_ok=True)
+    markdown = to_markdown(rows)
+    (out / "comparison.md").write_text(markdown)
+    write_csv(rows, out / "comparison.csv")
+    plot_bars(rows, out / "comparison.png")
+    print(markdown)
+    print(f"wrote {out / 'comparison.md'}, comparison.csv and comparison.png ({len(rows)} runs)")
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m src.compare", description=__doc__.split("\n")[0])
+    parser.add_argument("paths", nargs="+", type=Path, help="run dirs, multirun dirs, or any folder of runs")
+    parser.add_argument(
+        "--out", type=Path, help="where to write comparison.{md,csv,png} (default: the common folder)"
+    )
+    args = parser.parse_args(argv)
+    compare(args.paths, args.out)
+
+
+if __name__ == "__main__":
+    main()

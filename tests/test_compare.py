@@ -1,0 +1,50 @@
+"""src.compare over the two runs of a tiny `src.train -m` sweep: a table with both rows (markdown, CSV, PNG)."""
+
+import csv
+import json
+
+import matplotlib.image
+import pytest
+
+from src.compare import main
+from tests.conftest import run_cli
+
+
+def test_compare_a_multirun_dir(tiny_sweep):
+    result = run_cli("src.compare", str(tiny_sweep))
+    assert result.returncode == 0, result.stderr[-3000:]
+    markdown = (tiny_sweep / "comparison.md").read_text()
+    assert markdown in result.stdout
+    assert markdown.splitlines()[0] == (
+        "| run | model | data | freeze | test acc | macro F1 | params | trainable params | s/epoch | test s "
+        "| peak memory MiB |"
+    )
+    with open(tiny_sweep / "comparison.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    # one row per job, labelled by the override that differs between them
+    assert [row["run"] for row in rows] == ["model.depth=1", "model.depth=2"]
+    for job, row in enumerate(rows):
+        summary = json.loads((tiny_sweep / str(job) / "summary.json").read_text())
+        assert (row["model"], row["data"], row["freeze"]) == ("vit", "digits", "none")
+        assert float(row["test acc"]) == pytest.approx(summary["test"]["test/acc"])
+        assert float(row["macro F1"]) == pytest.approx(summary["test"]["test/macro_f1"])
+        assert int(row["trainable params"]) == summary["params_trainable"]
+        assert (
+            f"| model.depth={job + 1} | vit | digits | none | {summary['test']['test/acc']:.4f} |" in markdown
+        )
+    assert int(rows[1]["params"]) > int(rows[0]["params"])  # depth 2 has one more transformer block
+    assert matplotlib.image.imread(tiny_sweep / "comparison.png").shape[:2] == (800, 1500)
+
+
+def test_compare_run_dirs_into_out(tiny_sweep, tmp_path, capsys):
+    main([str(tiny_sweep / "1"), str(tiny_sweep / "0"), "--out", str(tmp_path)])
+    with open(tmp_path / "comparison.csv", newline="") as f:
+        assert [row["dir"] for row in csv.DictReader(f)] == [str(tiny_sweep / "1"), str(tiny_sweep / "0")]
+    assert "(2 runs)" in capsys.readouterr().out
+
+
+def test_compare_without_runs_says_so(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert "no summary.json found" in capsys.readouterr().err
