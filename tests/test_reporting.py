@@ -13,7 +13,7 @@ from sklearn.metrics import classification_report
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from src.reporting import artefacts
-from tests.conftest import run_cli, run_dirs
+from tests.conftest import QUICK, TINY_VIT, run_cli, run_dirs
 
 NAMES = ["airplane", "automobile", "bird", "cat"]
 Y_TRUE = [0, 0, 0, 1, 1, 2, 2, 2, 2, 0, 1, 2]  # "cat" never occurs in the test set
@@ -117,3 +117,20 @@ def test_eval_reproduces_the_training_runs_report(run_dir, tmp_path):
     for name in ("report.md", "confusion_matrix.png", "curves.png", "misclassified.png"):
         assert (eval_dir / name).is_file(), name
     assert "Classification report (test)" in result.stdout
+
+
+@pytest.mark.slow
+def test_ddp_ranks_are_gathered_into_one_report(tmp_path):
+    """Two DDP processes on the CPU: each tests half of the 360 digits; rank 0 writes one report over all."""
+    result = run_cli(
+        "src.train", "data=digits", *TINY_VIT, *QUICK, "trainer.devices=2", "+trainer.strategy=ddp",
+        "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=2", f"paths.log_dir={tmp_path}",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run_dir,) = run_dirs(tmp_path, "train")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    rows = read_csv(run_dir / "report.csv")
+    assert summary["test_images"] == int(rows["accuracy"]["support"]) == 360
+    # the same number as the test/acc that torchmetrics synchronised over the ranks
+    assert float(rows["accuracy"]["f1-score"]) == pytest.approx(summary["test"]["test/acc"], abs=1e-6)
+    assert result.stdout.count("Classification report (test)") == 1

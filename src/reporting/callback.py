@@ -40,6 +40,7 @@ class ReportCallback(L.Callback):
         self.history: list[dict[str, float]] = []
         self.epoch_seconds: list[float] = []
         self.choices: dict[str, str] = {}
+        self._peak_reset = False
 
     # -- kept in checkpoints, so a resumed fit continues the curves and src.eval reports the training run's
     # curves, epoch times and model/data names (plain lists and dicts: checkpoints still load weights_only)
@@ -54,6 +55,11 @@ class ReportCallback(L.Callback):
         self.choices = {**state_dict["choices"], **self.choices}  # e.g. src.eval data=... overrides
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        device = trainer.strategy.root_device
+        if device.type == "cuda" and not self._peak_reset:
+            # once per run (fit, then test), as the jobs of a sweep share a process: each peak is its own
+            torch.cuda.reset_peak_memory_stats(device)
+            self._peak_reset = True
         self.choices |= _hydra_choices()
 
     # -- fit: curves and epoch times
