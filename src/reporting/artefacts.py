@@ -82,7 +82,7 @@ def plot_confusion_matrix(y_true, y_pred, class_names: Sequence[str], path: Path
     """Counts on the left, each true class's row normalised to 1 on the right (recall on the diagonal)."""
     labels = list(range(len(class_names)))
     n = len(labels)
-    side = max(5.0, 0.35 * n + 2)
+    side = min(max(5.0, 0.3 * n + 2), 24.0)  # inches: 102 flower names stay legible at 24
     fig, axes = plt.subplots(1, 2, figsize=(2 * side + 1, side), layout="constrained")
     for ax, normalize, title in zip(
         axes, (None, "true"), ("counts", "normalised over true class"), strict=True
@@ -99,6 +99,8 @@ def plot_confusion_matrix(y_true, y_pred, class_names: Sequence[str], path: Path
             cmap="Blues",
         )
         ax.set_title(f"Confusion matrix ({title})")
+        if n > 40:
+            ax.tick_params(labelsize=6)
     fig.savefig(path, dpi=100)
     return fig
 

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import lightning as L
+import matplotlib.image
 import matplotlib.pyplot as plt
 import torch
 from hydra.core.hydra_config import HydraConfig
@@ -146,25 +147,27 @@ class ReportCallback(L.Callback):
             key[len("wrong_") :]: value[filled] for key, value in gathered.items() if key.startswith("wrong_")
         }
         top = wrong["confidence"].argsort(descending=True)[: self.num_misclassified]
-        data = trainer.datamodule.hparams  # the images were normalised with the test data's statistics
+        # the images were normalised with the test data's statistics
+        data = getattr(trainer.datamodule, "hparams", None) or pl_module.hparams.data
         figures["misclassified"] = artefacts.plot_misclassified(
             wrong["image"][top],
             wrong["target"][top].tolist(),
             wrong["pred"][top].tolist(),
             wrong["confidence"][top].tolist(),
             names,
-            data.mean,
-            data.std,
+            data["mean"],
+            data["std"],
             self.output_dir / "misclassified.png",
         )
-        for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_text("test/classification_report", markdown, trainer.global_step)
-                logger.experiment.add_figure(
-                    "test/confusion_matrix", figures["confusion_matrix"], trainer.global_step, close=False
-                )
         for figure in figures.values():
             plt.close(figure)
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                step = trainer.global_step
+                logger.experiment.add_text("test/classification_report", markdown, step)
+                # the PNG as written: drawing a 102-class matrix a second time costs seconds
+                image = matplotlib.image.imread(self.output_dir / "confusion_matrix.png")[..., :3]
+                logger.experiment.add_image("test/confusion_matrix", image, step, dataformats="HWC")
 
         backbone = pl_module.hparams.get("backbone", {})
         checkpoint = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
