@@ -6,6 +6,7 @@ Needs the checkpoint only: it holds the class names and the data config, whose e
 import csv
 import glob
 import logging
+import os
 from pathlib import Path
 
 import hydra
@@ -24,12 +25,22 @@ log = logging.getLogger(__name__)
 
 
 def expand_inputs(inputs: str | list[str]) -> list[Path]:
-    """Files named by each input: a file, every file below a folder, or the files a glob matches."""
+    """Files named by each input: a file, every (not hidden) file below a folder, or the files a glob matches."""
+    patterns = [inputs] if isinstance(inputs, str) else inputs
+    if not all(patterns):
+        raise UserError(
+            "inputs is empty: pass an image file, a folder or a quoted glob such as inputs='photos/*.jpg'"
+        )
     files = []
-    for pattern in [inputs] if isinstance(inputs, str) else inputs:
+    for pattern in patterns:
         path = Path(pattern)
-        if path.is_dir():
-            files += sorted(p for p in path.rglob("*") if p.is_file())
+        if path.is_dir():  # hidden files and folders (.DS_Store, .git) are not inputs
+            below = (
+                p
+                for p in path.rglob("*")
+                if not any(part.startswith(".") for part in p.relative_to(path).parts)
+            )
+            files += sorted(p for p in below if p.is_file())
         elif path.is_file():
             files.append(path)
         else:
@@ -78,8 +89,9 @@ def predictions_table(rows: list[tuple[Path, list[tuple[str, float]]]], title: s
     table.add_column("file", overflow="fold")
     for rank in range(1, len(rows[0][1]) + 1):
         table.add_column(f"top {rank}")
+    root = Path(os.path.commonpath([file.parent.resolve() for file, _ in rows]))  # short, unambiguous names
     for file, top in rows:
-        table.add_row(file.name, *(f"{name} {p:.1%}" for name, p in top))
+        table.add_row(str(file.resolve().relative_to(root)), *(f"{name} {p:.1%}" for name, p in top))
     return table
 
 
