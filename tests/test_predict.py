@@ -79,11 +79,18 @@ def test_predict_on_a_glob_with_topk_beyond_the_classes(checkpoint, inputs, tmp_
 
 
 @pytest.mark.parametrize(
-    ("pattern", "message"), [("nothing/*.png", "no files found"), ("broken.jpg", "none of the 1")]
+    ("pattern", "message"),
+    [
+        ("{folder}/nothing/*.png", "no files found"),
+        ("{folder}/broken.jpg", "none of the 1"),
+        ("", "inputs is empty"),
+    ],
 )
 def test_predict_without_readable_images_says_so(checkpoint, inputs, tmp_path, capsys, pattern, message):
     folder, _ = inputs
-    cfg = compose_config("predict", [f"ckpt_path={checkpoint}", f"inputs={folder}/{pattern}"], tmp_path)
+    cfg = compose_config(
+        "predict", [f"ckpt_path={checkpoint}", f"inputs={pattern.format(folder=folder)}"], tmp_path
+    )
     with pytest.raises(SystemExit) as exit_info:
         predict(cfg)
     assert exit_info.value.code == 2
