@@ -39,7 +39,7 @@ def compose_config(config_name: str, overrides: list[str], output_dir: Path):
 
 
 def run_cli(
-    module: str, *overrides: str, cwd: Path = ROOT, timeout: int = 600
+    module: str, *overrides: str, cwd: Path = ROOT, timeout: int = 1800
 ) -> subprocess.CompletedProcess:
     """Runs `python -m <module> <overrides>` as a user would and returns what it did."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
