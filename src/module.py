@@ -38,7 +38,15 @@ class ClassifierModule(L.LightningModule):
         # plain dicts, not DictConfigs: checkpoints then load with torch.load(weights_only=True)
         backbone, optimizer, scheduler, data = map(_plain, (backbone, optimizer, scheduler, data))
         self.save_hyperparameters(logger=False)
+        # speed switches that every model config carries next to the backbone's own settings
+        backbone = dict(backbone)
+        compile_backbone = backbone.pop("compile", False)
+        self.channels_last = backbone.pop("channels_last", False)
         self.backbone: nn.Module = instantiate(backbone)
+        if self.channels_last:  # NHWC: faster convolutions on tensor cores
+            self.backbone.to(memory_format=torch.channels_last)
+        if compile_backbone:  # in place, so state_dict keys (and checkpoints) stay those of the eager model
+            self.backbone.compile()
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         metrics = {"acc": MulticlassAccuracy(num_classes, top_k=1, average="micro")}
         if num_classes >= 5:
@@ -50,6 +58,8 @@ class ClassifierModule(L.LightningModule):
             setattr(self, f"{stage}_loss", MeanMetric())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         return self.backbone(x)
 
     def _step(self, batch, stage: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -31,7 +31,9 @@ def stratified_split(
     """Indices of a seeded split that keeps every class in the same proportion on both sides."""
     indices = np.arange(len(labels))
     if not 0 < test_size < len(labels):
-        raise UserError(f"{setting}={test_size} must be between 0 and the {len(labels)} images it is split from")
+        raise UserError(
+            f"{setting}={test_size} must be between 0 and the {len(labels)} images it is split from"
+        )
     return train_test_split(indices, test_size=test_size, stratify=labels, random_state=seed)
 
 

@@ -31,7 +31,9 @@ class CIFAR10DataModule(ImageDataModule):
     def _dataset(self, train: bool, download: bool = False) -> CIFAR10:
         root = Path(self.hparams.data_dir)
         try:
-            return _CIFAR10(root, train=train, download=download, verify_checksums=self.hparams.verify_checksums)
+            return _CIFAR10(
+                root, train=train, download=download, verify_checksums=self.hparams.verify_checksums
+            )
         except (RuntimeError, OSError) as err:
             files = ", ".join(name for name, _ in CIFAR10.train_list + CIFAR10.test_list)
             raise DataNotFoundError(

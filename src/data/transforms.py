@@ -18,9 +18,13 @@ def build_transforms(
     elif style in ("cifar", "digits"):
         geometric = [] if native_size == image_size else [v2.Resize((image_size, image_size), antialias=True)]
         if train:
-            geometric.append(v2.RandomCrop(image_size, padding=max(1, image_size // 8), padding_mode="reflect"))
+            geometric.append(
+                v2.RandomCrop(image_size, padding=max(1, image_size // 8), padding_mode="reflect")
+            )
             if style == "cifar":
                 geometric.append(v2.RandomHorizontalFlip())
     else:
         raise ValueError(f"unknown augmentation style {style!r}; expected 'cifar', 'digits' or 'imagenet'")
-    return v2.Compose([v2.ToImage(), *geometric, v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
+    return v2.Compose(
+        [v2.ToImage(), *geometric, v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
+    )
