@@ -3,6 +3,8 @@
 import functools
 import sys
 
+from hydra.errors import InstantiationException
+
 
 class UserError(Exception):
     """Bad input that the user can fix: the message names the problem and the fix."""
@@ -19,8 +21,14 @@ def exit_on_user_error(task):
     def wrapper(*args, **kwargs):
         try:
             return task(*args, **kwargs)
-        except UserError as err:
-            print(f"error: {err}", file=sys.stderr)
+        except (UserError, InstantiationException) as err:
+            # hydra.utils.instantiate wraps what a constructor raises (a model's UserError, say): unwrap it
+            cause = err
+            while cause is not None and not isinstance(cause, UserError):
+                cause = cause.__cause__
+            if cause is None:
+                raise
+            print(f"error: {cause}", file=sys.stderr)
             sys.exit(2)
 
     return wrapper

@@ -15,6 +15,8 @@ from torch import nn
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
+from src.freezing import UnfreezeAtEpoch, apply_freezing, frozen_batchnorm_to_eval
+
 
 def _plain(config):
     return OmegaConf.to_container(config, resolve=True) if isinstance(config, DictConfig) else config
@@ -29,20 +31,27 @@ class ClassifierModule(L.LightningModule):
         num_classes: int,
         label_smoothing: float = 0.0,
         data: DictConfig | None = None,
+        freeze: DictConfig | None = None,
     ):
         """`data` is the data config the model was trained with, kept so that eval and predict can rebuild
-        the same inputs from the checkpoint alone."""
+        the same inputs from the checkpoint alone. `freeze` (conf/freeze/) says which backbone parameters
+        train; it is applied here, so parameter counts and rebuilt checkpoints see the frozen model."""
         super().__init__()
         # filled from the DataModule when a checkpoint is saved, and from the checkpoint when one is loaded
         self.class_names: list[str] = []
         # plain dicts, not DictConfigs: checkpoints then load with torch.load(weights_only=True)
-        backbone, optimizer, scheduler, data = map(_plain, (backbone, optimizer, scheduler, data))
+        backbone, optimizer, scheduler, data, freeze = map(
+            _plain, (backbone, optimizer, scheduler, data, freeze)
+        )
         self.save_hyperparameters(logger=False)
         # speed switches that every model config carries next to the backbone's own settings
         backbone = dict(backbone)
         compile_backbone = backbone.pop("compile", False)
         self.channels_last = backbone.pop("channels_last", False)
         self.backbone: nn.Module = instantiate(backbone)
+        freeze = dict(freeze or {"mode": "none"})
+        self.unfreeze_at_epoch = freeze.pop("unfreeze_at_epoch", None)
+        apply_freezing(self.backbone, **freeze)
         if self.channels_last:  # NHWC: faster convolutions on tensor cores
             self.backbone.to(memory_format=torch.channels_last)
         if compile_backbone:  # in place, so state_dict keys (and checkpoints) stay those of the eager model
@@ -56,6 +65,14 @@ class ClassifierModule(L.LightningModule):
         for stage in ("train", "val", "test"):
             setattr(self, f"{stage}_metrics", metrics.clone(prefix=f"{stage}/"))
             setattr(self, f"{stage}_loss", MeanMetric())
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        frozen_batchnorm_to_eval(self.backbone)  # as in Keras: frozen BatchNorm keeps its running statistics
+        return self
+
+    def configure_callbacks(self):
+        return [] if self.unfreeze_at_epoch is None else [UnfreezeAtEpoch(self.unfreeze_at_epoch)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
@@ -89,6 +106,14 @@ class ClassifierModule(L.LightningModule):
         names = getattr(self.trainer.datamodule, "class_names", None) or self.class_names
         if names:
             checkpoint["class_names"] = list(names)
+        # the checkpoint holds the trained weights: rebuilding it must not fetch or read pretrained ones
+        backbone = checkpoint["hyper_parameters"]["backbone"]
+        if backbone.get("pretrained") or backbone.get("weights_path"):
+            checkpoint["hyper_parameters"]["backbone"] = {
+                **backbone,
+                "pretrained": False,
+                "weights_path": None,
+            }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.class_names = checkpoint.get("class_names", [])

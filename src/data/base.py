@@ -57,6 +57,7 @@ class ImageDataModule(L.LightningDataModule):
         download: bool = True,
         verify_checksums: bool = True,
         seed: int = 42,
+        interpolation: str = "bilinear",
     ):
         super().__init__()
         self.save_hyperparameters(logger=False)
@@ -67,7 +68,9 @@ class ImageDataModule(L.LightningDataModule):
 
     def transform(self, train: bool):
         h = self.hparams
-        return build_transforms(self.style, h.image_size, h.mean, h.std, train, self.native_size)
+        return build_transforms(
+            self.style, h.image_size, h.mean, h.std, train, self.native_size, h.interpolation
+        )
 
     def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
         h = self.hparams

@@ -5,18 +5,26 @@ from torchvision.transforms import v2
 
 
 def build_transforms(
-    style: str, image_size: int, mean, std, train: bool, native_size: int | None = None
+    style: str,
+    image_size: int,
+    mean,
+    std,
+    train: bool,
+    native_size: int | None = None,
+    interpolation: str = "bilinear",
 ) -> v2.Compose:
     """`style` names the recipe: 'cifar' (pad-crop + flip), 'digits' (pad-crop, no flip: digits are not
     mirror-symmetric), 'imagenet' (random-resized crop + flip, for photos like Flowers102).
-    Images of `native_size` are resized to `image_size` first. Eval transforms never augment."""
+    Images of `native_size` are resized to `image_size` first, with `interpolation` ('bilinear', 'bicubic': what
+    a pretrained backbone was trained with). Eval transforms never augment."""
+    resize = {"interpolation": v2.InterpolationMode(interpolation), "antialias": True}
     if style == "imagenet":
         if train:
-            geometric = [v2.RandomResizedCrop(image_size, antialias=True), v2.RandomHorizontalFlip()]
+            geometric = [v2.RandomResizedCrop(image_size, **resize), v2.RandomHorizontalFlip()]
         else:  # short side to size/0.875, then a centre crop, as timm and torchvision evaluate
-            geometric = [v2.Resize(int(round(image_size / 0.875)), antialias=True), v2.CenterCrop(image_size)]
+            geometric = [v2.Resize(int(round(image_size / 0.875)), **resize), v2.CenterCrop(image_size)]
     elif style in ("cifar", "digits"):
-        geometric = [] if native_size == image_size else [v2.Resize((image_size, image_size), antialias=True)]
+        geometric = [] if native_size == image_size else [v2.Resize((image_size, image_size), **resize)]
         if train:
             geometric.append(
                 v2.RandomCrop(image_size, padding=max(1, image_size // 8), padding_mode="reflect")

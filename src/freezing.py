@@ -1,0 +1,107 @@
+"""Freezing a backbone up to a named layer (Keras style): name → module resolution (Keras aliases included),
+frozen BatchNorm kept in eval mode, and unfreezing at an epoch through Lightning's BaseFinetuning."""
+
+import difflib
+
+from lightning.pytorch.callbacks import BaseFinetuning
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from src.errors import UserError
+
+
+def block_names(model: nn.Module) -> list[str]:
+    """The model's repeated blocks, in order: ViT `blocks.{i}`, or the list a backbone states (keras_cnn.py)."""
+    if hasattr(model, "block_names"):
+        return list(model.block_names)
+    return [f"blocks.{i}" for i in range(len(getattr(model, "blocks", ())))]
+
+
+def head_names(model: nn.Module) -> list[str]:
+    """The classifier modules: timm's pretrained config names them ('head', 'head_dist'); ours are `head`."""
+    classifiers = (getattr(model, "pretrained_cfg", None) or {}).get("classifier", "head")
+    return [classifiers] if isinstance(classifiers, str) else list(classifiers)
+
+
+def resolve(model: nn.Module, layer: str) -> str:
+    """The module name for `layer`: a module name (`blocks.11`, `features.28`) or a Keras alias (`block5_conv1`)."""
+    aliases = getattr(model, "keras_names", {})
+    modules = [name for name, _ in model.named_modules() if name]
+    name = aliases.get(layer, layer)
+    if name not in modules:
+        near = difflib.get_close_matches(layer, [*aliases, *modules], n=8, cutoff=0.5)
+        hint = f"; names near it: {', '.join(near)}" if near else ""
+        raise UserError(f"freeze.layer={layer!r} is not a layer of {type(model).__name__}{hint}")
+    return name
+
+
+def _freeze_before(model: nn.Module, name: str | None) -> None:
+    """Freezes every parameter that comes before module `name` (all of them for None), trains the rest.
+    Module order is definition order, which for these models is the order of the forward pass."""
+    frozen = True
+    for module_name, module in model.named_modules():
+        if module_name == name:
+            frozen = False
+        for param in module.parameters(recurse=False):
+            param.requires_grad = not frozen
+
+
+def _after(model: nn.Module, name: str) -> str | None:
+    """The first module that follows module `name` and everything inside it."""
+    names = [n for n, _ in model.named_modules()]
+    later = names[names.index(name) + 1 :]
+    return next((n for n in later if not n.startswith(name + ".")), None)
+
+
+def apply_freezing(
+    model: nn.Module, mode: str, layer: str | None = None, num_blocks: int | None = None
+) -> None:
+    """`mode`: 'none' (train all), 'head_only' (freeze all but the classifier), 'until' (freeze every parameter
+    before `layer`), 'first_n_blocks' (freeze the stem and the first `num_blocks` blocks)."""
+    if mode == "none":
+        _freeze_before(model, "")  # the root module comes first: nothing is before it
+    elif mode == "head_only":
+        _freeze_before(model, head_names(model)[0])
+    elif mode == "until":
+        _freeze_before(model, resolve(model, layer))
+    elif mode == "first_n_blocks":
+        blocks = block_names(model)
+        if not 0 <= num_blocks <= len(blocks):
+            raise UserError(
+                f"freeze.num_blocks={num_blocks}: {type(model).__name__} has {len(blocks)} blocks"
+            )
+        if num_blocks == 0:
+            _freeze_before(model, "")
+        else:
+            _freeze_before(
+                model, blocks[num_blocks] if num_blocks < len(blocks) else _after(model, blocks[-1])
+            )
+    else:
+        raise UserError(f"freeze.mode={mode!r}; use none, head_only, until or first_n_blocks")
+
+
+def frozen_batchnorm_to_eval(model: nn.Module) -> None:
+    """BatchNorm layers whose parameters are all frozen normalise with their running statistics and stop
+    updating them, as Keras does for non-trainable BatchNormalization layers."""
+    for module in model.modules():
+        params = list(module.parameters(recurse=False))
+        if isinstance(module, _BatchNorm) and params and not any(p.requires_grad for p in params):
+            module.eval()
+
+
+class UnfreezeAtEpoch(BaseFinetuning):
+    """Makes the whole backbone trainable at `epoch`; the newly trainable parameters join the optimizer as
+    a new group at a tenth of the current learning rate (BaseFinetuning's rule)."""
+
+    def __init__(self, epoch: int):
+        super().__init__()
+        self.epoch = epoch
+
+    def freeze_before_training(self, pl_module) -> None:
+        pass  # the module froze its backbone when it was built
+
+    def finetune_function(self, pl_module, epoch: int, optimizer) -> None:
+        # `>=`: a run resumed after `epoch` unfreezes again (the param group itself is restored by BaseFinetuning)
+        if epoch >= self.epoch and not all(p.requires_grad for p in pl_module.backbone.parameters()):
+            self.unfreeze_and_add_param_group(pl_module.backbone, optimizer)
+            pl_module.train()  # BatchNorm layers that were frozen leave eval mode
