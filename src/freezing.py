@@ -46,18 +46,12 @@ def _freeze_before(model: nn.Module, name: str | None) -> None:
             param.requires_grad = not frozen
 
 
-def _after(model: nn.Module, name: str) -> str | None:
-    """The first module that follows module `name` and everything inside it."""
-    names = [n for n, _ in model.named_modules()]
-    later = names[names.index(name) + 1 :]
-    return next((n for n in later if not n.startswith(name + ".")), None)
-
-
 def apply_freezing(
     model: nn.Module, mode: str, layer: str | None = None, num_blocks: int | None = None
 ) -> None:
     """`mode`: 'none' (train all), 'head_only' (freeze all but the classifier), 'until' (freeze every parameter
-    before `layer`), 'first_n_blocks' (freeze the stem and the first `num_blocks` blocks)."""
+    before `layer`), 'first_n_blocks' (freeze everything before block `num_blocks`: the stem and the first
+    `num_blocks` blocks)."""
     if mode == "none":
         _freeze_before(model, "")  # the root module comes first: nothing is before it
     elif mode == "head_only":
@@ -70,12 +64,8 @@ def apply_freezing(
             raise UserError(
                 f"freeze.num_blocks={num_blocks}: {type(model).__name__} has {len(blocks)} blocks"
             )
-        if num_blocks == 0:
-            _freeze_before(model, "")
-        else:
-            _freeze_before(
-                model, blocks[num_blocks] if num_blocks < len(blocks) else _after(model, blocks[-1])
-            )
+        # before block n; with all blocks, everything but the classifier (= head_only)
+        _freeze_before(model, blocks[num_blocks] if num_blocks < len(blocks) else head_names(model)[0])
     else:
         raise UserError(f"freeze.mode={mode!r}; use none, head_only, until or first_n_blocks")
 
@@ -91,7 +81,8 @@ def frozen_batchnorm_to_eval(model: nn.Module) -> None:
 
 class UnfreezeAtEpoch(BaseFinetuning):
     """Makes the whole backbone trainable at `epoch`; the newly trainable parameters join the optimizer as
-    a new group at a tenth of the current learning rate (BaseFinetuning's rule)."""
+    a new group at a tenth of the current learning rate (BaseFinetuning's rule; the group is restored when a
+    run resumes from a checkpoint). From then on the scheduler drives it like the other groups."""
 
     def __init__(self, epoch: int):
         super().__init__()
@@ -101,7 +92,17 @@ class UnfreezeAtEpoch(BaseFinetuning):
         pass  # the module froze its backbone when it was built
 
     def finetune_function(self, pl_module, epoch: int, optimizer) -> None:
-        # `>=`: a run resumed after `epoch` unfreezes again (the param group itself is restored by BaseFinetuning)
-        if epoch >= self.epoch and not all(p.requires_grad for p in pl_module.backbone.parameters()):
-            self.unfreeze_and_add_param_group(pl_module.backbone, optimizer)
-            pl_module.train()  # BatchNorm layers that were frozen leave eval mode
+        # `>=` and the filter: a run resumed after `epoch` has its group back (BaseFinetuning restores it)
+        frozen = [p for p in pl_module.backbone.parameters() if not p.requires_grad]
+        if epoch < self.epoch or not frozen:
+            return
+        for param in frozen:
+            param.requires_grad = True
+        in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        new = [p for p in frozen if id(p) not in in_optimizer]
+        if new:
+            # the optimizer's defaults (weight decay, betas) plus the scheduler's per-group keys (initial_lr, ...)
+            first = optimizer.param_groups[0]
+            scheduler_keys = {k: v for k, v in first.items() if k not in optimizer.defaults and k != "params"}
+            optimizer.add_param_group({**scheduler_keys, "params": new, "lr": first["lr"] / 10})
+        pl_module.train()  # BatchNorm layers that were frozen leave eval mode

@@ -1,0 +1,160 @@
+"""Freezing: Keras layer names, exact trainable/frozen counts of the seed's setups, BatchNorm in eval mode,
+clear errors for unknown names, unfreezing at an epoch, and counts in TensorBoard's hparams.yaml."""
+
+import lightning as L
+import pytest
+import torch
+import yaml
+from hydra.utils import instantiate
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from src.freezing import apply_freezing, resolve
+from src.models.keras_cnn import KerasCNN
+from src.module import ClassifierModule
+from src.train import train
+from src.utils import parameter_counts
+from tests.conftest import QUICK, TINY_VIT, compose_config
+
+
+def seed_module(experiment: str, tmp_path, *overrides: str) -> ClassifierModule:
+    cfg = compose_config(
+        "train",
+        [f"experiment={experiment}", "model.pretrained=false", "data.image_size=32", *overrides],
+        tmp_path,
+    )
+    return instantiate(cfg.module)
+
+
+def trainable_prefixes(model: torch.nn.Module, depth: int) -> set[str]:
+    return {".".join(n.split(".")[:depth]) for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_keras_layer_names_map_onto_the_trunks():
+    vgg = KerasCNN("vgg19", img_size=32, num_classes=10)
+    assert resolve(vgg, "block5_conv1") == "features.28"
+    assert resolve(vgg, "block1_conv1") == "features.0" and resolve(vgg, "block5_pool") == "features.36"
+    assert len([n for n in vgg.keras_names if "_conv" in n]) == 16  # VGG19: 16 convolutions
+    densenet = KerasCNN("densenet121", img_size=32, num_classes=10)
+    expected = {
+        "conv1/conv": "features.conv0",
+        "conv2_block6_2_conv": "features.denseblock1.denselayer6.conv2",
+        "pool2_conv": "features.transition1.conv",
+        "conv4_block24_1_bn": "features.denseblock3.denselayer24.norm2",  # DenseNet121: 6-12-24-16 layers
+        "pool4_pool": "features.transition3.pool",
+        "conv5_block1_0_bn": "features.denseblock4.denselayer1.norm1",
+        "conv5_block16_2_conv": "features.denseblock4.denselayer16.conv2",
+        "bn": "features.norm5",
+    }
+    assert {keras: resolve(densenet, keras) for keras in expected} == expected
+    assert "conv5_block17_0_bn" not in densenet.keras_names
+    assert resolve(densenet, "features.denseblock2") == "features.denseblock2"  # module names work too
+
+
+def test_seed001_vgg19_counts_match_keras(tmp_path):
+    counts = parameter_counts(seed_module("seed001_vgg19_cifar10", tmp_path))
+    assert (counts["params_trainable"], counts["params_frozen"]) == (9_638_922, 10_585_152)
+
+
+def test_seed001_densenet201_counts_match_keras(tmp_path):
+    module = seed_module("seed001_densenet201_cifar10", tmp_path)
+    counts = parameter_counts(module)
+    assert counts["params_trainable"] == 7_542_538  # as Keras reports
+    # Keras counts the BatchNorm moving mean/variance as non-trainable parameters; PyTorch keeps them as buffers
+    running_stats = sum(
+        b.numel() for n, b in module.named_buffers() if n.endswith(("running_mean", "running_var"))
+    )
+    assert (counts["params_frozen"], counts["params_frozen"] + running_stats) == (11_110_528, 11_339_584)
+
+
+def test_seed001_deit_trains_only_the_last_block_and_the_heads(tmp_path):
+    backbone = seed_module("seed001_deit_cifar10", tmp_path).backbone
+    assert trainable_prefixes(backbone, 2) == {"blocks.11", "norm.weight", "norm.bias", "head.0", "head.3",
+                                               "head.6", "head_dist.0", "head_dist.3", "head_dist.6"}  # fmt: skip
+    assert not any(p.requires_grad for p in (backbone.cls_token, backbone.dist_token, backbone.pos_embed))
+
+
+def test_the_modes_agree_with_each_other():
+    vgg = KerasCNN("vgg19", img_size=32, num_classes=10)
+    apply_freezing(vgg, "until", layer="block5_conv1")
+    until = parameter_counts(vgg)
+    apply_freezing(vgg, "first_n_blocks", num_blocks=4)
+    assert parameter_counts(vgg) == until
+    apply_freezing(vgg, "head_only")
+    assert trainable_prefixes(vgg, 1) == {"head"}
+    apply_freezing(vgg, "first_n_blocks", num_blocks=5)
+    assert trainable_prefixes(vgg, 1) == {"head"}
+    apply_freezing(vgg, "none")
+    assert parameter_counts(vgg)["params_frozen"] == 0
+    densenet = KerasCNN("densenet121", img_size=32, num_classes=10)
+    apply_freezing(densenet, "first_n_blocks", num_blocks=3)
+    assert trainable_prefixes(densenet, 2) == {"features.denseblock4", "features.norm5", "head.1"}
+
+
+def test_frozen_batchnorm_stays_in_eval_mode_and_keeps_its_statistics(tmp_path):
+    module = seed_module("seed001_densenet201_cifar10", tmp_path).train()
+    features = module.backbone.features
+    frozen_bn, trained_bn = features.transition3.norm, features.denseblock4.denselayer1.norm1
+    assert not frozen_bn.training and trained_bn.training
+    norms = [m for m in features.modules() if isinstance(m, _BatchNorm)]
+    assert all(m.training == m.weight.requires_grad for m in norms)
+    before = frozen_bn.running_mean.clone(), trained_bn.running_mean.clone()
+    module(torch.randn(4, 3, 32, 32))
+    torch.testing.assert_close(frozen_bn.running_mean, before[0])
+    assert not torch.equal(trained_bn.running_mean, before[1])
+
+
+def test_a_typo_in_a_layer_name_lists_the_names_near_it(tmp_path, capsys):
+    cfg = compose_config(
+        "train",
+        ["experiment=seed001_vgg19_cifar10", "model.pretrained=false", "freeze.layer=block5_conv0"],
+        tmp_path,
+    )
+    with pytest.raises(SystemExit) as exit_info:  # through hydra's instantiate and the entry point's handler
+        train(cfg)
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: freeze.layer='block5_conv0' is not a layer of KerasCNN; names near it:")
+    assert "block5_conv1" in error and "block4_conv1" in error
+
+
+def test_unfreezing_at_an_epoch_trains_the_whole_backbone(tmp_path):
+    cfg = compose_config(
+        "train", ["data=digits", "freeze=head_only", "freeze.unfreeze_at_epoch=1", "scheduler=none", *TINY_VIT],
+        tmp_path,
+    )  # fmt: skip
+    module = instantiate(cfg.module)
+    patch_embed = module.backbone.patch_embed.proj.weight
+    start = patch_embed.detach().clone()
+    trainer = L.Trainer(
+        max_epochs=2, limit_train_batches=2, limit_val_batches=1, accelerator="cpu", logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+    )  # fmt: skip
+    trainer.fit(module, datamodule=instantiate(cfg.data))
+    assert all(p.requires_grad for p in module.parameters())
+    (optimizer,) = trainer.optimizers
+    assert len(optimizer.param_groups) == 3  # decay + no-decay groups of the head, then the backbone's
+    assert optimizer.param_groups[-1]["lr"] == pytest.approx(cfg.optimizer.lr / 10)
+    assert not torch.equal(patch_embed, start)  # it trained in the second epoch
+
+
+def test_a_frozen_run_logs_its_counts_and_its_checkpoint_rebuilds_the_same_model(tmp_path, fake_cifar10):
+    cfg = compose_config(
+        "train",
+        ["model=vit_tiny", "freeze=until", "freeze.layer=blocks.11", "data.image_size=32", "data.batch_size=4",
+         f"data.data_dir={fake_cifar10}", "data.download=false", "data.verify_checksums=false", "data.val_size=20",
+         "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1", "+trainer.limit_test_batches=1",
+         "~callbacks.report", "~callbacks.model_summary", *QUICK],
+        tmp_path,
+    )  # fmt: skip
+    train(cfg)
+    hparams = yaml.safe_load((tmp_path / "tensorboard" / "hparams.yaml").read_text())
+    counts = {k: hparams["model"][k] for k in ("params_total", "params_trainable", "params_frozen")}
+    rebuilt = ClassifierModule.load_from_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
+    assert counts == parameter_counts(rebuilt) and 0 < counts["params_trainable"] < counts["params_frozen"]
+    assert trainable_prefixes(rebuilt.backbone, 2) == {
+        "blocks.11",
+        "norm.weight",
+        "norm.bias",
+        "head.weight",
+        "head.bias",
+    }
