@@ -14,16 +14,18 @@ def options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
 
 
+# experiments: tests/test_experiments.py (they need pretrained weights switched off here)
 GROUP_OPTIONS = [
-    (g, o)
-    for g in ("data", "model", "trainer", "logger", "callbacks", "debug", "experiment")
-    for o in options(g)
+    (g, o) for g in ("data", "model", "freeze", "trainer", "logger", "callbacks", "debug") for o in options(g)
 ]
+# options with a value the user must give (???)
+REQUIRED = {"freeze=until": ["freeze.layer=blocks.6"], "freeze=first_n_blocks": ["freeze.num_blocks=2"]}
 
 
 @pytest.mark.parametrize(("group", "option"), GROUP_OPTIONS, ids=[f"{g}={o}" for g, o in GROUP_OPTIONS])
 def test_every_option_composes_and_instantiates(group, option, tmp_path):
-    cfg = compose_config("train", [f"{group}={option}"], tmp_path)
+    choice = f"{group}={option}"
+    cfg = compose_config("train", [choice, *REQUIRED.get(choice, [])], tmp_path)
     if cfg.trainer.accelerator == "gpu" and not torch.cuda.is_available():
         cfg.trainer.accelerator = "cpu"  # composes here; the GPU itself is exercised where one exists
     assert isinstance(instantiate(cfg.data), L.LightningDataModule)
