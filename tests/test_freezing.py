@@ -3,11 +3,14 @@ clear errors for unknown names, unfreezing at an epoch, and counts in TensorBoar
 
 import lightning as L
 import pytest
+import safetensors.torch
+import timm
 import torch
 import yaml
 from hydra.utils import instantiate
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from src.errors import UserError
 from src.freezing import apply_freezing, resolve
 from src.models.keras_cnn import KerasCNN
 from src.module import ClassifierModule
@@ -85,6 +88,8 @@ def test_the_modes_agree_with_each_other():
     assert trainable_prefixes(vgg, 1) == {"head"}
     apply_freezing(vgg, "none")
     assert parameter_counts(vgg)["params_frozen"] == 0
+    with pytest.raises(UserError, match="freeze.num_blocks=6: KerasCNN has 5 blocks"):
+        apply_freezing(vgg, "first_n_blocks", num_blocks=6)
     densenet = KerasCNN("densenet121", img_size=32, num_classes=10)
     apply_freezing(densenet, "first_n_blocks", num_blocks=3)
     assert trainable_prefixes(densenet, 2) == {"features.denseblock4", "features.norm5", "head.1"}
@@ -138,18 +143,25 @@ def test_unfreezing_at_an_epoch_trains_the_whole_backbone(tmp_path):
 
 
 def test_a_frozen_run_logs_its_counts_and_its_checkpoint_rebuilds_the_same_model(tmp_path, fake_cifar10):
+    weights = tmp_path / "model.safetensors"  # stands in for the hub's file on a machine without internet
+    safetensors.torch.save_file(timm.create_model("vit_tiny_patch16_224").state_dict(), weights)
     cfg = compose_config(
         "train",
-        ["model=vit_tiny", "freeze=until", "freeze.layer=blocks.11", "data.image_size=32", "data.batch_size=4",
-         f"data.data_dir={fake_cifar10}", "data.download=false", "data.verify_checksums=false", "data.val_size=20",
-         "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1", "+trainer.limit_test_batches=1",
-         "~callbacks.report", "~callbacks.model_summary", *QUICK],
+        ["model=vit_tiny", f"model.weights_path={weights}", "freeze=until", "freeze.layer=blocks.11",
+         "data.image_size=32", "data.batch_size=4", f"data.data_dir={fake_cifar10}", "data.download=false",
+         "data.verify_checksums=false", "data.val_size=20", "+trainer.limit_train_batches=2",
+         "+trainer.limit_val_batches=1", "+trainer.limit_test_batches=1", "~callbacks.report",
+         "~callbacks.model_summary", *QUICK],
         tmp_path,
     )  # fmt: skip
     train(cfg)
     hparams = yaml.safe_load((tmp_path / "tensorboard" / "hparams.yaml").read_text())
     counts = {k: hparams["model"][k] for k in ("params_total", "params_trainable", "params_frozen")}
+    weights.unlink()  # the checkpoint holds the trained weights: it must not need the file any more
     rebuilt = ClassifierModule.load_from_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
+    assert rebuilt.hparams.backbone["weights_path"] is None and hparams["model"]["weights_path"] == str(
+        weights
+    )
     assert counts == parameter_counts(rebuilt) and 0 < counts["params_trainable"] < counts["params_frozen"]
     assert trainable_prefixes(rebuilt.backbone, 2) == {
         "blocks.11",

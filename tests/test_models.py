@@ -42,6 +42,16 @@ def test_model_configs_state_their_pretrained_input(model, tmp_path):
         assert cfg.data.image_size == 32
 
 
+def test_deit_on_cifar_resizes_to_224_bicubic_and_augments_only_training(tmp_path):
+    datamodule = instantiate(compose_config("train", ["model=deit", "data=cifar10"], tmp_path).data)
+    image = torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8)
+    evaluate, augment = datamodule.transform(train=False), datamodule.transform(train=True)
+    assert evaluate(image).shape == augment(image).shape == (3, 224, 224)
+    torch.testing.assert_close(evaluate(image), evaluate(image))
+    assert not torch.equal(augment(image), augment(image))  # random crop + flip
+    assert "BICUBIC" in str(evaluate) and "Random" not in str(evaluate)
+
+
 def test_deit_mlp_head_sits_on_both_tokens_and_the_output_averages_them():
     model = vision_transformer(
         "deit_tiny_distilled_patch16_224", img_size=32, num_classes=10, head="keras_mlp"
