@@ -52,6 +52,7 @@ class ClassifierModule(L.LightningModule):
         freeze = dict(freeze or {"mode": "none"})
         self.unfreeze_at_epoch = freeze.pop("unfreeze_at_epoch", None)
         apply_freezing(self.backbone, **freeze)
+        frozen_batchnorm_to_eval(self.backbone)  # Lightning keeps submodule modes: fit does not call train()
         if self.channels_last:  # NHWC: faster convolutions on tensor cores
             self.backbone.to(memory_format=torch.channels_last)
         if compile_backbone:  # in place, so state_dict keys (and checkpoints) stay those of the eager model

@@ -96,14 +96,27 @@ def test_the_modes_agree_with_each_other():
 
 
 def test_frozen_batchnorm_stays_in_eval_mode_and_keeps_its_statistics(tmp_path):
-    module = seed_module("seed001_densenet201_cifar10", tmp_path).train()
+    module = seed_module("seed001_densenet201_cifar10", tmp_path, "data=digits")
     features = module.backbone.features
     frozen_bn, trained_bn = features.transition3.norm, features.denseblock4.denselayer1.norm1
-    assert not frozen_bn.training and trained_bn.training
     norms = [m for m in features.modules() if isinstance(m, _BatchNorm)]
-    assert all(m.training == m.weight.requires_grad for m in norms)
+    assert all(m.training == m.weight.requires_grad for m in norms)  # from construction on
+    module.eval().train()
+    assert all(m.training == m.weight.requires_grad for m in norms)  # and after train()
     before = frozen_bn.running_mean.clone(), trained_bn.running_mean.clone()
-    module(torch.randn(4, 3, 32, 32))
+    modes_in_training = set()
+
+    class Probe(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            modes_in_training.add((frozen_bn.training, trained_bn.training))
+
+    trainer = L.Trainer(
+        max_epochs=2, limit_train_batches=1, limit_val_batches=1, accelerator="cpu", logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[Probe()],
+    )  # fmt: skip
+    cfg = compose_config("train", ["data=digits", "data.image_size=32", "data.batch_size=8"], tmp_path)
+    trainer.fit(module, datamodule=instantiate(cfg.data))
+    assert modes_in_training == {(False, True)}  # in both epochs, i.e. also after validation
     torch.testing.assert_close(frozen_bn.running_mean, before[0])
     assert not torch.equal(trained_bn.running_mean, before[1])
 
