@@ -35,8 +35,8 @@ def resolve(model: nn.Module, layer: str) -> str:
     return name
 
 
-def _freeze_before(model: nn.Module, name: str | None) -> None:
-    """Freezes every parameter that comes before module `name` (all of them for None), trains the rest.
+def _freeze_before(model: nn.Module, name: str) -> None:
+    """Freezes every parameter that comes before module `name` and trains the rest.
     Module order is definition order, which for these models is the order of the forward pass."""
     frozen = True
     for module_name, module in model.named_modules():

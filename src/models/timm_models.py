@@ -83,9 +83,8 @@ def vision_transformer(
         drop_path_rate=drop_path_rate,
     )
     if head == "keras_mlp":
-        classifiers = model.pretrained_cfg[
-            "classifier"
-        ]  # 'head', or ('head', 'head_dist') for distilled DeiT
+        # timm names its classifiers: 'head', or ('head', 'head_dist') for a distilled DeiT
+        classifiers = model.pretrained_cfg["classifier"]
         for name in [classifiers] if isinstance(classifiers, str) else classifiers:
             setattr(model, name, keras_mlp_head(model.num_features, num_classes))
     elif head != "linear":
