@@ -101,7 +101,7 @@ def test_checkpoints_carry_the_class_names_and_curves(run_dir):
     # every epoch up to the checkpoint's (Lightning 2.6 rewrites last.ckpt only when val/acc improved)
     assert [row["epoch"] for row in state["history"]] == list(range(ckpt["epoch"] + 1))
     assert {"val/loss", "val/acc"} <= set(state["history"][-1])
-    assert state["choices"] == {"model": "vit", "data": "digits"}
+    assert state["choices"] == {"model": "vit", "data": "digits", "freeze": "none"}
 
 
 def test_eval_reproduces_the_training_runs_report(run_dir, tmp_path):
