@@ -1,0 +1,64 @@
+"""Where a training run writes: a resumed fit continues in its checkpoint's run dir, and the DDP ranks that
+Lightning starts itself re-run exactly this job (not the whole sweep) in this job's folder."""
+
+import sys
+from datetime import datetime
+from pathlib import Path
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import OmegaConf, read_write
+
+from src.errors import UserError
+
+
+def find_checkpoint(ckpt_path: str | None, task_dir: str | Path) -> Path | None:
+    """The checkpoint `ckpt_path` names: a file, or `last` = the newest `last.ckpt` of any run of the task
+    (None when there is none). A named file that does not exist is the user's error."""
+    if ckpt_path is None:
+        return None
+    if ckpt_path == "last":
+        found = Path(task_dir).glob("**/checkpoints/last.ckpt")
+        return max(found, key=lambda path: path.stat().st_mtime, default=None)
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise UserError(
+            f"checkpoint not found: {path}. Pass ckpt_path=<run dir>/checkpoints/<file>.ckpt, "
+            "ckpt_path=last (the newest last.ckpt of this task), or ckpt_path=null to start fresh"
+        )
+    return path.resolve()
+
+
+def _resume_dir(ckpt_path: str | None, task_dir: str, fresh_dir: str) -> str:
+    """The run dir of the checkpoint to resume (`<run dir>/checkpoints/<file>.ckpt`), else a fresh one."""
+    try:
+        checkpoint = find_checkpoint(ckpt_path, task_dir)
+    except UserError:  # src.train reports it; the run dir is decided before it runs
+        return fresh_dir
+    if checkpoint is None or checkpoint.parent.name != "checkpoints":
+        return fresh_dir
+    return str(checkpoint.parent.parent)
+
+
+def _config_subdir(run_dir: str) -> str:
+    """`.hydra`, unless the run dir has a config already (a resumed run): then `.hydra/resumed_<time>`."""
+    if (Path(run_dir) / ".hydra" / "config.yaml").is_file():
+        return f".hydra/resumed_{datetime.now():%Y-%m-%d_%H-%M-%S_%f}"
+    return ".hydra"
+
+
+# cached: every look at hydra.run.dir in this process sees the same folder, even once checkpoints are written
+OmegaConf.register_new_resolver("resume_dir", _resume_dir, use_cache=True, replace=True)
+OmegaConf.register_new_resolver("config_subdir", _config_subdir, use_cache=True, replace=True)
+
+
+def rerun_this_job_on_other_ranks() -> None:
+    """Lightning starts DDP ranks > 0 by re-running `sys.argv` plus `hydra.run.dir=<HydraConfig's run.dir>`.
+    In a sweep (`-m`) that would start the whole sweep again, in another folder: give it this job's overrides
+    and this job's folder instead."""
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        return
+    sys.argv = [sys.argv[0], *hydra_cfg.overrides.task]
+    with read_write(hydra_cfg.run):
+        hydra_cfg.run.dir = hydra_cfg.runtime.output_dir
