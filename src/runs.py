@@ -1,10 +1,13 @@
 """Where a training run writes: a resumed fit continues in its checkpoint's run dir, and the DDP ranks that
 Lightning starts itself re-run exactly this job (not the whole sweep) in this job's folder."""
 
+import os
 import sys
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import OmegaConf, read_write
@@ -52,13 +55,22 @@ OmegaConf.register_new_resolver("resume_dir", _resume_dir, use_cache=True, repla
 OmegaConf.register_new_resolver("config_subdir", _config_subdir, use_cache=True, replace=True)
 
 
-def rerun_this_job_on_other_ranks() -> None:
-    """Lightning starts DDP ranks > 0 by re-running `sys.argv` plus `hydra.run.dir=<HydraConfig's run.dir>`.
-    In a sweep (`-m`) that would start the whole sweep again, in another folder: give it this job's overrides
-    and this job's folder instead."""
+@contextmanager
+def one_job():
+    """Runs one job of a sweep as if it were alone, for Lightning's DDP launcher. The launcher starts ranks > 0
+    by re-running `sys.argv` plus `hydra.run.dir=<HydraConfig's run.dir>`: in a sweep (`-m`) that would start the
+    whole sweep again, in another folder, so they get this job's overrides and folder. And it leaves its process
+    group and environment (LOCAL_RANK, WORLD_SIZE, ...) behind, which the next job would take for its own."""
     hydra_cfg = HydraConfig.get()
-    if hydra_cfg.mode != RunMode.MULTIRUN:
-        return
-    sys.argv = [sys.argv[0], *hydra_cfg.overrides.task]
-    with read_write(hydra_cfg.run):
-        hydra_cfg.run.dir = hydra_cfg.runtime.output_dir
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        sys.argv = [sys.argv[0], *hydra_cfg.overrides.task]
+        with read_write(hydra_cfg.run):
+            hydra_cfg.run.dir = hydra_cfg.runtime.output_dir
+    environ = dict(os.environ)
+    try:
+        yield
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+        os.environ.clear()
+        os.environ.update(environ)

@@ -5,12 +5,11 @@ from pathlib import Path
 
 import hydra
 import lightning as L
-from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from src.errors import exit_on_user_error
-from src.runs import find_checkpoint, rerun_this_job_on_other_ranks
+from src.runs import find_checkpoint, one_job
 from src.utils import instantiate_group, log_hyperparameters, metrics_to_floats
 
 log = logging.getLogger(__name__)
@@ -35,8 +34,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
     log_hyperparameters(trainer, cfg, model)
 
     if cfg.train:
-        if HydraConfig.initialized():
-            rerun_this_job_on_other_ranks()
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = metrics_to_floats(trainer.callback_metrics)
     checkpoint = trainer.checkpoint_callback
@@ -56,7 +53,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    metrics = train(cfg)
+    with one_job():
+        metrics = train(cfg)
     # the value a sweeper (Optuna) optimises: the best epoch's (by the checkpoint callback), else the last one
     name = cfg.get("optimized_metric")
     return metrics.get(f"{name}_best", metrics.get(name))
