@@ -43,8 +43,11 @@ def _resume_dir(ckpt_path: str | None, task_dir: str, fresh_dir: str) -> str:
     return str(checkpoint.parent.parent)
 
 
-def _config_subdir(run_dir: str) -> str:
-    """`.hydra`, unless the run dir has a config already (a resumed run): then `.hydra/resumed_<time>`."""
+def _config_subdir(run_dir: str) -> str | None:
+    """`.hydra`, unless the run dir has a config already (a resumed run): then `.hydra/resumed_<time>`.
+    None (no copy) on ranks > 0 that srun or torchrun started: they share rank 0's run dir."""
+    if int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", 0))) > 0:
+        return None
     if (Path(run_dir) / ".hydra" / "config.yaml").is_file():
         return f".hydra/resumed_{datetime.now():%Y-%m-%d_%H-%M-%S_%f}"
     return ".hydra"
