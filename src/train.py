@@ -1,6 +1,7 @@
 """Train (then test on the best checkpoint): python -m src.train [group=option ...] [key=value ...]"""
 
 import logging
+from pathlib import Path
 
 import hydra
 import lightning as L
@@ -8,6 +9,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from src.errors import exit_on_user_error
+from src.runs import find_checkpoint, one_job
 from src.utils import instantiate_group, log_hyperparameters, metrics_to_floats
 
 log = logging.getLogger(__name__)
@@ -15,6 +17,11 @@ log = logging.getLogger(__name__)
 
 @exit_on_user_error
 def train(cfg: DictConfig) -> dict[str, float]:
+    ckpt_path = find_checkpoint(cfg.get("ckpt_path"), Path(cfg.paths.log_dir) / cfg.task_name)
+    if ckpt_path:
+        log.info("Resuming from %s", ckpt_path)
+    elif cfg.get("ckpt_path") == "last":
+        log.info("No last.ckpt of task %r in %s: starting fresh", cfg.task_name, cfg.paths.log_dir)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     datamodule: L.LightningDataModule = instantiate(cfg.data)
@@ -27,8 +34,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     log_hyperparameters(trainer, cfg, model)
 
     if cfg.train:
-        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = metrics_to_floats(trainer.callback_metrics)
+    checkpoint = trainer.checkpoint_callback
+    if checkpoint and checkpoint.monitor and checkpoint.best_model_score is not None:  # for a sweeper
+        metrics[f"{checkpoint.monitor}_best"] = float(checkpoint.best_model_score)
 
     if cfg.test:
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
@@ -43,9 +53,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    metrics = train(cfg)
-    # the value a sweeper (Optuna) optimises
-    return metrics.get(cfg.get("optimized_metric"))
+    with one_job():
+        metrics = train(cfg)
+    # the value a sweeper (Optuna) optimises: the best epoch's (by the checkpoint callback), else the last one
+    name = cfg.get("optimized_metric")
+    return metrics.get(f"{name}_best", metrics.get(name))
 
 
 if __name__ == "__main__":

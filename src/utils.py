@@ -27,6 +27,11 @@ def parameter_counts(model: torch.nn.Module) -> dict[str, int]:
     return {"params_total": total, "params_trainable": trainable, "params_frozen": total - trainable}
 
 
+def effective_batch_size(trainer: L.Trainer, batch_size: int) -> int:
+    """Images per optimizer step: per device x devices x nodes x accumulated batches."""
+    return batch_size * trainer.num_devices * trainer.num_nodes * trainer.accumulate_grad_batches
+
+
 def log_hyperparameters(
     trainer: L.Trainer, cfg: DictConfig, model: L.LightningModule, metrics: dict[str, float] | None = None
 ) -> None:
@@ -37,5 +42,7 @@ def log_hyperparameters(
         repeated = ("backbone", "optimizer", "scheduler", "data")
         hparams["module"] = {key: value for key, value in hparams["module"].items() if key not in repeated}
     hparams["model"] = {**hparams.get("model", model.hparams.backbone), **parameter_counts(model)}
+    if hparams.get("data"):  # batch_size is per device; the optimizer sees the batches of all of them
+        hparams["data"]["effective_batch_size"] = effective_batch_size(trainer, hparams["data"]["batch_size"])
     for logger in trainer.loggers:
         logger.log_hyperparams(hparams, metrics) if metrics else logger.log_hyperparams(hparams)

@@ -1,0 +1,79 @@
+"""Where a training run writes: a resumed fit continues in its checkpoint's run dir, and the DDP ranks that
+Lightning starts itself re-run exactly this job (not the whole sweep) in this job's folder."""
+
+import os
+import sys
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import OmegaConf, read_write
+
+from src.errors import UserError
+
+
+def find_checkpoint(ckpt_path: str | None, task_dir: str | Path) -> Path | None:
+    """The checkpoint `ckpt_path` names: a file, or `last` = the newest `last.ckpt` of any run of the task
+    (None when there is none). A named file that does not exist is the user's error."""
+    if ckpt_path is None:
+        return None
+    if ckpt_path == "last":
+        found = Path(task_dir).glob("**/checkpoints/last.ckpt")
+        return max(found, key=lambda path: path.stat().st_mtime, default=None)
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise UserError(
+            f"checkpoint not found: {path}. Pass ckpt_path=<run dir>/checkpoints/<file>.ckpt, "
+            "ckpt_path=last (the newest last.ckpt of this task), or ckpt_path=null to start fresh"
+        )
+    return path.resolve()
+
+
+def _resume_dir(ckpt_path: str | None, task_dir: str, fresh_dir: str) -> str:
+    """The run dir of the checkpoint to resume (`<run dir>/checkpoints/<file>.ckpt`), else a fresh one."""
+    try:
+        checkpoint = find_checkpoint(ckpt_path, task_dir)
+    except UserError:  # src.train reports it; the run dir is decided before it runs
+        return fresh_dir
+    if checkpoint is None or checkpoint.parent.name != "checkpoints":
+        return fresh_dir
+    return str(checkpoint.parent.parent)
+
+
+def _config_subdir(run_dir: str) -> str | None:
+    """`.hydra`, unless the run dir has a config already (a resumed run): then `.hydra/resumed_<time>`.
+    None (no copy) on ranks > 0 that srun or torchrun started: they share rank 0's run dir."""
+    if int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", 0))) > 0:
+        return None
+    if (Path(run_dir) / ".hydra" / "config.yaml").is_file():
+        return f".hydra/resumed_{datetime.now():%Y-%m-%d_%H-%M-%S_%f}"
+    return ".hydra"
+
+
+# cached: every look at hydra.run.dir in this process sees the same folder, even once checkpoints are written
+OmegaConf.register_new_resolver("resume_dir", _resume_dir, use_cache=True, replace=True)
+OmegaConf.register_new_resolver("config_subdir", _config_subdir, use_cache=True, replace=True)
+
+
+@contextmanager
+def one_job():
+    """Runs one job of a sweep as if it were alone, for Lightning's DDP launcher. The launcher starts ranks > 0
+    by re-running `sys.argv` plus `hydra.run.dir=<HydraConfig's run.dir>`: in a sweep (`-m`) that would start the
+    whole sweep again, in another folder, so they get this job's overrides and folder. And it leaves its process
+    group and environment (LOCAL_RANK, WORLD_SIZE, ...) behind, which the next job would take for its own."""
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        sys.argv = [sys.argv[0], *hydra_cfg.overrides.task]
+        with read_write(hydra_cfg.run):
+            hydra_cfg.run.dir = hydra_cfg.runtime.output_dir
+    environ = dict(os.environ)
+    try:
+        yield
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+        os.environ.clear()
+        os.environ.update(environ)

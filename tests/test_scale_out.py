@@ -1,0 +1,164 @@
+"""Scaling out through the real CLI: DDP with two gloo processes, sweeps (Hydra multirun, Optuna), and
+resuming a killed run with ckpt_path=last. Plus the SLURM launcher and Optuna configs compose."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from tests.conftest import CONF, QUICK, ROOT, TINY_VIT, run_cli, run_dirs
+
+FEW_BATCHES = ["+trainer.limit_train_batches=3", "+trainer.limit_val_batches=2"]
+REPORT_FILES = (
+    "report.md",
+    "report.csv",
+    "confusion_matrix.png",
+    "curves.png",
+    "misclassified.png",
+    "summary.json",
+)
+
+
+def scalars(events_path: Path, tag: str) -> list:
+    events = EventAccumulator(str(events_path))
+    events.Reload()
+    return events.Scalars(tag) if tag in events.Tags()["scalars"] else []
+
+
+def assert_complete_job(run_dir: Path) -> None:
+    assert {p.name for p in (run_dir / "checkpoints").iterdir()} >= {"last.ckpt"}
+    assert len(list((run_dir / "checkpoints").glob("epoch_*.ckpt"))) == 1
+    assert scalars(run_dir / "tensorboard", "val/acc") and scalars(run_dir / "tensorboard", "test/acc")
+    assert [
+        p for p in (run_dir / "tensorboard").iterdir() if p.is_dir()
+    ] == []  # one version: the folder itself
+    for name in REPORT_FILES:
+        assert (run_dir / name).is_file(), name
+    assert (run_dir / ".hydra" / "config.yaml").is_file()
+
+
+def best_val_acc(run_dir: Path) -> float:
+    """best_model_score of the val/acc ModelCheckpoint, as stored in the run's last checkpoint."""
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    (state,) = (
+        s for k, s in checkpoint["callbacks"].items() if k.startswith("ModelCheckpoint{'monitor': 'val/acc'")
+    )
+    return float(state["best_model_score"])
+
+
+def test_ddp_on_two_cpu_processes_makes_one_run(tmp_path):
+    result = run_cli(
+        "src.train", "data=digits", "trainer=ddp", "trainer.devices=2", *TINY_VIT, *QUICK, *FEW_BATCHES,
+        f"paths.log_dir={tmp_path}",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [p.name for p in (tmp_path / "train").iterdir()] == ["runs"]
+    (run_dir,) = run_dirs(tmp_path, "train")  # both ranks wrote into the one folder
+    assert_complete_job(run_dir)
+    assert result.stdout.count("Classification report (test)") == 1  # written by rank 0 only
+    hparams = yaml.safe_load((run_dir / "tensorboard" / "hparams.yaml").read_text())
+    assert hparams["data"]["effective_batch_size"] == 2 * hparams["data"]["batch_size"] == 128
+    assert hparams["trainer"]["strategy"]["_target_"] == "lightning.pytorch.strategies.DDPStrategy"
+
+
+def test_multirun_gives_one_complete_run_dir_per_job(tiny_sweep):
+    assert sorted(p.name for p in tiny_sweep.iterdir() if p.is_dir()) == ["0", "1"]
+    for job in ("0", "1"):
+        assert_complete_job(tiny_sweep / job)
+    assert [p.name for p in (tiny_sweep.parents[1]).iterdir()] == ["multiruns"]  # no stray run dirs
+
+
+def test_optuna_sweep_reports_the_best_validation_accuracy(tmp_path):
+    result = run_cli(
+        "src.train", "hparams_search=vit_optuna", "hydra.sweeper.n_trials=2", "data=digits", *TINY_VIT, *QUICK,
+        "trainer.max_epochs=2", *FEW_BATCHES, f"paths.log_dir={tmp_path}",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    (sweep,) = (tmp_path / "train" / "multiruns").iterdir()
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
+    assert [p.name for p in jobs] == ["0", "1"]
+    for job in jobs:
+        assert_complete_job(job)
+    # two different trials (the seeded TPE sampler), and the sweep's best is the best epoch's val/acc
+    params = [yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()) for job in jobs]
+    assert params[0] != params[1] and any(o.startswith("optimizer.lr=") for o in params[0])
+    results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert results["best_value"] == pytest.approx(max(best_val_acc(job) for job in jobs))
+
+
+def test_killed_run_resumes_from_last_checkpoint_in_its_run_dir(tmp_path):
+    args = ["data=digits", *TINY_VIT, *QUICK, "trainer.max_epochs=6", "+trainer.limit_train_batches=6",
+            "+trainer.limit_val_batches=1", "trainer.log_every_n_steps=1", "test=false",
+            f"paths.log_dir={tmp_path}", "ckpt_path=last"]  # fmt: skip
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    with open(tmp_path / "first.log", "w") as log:
+        first = subprocess.Popen(
+            [sys.executable, "-m", "src.train", *args],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 600
+        while not list(tmp_path.glob("train/runs/*/checkpoints/last.ckpt")) and first.poll() is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    assert "No last.ckpt of task 'train'" in (tmp_path / "first.log").read_text()  # ckpt_path=last: fresh
+    (run_dir,) = run_dirs(tmp_path, "train")
+    killed = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert killed["epoch"] < 5, "the first run finished before it was killed"
+    config = (run_dir / ".hydra" / "config.yaml").read_text()
+    events_before = set((run_dir / "tensorboard").glob("events.*"))
+
+    result = run_cli("src.train", *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"Resuming from {run_dir / 'checkpoints' / 'last.ckpt'}" in result.stdout
+    assert run_dirs(tmp_path, "train") == [run_dir]  # continued in the same folder
+    final = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert (final["epoch"], final["global_step"]) == (5, 6 * 6)
+    assert (run_dir / ".hydra" / "config.yaml").read_text() == config  # the original config is kept
+    (resumed_config,) = (run_dir / ".hydra").glob("resumed_*/config.yaml")
+    assert yaml.safe_load(resumed_config.read_text())["ckpt_path"] == "last"
+    # TensorBoard continues in the same folder, from the checkpoint's step and epoch on
+    new_events = set((run_dir / "tensorboard").glob("events.*")) - events_before
+    steps = [s.step for path in new_events for s in scalars(path, "train/loss_step")]
+    epochs = [int(s.value) for path in new_events for s in scalars(path, "epoch")]
+    assert min(steps) >= killed["global_step"] and max(steps) == 6 * 6 - 1
+    assert min(epochs) == killed["epoch"] + 1 and max(epochs) == 5
+
+
+def test_missing_checkpoint_file_says_so(tmp_path):
+    missing = tmp_path / "nope.ckpt"
+    result = run_cli("src.train", "data=digits", f"ckpt_path={missing}", f"paths.log_dir={tmp_path}", *QUICK)
+    assert result.returncode == 2
+    assert f"error: checkpoint not found: {missing}" in result.stderr
+    assert "ckpt_path=last" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_slurm_launcher_and_optuna_search_compose():
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(
+            "train",
+            ["hydra/launcher=submitit_slurm", "hydra.launcher.partition=gpu", "hydra.launcher.gpus_per_node=8",
+             "hparams_search=vit_optuna", "trainer=multinode"],
+            return_hydra_config=True,
+        )  # fmt: skip
+    launcher, sweeper = cfg.hydra.launcher, cfg.hydra.sweeper
+    assert launcher._target_.endswith("SlurmLauncher") and launcher.partition == "gpu"
+    assert launcher.tasks_per_node == 8 and launcher.signal_delay_s > 0  # one task per GPU; SIGUSR1 first
+    assert sweeper._target_.endswith("OptunaSweeper") and sweeper.direction == "maximize"
+    assert sweeper.sampler.seed is not None and sweeper.storage is None
+    assert cfg.optimized_metric == "val/acc"
+    assert (cfg.trainer.num_nodes, cfg.trainer.devices) == (2, 8)
