@@ -13,9 +13,10 @@ import torch
 import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from hydra.utils import instantiate
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.conftest import CONF, QUICK, ROOT, TINY_VIT, run_cli, run_dirs
+from tests.conftest import CONF, QUICK, ROOT, TINY_VIT, compose_config, run_cli, run_dirs
 
 FEW_BATCHES = ["+trainer.limit_train_batches=3", "+trainer.limit_val_batches=2"]
 REPORT_FILES = (
@@ -162,3 +163,18 @@ def test_slurm_launcher_and_optuna_search_compose():
     assert sweeper.sampler.seed is not None and sweeper.storage is None
     assert cfg.optimized_metric == "val/acc"
     assert (cfg.trainer.num_nodes, cfg.trainer.devices) == (2, 8)
+
+
+def test_finetune_search_varies_the_frozen_depth(tmp_path):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", ["hparams_search=finetune_optuna"], return_hydra_config=True)
+    assert cfg.hydra.sweeper.params["freeze.num_blocks"].startswith("choice(")
+    # one trial's values build a DeiT with that many blocks frozen
+    trial = compose_config(
+        "train", ["hparams_search=finetune_optuna", "model=deit_tiny", "data=digits", "data.image_size=32",
+                  "freeze.num_blocks=10", "optimizer.lr=1e-4"], tmp_path
+    )  # fmt: skip
+    backbone = instantiate(trial.module).backbone
+    assert not any(p.requires_grad for p in backbone.blocks[9].parameters())
+    assert all(p.requires_grad for p in backbone.blocks[10].parameters())
