@@ -102,7 +102,7 @@ class GPUBatches:
         rows = self._offsets(n, 2 * p + 1)[:, None, None] + torch.arange(h, device=self.device)[:, None]
         cols = self._offsets(n, 2 * p + 1)[:, None, None] + torch.arange(w, device=self.device)
         samples = torch.arange(n, device=self.device)[:, None, None]
-        return padded[samples, rows, cols].permute(0, 3, 1, 2)
+        return padded[samples, rows, cols].permute(0, 3, 1, 2).contiguous()
 
     def _cutout(self, x: torch.Tensor) -> torch.Tensor:
         """Zeroes (the mean colour, after normalisation) one `cutout` x `cutout` square per image, placed
