@@ -46,10 +46,16 @@ MEAN, STD = [0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616]
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 
 
-def model_config(name: str, image_size: int, device: str):
+def model_config(name: str, image_size: int, device: str, extra: list[str] = ()):
     """The model's conf/model/<name>.yaml as src.train composes it, with random weights."""
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        overrides = [f"model={name}", "data=cifar10", f"data.image_size={image_size}", "scheduler=none"]
+        overrides = [
+            f"model={name}",
+            "data=cifar10",
+            f"data.image_size={image_size}",
+            "scheduler=none",
+            *extra,
+        ]
         cfg = compose("train", overrides=overrides + [f"trainer={'gpu' if device == 'cuda' else 'cpu'}"])
     with open_dict(cfg):
         if "pretrained" in cfg.model:  # speed does not depend on the weights, and they may be offline
@@ -210,7 +216,7 @@ def train_flops(module, images, labels, cfg, device: str) -> int:
 def bench_model(name: str, image_size: int, args) -> dict | None:
     device = args.device
     try:
-        cfg = model_config(name, image_size, device)
+        cfg = model_config(name, image_size, device, args.overrides)
     except MissingConfigException:
         print(f"skipping {name}: there is no conf/model/{name}.yaml", file=sys.stderr)
         return None
@@ -230,14 +236,16 @@ def bench_model(name: str, image_size: int, args) -> dict | None:
     row["train img/s (raw)"] = statistics.median(raw)
     row["ours / raw"] = row["train img/s (ours)"] / row["train img/s (raw)"]
     pairs = sorted(a / b for a, b in zip(ours, raw, strict=True))
-    row["ours / raw per repeat"] = f"{pairs[0]:.3f}–{pairs[-1]:.3f}"
+    row["ours / raw per repeat: median (min–max)"] = (
+        f"{statistics.median(pairs):.3f} ({pairs[0]:.3f}–{pairs[-1]:.3f})"
+    )
     row["overhead ms/step"] = (
         1000 * args.batch_size * (1 / row["train img/s (ours)"] - 1 / row["train img/s (raw)"])
     )
     row["fit() fixed cost s"] = statistics.median(fixed)
     row["peak train MiB"] = memory.mib
     row["infer img/s"] = statistics.median(
-        inference_rate(module, loader, cfg, args.steps, args.warmup, device) for _ in range(args.repeats)
+        inference_rate(module, loader, cfg, args.steps, args.warmup, device) for _ in range(3)
     )
     transforms = build_transforms("cifar", image_size, MEAN, STD, train=True, native_size=32)
     dataset = TransformedSubset(TensorDataset(images, labels), range(len(images)), transforms)
@@ -344,7 +352,9 @@ def parse_args(argv=None):
     parser.add_argument("--num-workers", type=int, default=2, help="workers of the DataLoader measured")
     parser.add_argument("--epoch-images", type=int, default=50_000, help="CUDA only: images per timed epoch")
     parser.add_argument("--epoch-batch-size", type=int, default=512)
+    parser.add_argument("--overrides", nargs="*", default=[], help="Hydra overrides, e.g. model.depth=1")
     parser.add_argument("--out", default="docs/benchmarks.md")
+    parser.add_argument("--append", action="store_true", help="add this run to --out instead of replacing it")
     args = parser.parse_args(argv)
     if not 0 <= args.warmup < args.steps - 1:
         parser.error("--warmup must be at least 0 and below --steps - 1")
@@ -353,7 +363,7 @@ def parse_args(argv=None):
     return args
 
 
-NOT_MEASURED_ON_CPU = """## Not measured here (no GPU on this machine)
+NOT_MEASURED_ON_CPU = """### Not measured here (no GPU on this machine)
 The CUDA-only numbers (model FLOPs utilisation against the GPU's bf16 peak, `torch.compile` against eager
 through `Trainer.fit`, and the seconds per 50 000-image epoch of the scratch ViT with the GPU-resident loader)
 were not measured, and nothing about GPU speed should be read from the CPU table. Measure them on a GPU with:
@@ -390,19 +400,20 @@ def main(argv=None) -> list[dict]:
             f"Scratch ViT, one {args.epoch_images}-image epoch (CIFAR-10's training set size) with the "
             f"GPU-resident loader, batch {args.epoch_batch_size}: {epoch_seconds(args):.2f} s."
         )
-    else:
+    elif not args.append:  # said once per file
         notes.append(NOT_MEASURED_ON_CPU)
     command = "python -m src.bench " + " ".join(sys.argv[1:] if argv is None else argv)
     header.append(f"- load average at the end: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
     header.append(f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    title = [] if args.append else ["# Benchmarks", "", COLUMNS, ""]
     text = "\n".join(
-        ["# Benchmarks", "", "Written by", "", f"    {command}", "", "## Machine", *header, "",
-         "## Training, inference and loaders", "", markdown(rows), "", COLUMNS, "", *notes]
+        [*title, f"## {command}", "", *header, "", markdown(rows), "", *notes]
     )  # fmt: skip
     print(text)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text + "\n")
+    with out.open("a" if args.append else "w") as file:
+        file.write(("\n" if args.append else "") + text + "\n")
     return rows
 
 

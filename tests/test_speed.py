@@ -173,3 +173,17 @@ def test_bench_runs_end_to_end(tmp_path, capsys):
     doc = out.read_text()
     assert "| vit | 16 | 32-true |" in doc and "python -m src.bench --device cpu" in doc
     assert "Not measured here" in doc and "load average" in doc
+
+
+@pytest.mark.slow  # torch.compile builds C++ kernels with gcc on a CPU: tens of seconds
+def test_compiled_backbone_trains_and_checkpoints_like_the_eager_one(tmp_path):
+    cfg = compose_config(
+        "train",
+        ["data=digits", *TINY_VIT, *QUICK, "model.compile=true", "+trainer.limit_train_batches=2",
+         "+trainer.limit_val_batches=1", "test=false"],
+        tmp_path,
+    )  # fmt: skip
+    metrics = train(cfg)
+    assert metrics["train/loss_epoch"] > 0
+    checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert not any("_orig_mod" in key for key in checkpoint["state_dict"])

@@ -18,7 +18,9 @@ class GPUBatches:
     """Batches of (normalised float images, int64 labels) from `images` (N, C, H, W uint8) and `labels`,
     both already on the device the model trains on. `train` shuffles every epoch and augments; otherwise
     batches come in order, un-augmented, and are the same every time. With several processes (DDP) each
-    rank takes its own share (`rank::world_size`) of one permutation that all ranks draw alike."""
+    rank takes its own share (`rank::world_size`) of one permutation that all ranks draw alike.
+    Lightning takes any sized iterable as a loader; its transfer_batch_to_device finds these batches on the
+    device already, so `.to()` returns them as they are (no copy)."""
 
     def __init__(
         self,
