@@ -116,6 +116,8 @@ def test_gpu_loader_and_cutout_refuse_what_they_cannot_do(fake_flowers102):
     )
     with pytest.raises(UserError, match="data.loader=gpu needs .* use data.loader=torch"):
         Flowers102DataModule(**flowers, batch_size=4, loader="gpu")
+    with pytest.raises(UserError, match="data.cutout=16 must be between 0 .off. and data.image_size=16"):
+        DigitsDataModule(**DIGITS, mean=[0.3] * 3, std=[0.4] * 3, loader="gpu", cutout=16)
     with pytest.raises(UserError, match="add data.loader=gpu"):
         DigitsDataModule(**DIGITS, mean=[0.3] * 3, std=[0.4] * 3, cutout=4)
 

@@ -73,6 +73,8 @@ class ImageDataModule(L.LightningDataModule):
             raise UserError(
                 f"data.loader={loader} is unknown: use data.loader=torch (DataLoader) or data.loader=gpu"
             )
+        if not 0 <= cutout < image_size:
+            raise UserError(f"data.cutout={cutout} must be between 0 (off) and data.image_size={image_size}")
         if cutout and loader != "gpu":
             raise UserError(
                 f"data.cutout={cutout} is applied by the GPU-resident loader only: add data.loader=gpu"
