@@ -86,8 +86,18 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def clock() -> tuple[float, float]:
+    """Wall time, and this process's CPU time: on a CPU shared with other jobs the latter hardly depends on
+    how often they take the cores away, so it still compares two loops when wall times are noise."""
+    return time.perf_counter(), time.process_time()
+
+
+def elapsed(start: tuple[float, float], end: tuple[float, float]) -> tuple[float, float]:
+    return end[0] - start[0], end[1] - start[1]
+
+
 class StepTimer(L.Callback):
-    """Wall time from the start of batch `warmup` to the end of the last batch (steady state)."""
+    """Time from the start of batch `warmup` to the end of the last batch (steady state)."""
 
     def __init__(self, warmup: int, device: str):
         self.warmup, self.device, self.start, self.end = warmup, device, None, None
@@ -95,15 +105,16 @@ class StepTimer(L.Callback):
     def on_train_batch_start(self, trainer, module, batch, batch_idx):
         if batch_idx == self.warmup:
             sync(self.device)
-            self.start = time.perf_counter()
+            self.start = clock()
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
         sync(self.device)
-        self.end = time.perf_counter()
+        self.end = clock()
 
 
-def lightning_rate(module, loader, cfg, steps: int, warmup: int, device: str) -> tuple[float, float]:
-    """Training images/s of `Trainer.fit` in its steady state, and the fit call's fixed cost in seconds."""
+def lightning_rate(module, loader, cfg, steps: int, warmup: int, device: str) -> tuple[float, float, float]:
+    """Training images/s of `Trainer.fit` in its steady state (per wall and per CPU second), and the fit
+    call's fixed cost in seconds."""
     timer = StepTimer(warmup, device)
     with tempfile.TemporaryDirectory() as log_dir:
         # conf/trainer as a user run gets it (precision, log_every_n_steps, ...), without validation and
@@ -116,9 +127,9 @@ def lightning_rate(module, loader, cfg, steps: int, warmup: int, device: str) ->
         begin = time.perf_counter()
         trainer.fit(module, train_dataloaders=loader)
         total = time.perf_counter() - begin
-    steady = timer.end - timer.start
+    steady, cpu = elapsed(timer.start, timer.end)
     images = (steps - warmup) * loader.batch_size
-    return images / steady, total - steady * steps / (steps - warmup)
+    return images / steady, images / cpu, total - steady * steps / (steps - warmup)
 
 
 def autocast(cfg, device: str):
@@ -126,16 +137,14 @@ def autocast(cfg, device: str):
     return torch.autocast(device, dtype=torch.bfloat16) if mixed else nullcontext()
 
 
-def raw_rate(module, loader, cfg, steps: int, warmup: int, device: str) -> float:
+def raw_rate(module, loader, cfg, steps: int, warmup: int, device: str) -> tuple[float, float]:
     """The same training as `lightning_rate`, in the loop a user would write by hand."""
     module.to(device).train()
     optimizer = module.configure_optimizers()  # the same optimizer and parameter groups
     for step, (images, labels) in enumerate(loader):
         if step == warmup:
             sync(device)
-            start = time.perf_counter()
-        if step == steps:
-            break
+            start = clock()
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         with autocast(cfg, device):
             loss = module.criterion(module(images), labels)
@@ -143,7 +152,9 @@ def raw_rate(module, loader, cfg, steps: int, warmup: int, device: str) -> float
         loss.backward()
         optimizer.step()
     sync(device)
-    return (steps - warmup) * loader.batch_size / (time.perf_counter() - start)
+    wall, cpu = elapsed(start, clock())
+    images = (steps - warmup) * loader.batch_size
+    return images / wall, images / cpu
 
 
 @torch.inference_mode()
@@ -225,13 +236,16 @@ def bench_model(name: str, image_size: int, args) -> dict | None:
     images, labels = synthetic(args.steps * args.batch_size)
     loader = gpu_batches(images, labels, args.batch_size, image_size, device)
     row = {"model": name, "image size": image_size, "precision": str(cfg.trainer.precision)}
-    ours, raw, fixed = [], [], []
+    ours, raw, ours_cpu, raw_cpu, fixed = [], [], [], [], []
     with PeakMemory(device) as memory:
         for _ in range(args.repeats):  # alternating, so that a change of machine load hits both
-            rate, cost = lightning_rate(module, loader, cfg, args.steps, args.warmup, device)
+            rate, cpu_rate, cost = lightning_rate(module, loader, cfg, args.steps, args.warmup, device)
             ours.append(rate)
+            ours_cpu.append(cpu_rate)
             fixed.append(cost)
-            raw.append(raw_rate(module, loader, cfg, args.steps, args.warmup, device))
+            rate, cpu_rate = raw_rate(module, loader, cfg, args.steps, args.warmup, device)
+            raw.append(rate)
+            raw_cpu.append(cpu_rate)
     row["train img/s (ours)"] = statistics.median(ours)
     row["train img/s (raw)"] = statistics.median(raw)
     row["ours / raw"] = row["train img/s (ours)"] / row["train img/s (raw)"]
@@ -239,6 +253,8 @@ def bench_model(name: str, image_size: int, args) -> dict | None:
     row["ours / raw per repeat: median (min–max)"] = (
         f"{statistics.median(pairs):.3f} ({pairs[0]:.3f}–{pairs[-1]:.3f})"
     )
+    if device == "cpu":
+        row["ours / raw per CPU second"] = statistics.median(ours_cpu) / statistics.median(raw_cpu)
     row["overhead ms/step"] = (
         1000 * args.batch_size * (1 / row["train img/s (ours)"] - 1 / row["train img/s (raw)"])
     )
@@ -271,7 +287,9 @@ def cuda_extras(cfg, module, loader, args) -> dict:
     images, labels = next(iter(loader))
     flops = train_flops(module.to("cuda").train(), images, labels, cfg, "cuda")
     peak = next((p for gpu, p in PEAK_BF16_FLOPS.items() if gpu in torch.cuda.get_device_name()), None)
-    raw = statistics.median(raw_rate(module, loader, cfg, args.steps, args.warmup, "cuda") for _ in range(3))
+    raw = statistics.median(
+        raw_rate(module, loader, cfg, args.steps, args.warmup, "cuda")[0] for _ in range(3)
+    )
     if peak:
         extras["MFU (raw loop)"] = f"{flops * raw / len(images) / peak:.1%}"
     compiled = build_module(cfg, compile_backbone=True)
@@ -377,7 +395,9 @@ COLUMNS = """Columns: *ours* is `Trainer.fit` with the ClassifierModule (its per
 logger, conf/trainer settings; no checkpointing, progress bar or validation); *raw* is a hand-written loop
 (forward, loss, zero_grad, backward, step) on the same module, data, batch size, precision and optimizer. Both
 are timed in their steady state (after the warm-up steps), alternating in one process; the table shows medians.
-*overhead ms/step* is the difference of the per-step times; *fit() fixed cost* is the rest of a `fit` call
+On a CPU shared with other jobs wall times swing with their load; *ours / raw per CPU second* compares the
+process CPU time each loop took instead, which depends much less on that load. *overhead ms/step* is the
+difference of the per-step (wall) times; *fit() fixed cost* is the rest of a `fit` call
 (setup and teardown), paid once per run. *peak train MiB* is the GPU's max allocated memory, or on a CPU the
 process's resident set size (which includes Python, torch and the data set). *loader / model* is how many times
 faster than the model trains each loader alone delivers augmented batches (DataLoader: `--num-workers` workers
