@@ -6,6 +6,7 @@ from hydra.utils import instantiate
 
 import src.module
 from src import bench
+from src.data.cifar10 import CIFAR10DataModule
 from src.data.digits import DigitsDataModule
 from src.data.flowers102 import Flowers102DataModule
 from src.data.gpu_loader import GPUBatches
@@ -108,6 +109,19 @@ def test_datamodules_choose_the_loader():
     torch_loader.setup("fit")
     loader = torch_loader.train_dataloader()
     assert loader.prefetch_factor == 4 and not loader.pin_memory  # pinned only for a GPU
+
+
+def test_cifar10_eval_batches_match_the_dataloader_path(fake_cifar10):
+    options = dict(data_dir=str(fake_cifar10), val_size=20, image_size=32, num_classes=10, mean=[0.5] * 3,
+                   std=[0.25] * 3, batch_size=8, download=False, verify_checksums=False, seed=0)  # fmt: skip
+    on_device, plain = CIFAR10DataModule(**options, loader="gpu"), CIFAR10DataModule(**options)
+    on_device.setup("fit")
+    plain.setup("fit")
+    for (images, labels), (expected, expected_labels) in zip(
+        on_device.test_dataloader(), plain.test_dataloader(), strict=True
+    ):
+        torch.testing.assert_close(images, expected)
+        assert torch.equal(labels, expected_labels)
 
 
 def test_gpu_loader_and_cutout_refuse_what_they_cannot_do(fake_flowers102):
