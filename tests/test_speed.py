@@ -1,5 +1,7 @@
 """Fast paths: the GPU-resident loader (run on CPU tensors here), fused optimizers, compile/bf16 configs, the bench."""
 
+import re
+
 import pytest
 import torch
 from hydra.utils import instantiate
@@ -8,9 +10,7 @@ import src.module
 from src import bench
 from src.data.cifar10 import CIFAR10DataModule
 from src.data.digits import DigitsDataModule
-from src.data.flowers102 import Flowers102DataModule
 from src.data.gpu_loader import GPUBatches
-from src.errors import UserError
 from src.train import train
 from tests.conftest import QUICK, TINY_VIT, compose_config
 
@@ -124,16 +124,25 @@ def test_cifar10_eval_batches_match_the_dataloader_path(fake_cifar10):
         assert torch.equal(labels, expected_labels)
 
 
-def test_gpu_loader_and_cutout_refuse_what_they_cannot_do(fake_flowers102):
-    flowers = dict(
-        data_dir=str(fake_flowers102), image_size=24, num_classes=102, mean=[0.5] * 3, std=[0.25] * 3
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["data=flowers102", "data.loader=gpu"], "data.loader=gpu needs .* use data.loader=torch"),
+        (["data=digits", "data.loader=gpu", "data.cutout=16"], "data.cutout=16 must be between 0 .off. and data.image_size=16"),
+        (["data=digits", "data.cutout=4"], "data.cutout=4 is applied by the GPU-resident loader only: add data.loader=gpu"),
+    ],
+)  # fmt: skip
+def test_gpu_loader_and_cutout_refuse_what_they_cannot_do(
+    overrides, message, fake_flowers102, tmp_path, capsys
+):
+    flowers = [f"data.data_dir={fake_flowers102}", "data.download=false", "data.verify_checksums=false"]
+    cfg = compose_config(
+        "train", [*overrides, *TINY_VIT, *QUICK, *(flowers if "flowers" in overrides[0] else [])], tmp_path
     )
-    with pytest.raises(UserError, match="data.loader=gpu needs .* use data.loader=torch"):
-        Flowers102DataModule(**flowers, batch_size=4, loader="gpu")
-    with pytest.raises(UserError, match="data.cutout=16 must be between 0 .off. and data.image_size=16"):
-        DigitsDataModule(**DIGITS, mean=[0.3] * 3, std=[0.4] * 3, loader="gpu", cutout=16)
-    with pytest.raises(UserError, match="add data.loader=gpu"):
-        DigitsDataModule(**DIGITS, mean=[0.3] * 3, std=[0.4] * 3, cutout=4)
+    with pytest.raises(SystemExit) as exit_info:  # the entry point's `error: ...`, exit code 2
+        train(cfg)
+    assert exit_info.value.code == 2
+    assert re.search(message, capsys.readouterr().err)
 
 
 def test_trains_with_the_gpu_resident_loader(tmp_path):

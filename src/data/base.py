@@ -69,21 +69,6 @@ class ImageDataModule(L.LightningDataModule):
         self.data_val: Dataset | None = None
         self.data_test: Dataset | None = None
         self.class_names: list[str] = []
-        if loader not in ("torch", "gpu"):
-            raise UserError(
-                f"data.loader={loader} is unknown: use data.loader=torch (DataLoader) or data.loader=gpu"
-            )
-        if not 0 <= cutout < image_size:
-            raise UserError(f"data.cutout={cutout} must be between 0 (off) and data.image_size={image_size}")
-        if cutout and loader != "gpu":
-            raise UserError(
-                f"data.cutout={cutout} is applied by the GPU-resident loader only: add data.loader=gpu"
-            )
-        if loader == "gpu" and type(self).in_memory is ImageDataModule.in_memory:
-            raise UserError(
-                f"data.loader=gpu needs a data set that fits in memory as one uint8 tensor (cifar10, digits); "
-                f"{type(self).__name__} reads images of varying sizes from disk: use data.loader=torch"
-            )
 
     def transform(self, train: bool):
         h = self.hparams
@@ -94,7 +79,29 @@ class ImageDataModule(L.LightningDataModule):
         Data sets small enough for that override it."""
         raise NotImplementedError
 
+    def _check_loader(self) -> None:
+        # here, not in __init__: Hydra would wrap the error of a constructor in its own
+        h = self.hparams
+        if h.loader not in ("torch", "gpu"):
+            raise UserError(
+                f"data.loader={h.loader} is unknown: use data.loader=torch (DataLoader) or data.loader=gpu"
+            )
+        if not 0 <= h.cutout < h.image_size:
+            raise UserError(
+                f"data.cutout={h.cutout} must be between 0 (off) and data.image_size={h.image_size}"
+            )
+        if h.cutout and h.loader != "gpu":
+            raise UserError(
+                f"data.cutout={h.cutout} is applied by the GPU-resident loader only: add data.loader=gpu"
+            )
+        if h.loader == "gpu" and type(self).in_memory is ImageDataModule.in_memory:
+            raise UserError(
+                f"data.loader=gpu needs a data set that fits in memory as one uint8 tensor (cifar10, digits); "
+                f"{type(self).__name__} reads images of varying sizes from disk: use data.loader=torch"
+            )
+
     def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader | GPUBatches:
+        self._check_loader()
         h = self.hparams
         device = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
         if h.loader == "gpu":
