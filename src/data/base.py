@@ -4,9 +4,11 @@ from collections.abc import Sequence
 
 import lightning as L
 import numpy as np
+import torch
 from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, Dataset
 
+from src.data.gpu_loader import GPUBatches
 from src.data.transforms import build_transforms
 from src.errors import UserError
 
@@ -52,8 +54,11 @@ class ImageDataModule(L.LightningDataModule):
         std: Sequence[float],
         batch_size: int,
         num_workers: int = 0,
-        pin_memory: bool = False,
+        pin_memory: bool | None = False,
         persistent_workers: bool = False,
+        prefetch_factor: int | None = None,
+        loader: str = "torch",
+        cutout: int = 0,
         download: bool = True,
         verify_checksums: bool = True,
         seed: int = 42,
@@ -72,15 +77,65 @@ class ImageDataModule(L.LightningDataModule):
             self.style, h.image_size, h.mean, h.std, train, self.native_size, h.interpolation
         )
 
-    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
+    def in_memory(self, dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
+        """All of `dataset` as (N x C x H x W uint8 images, labels): what data.loader=gpu puts on the device.
+        Data sets small enough for that override it."""
+        raise NotImplementedError
+
+    def _check_loader(self) -> None:
+        # here, not in __init__: Hydra would wrap the error of a constructor in its own
         h = self.hparams
+        if h.loader not in ("torch", "gpu"):
+            raise UserError(
+                f"data.loader={h.loader} is unknown: use data.loader=torch (DataLoader) or data.loader=gpu"
+            )
+        if not 0 <= h.cutout < h.image_size:
+            raise UserError(
+                f"data.cutout={h.cutout} must be between 0 (off) and data.image_size={h.image_size}"
+            )
+        if h.cutout and h.loader != "gpu":
+            raise UserError(
+                f"data.cutout={h.cutout} is applied by the GPU-resident loader only: add data.loader=gpu"
+            )
+        if h.loader == "gpu" and type(self).in_memory is ImageDataModule.in_memory:
+            raise UserError(
+                f"data.loader=gpu needs a data set that fits in memory as one uint8 tensor (cifar10, digits); "
+                f"{type(self).__name__} reads images of varying sizes from disk: use data.loader=torch"
+            )
+
+    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader | GPUBatches:
+        self._check_loader()
+        h = self.hparams
+        device = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
+        if h.loader == "gpu":
+            images, labels = self.in_memory(dataset)
+            rank, world_size = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+            # the recipe of transforms.py ('cifar': pad-crop + flip, 'digits': pad-crop), on whole batches
+            return GPUBatches(
+                images.to(device),
+                labels.to(device),
+                batch_size=h.batch_size,
+                image_size=h.image_size,
+                mean=h.mean,
+                std=h.std,
+                train=shuffle,
+                crop_padding=max(1, h.image_size // 8),
+                flip=self.style == "cifar",
+                cutout=h.cutout,
+                seed=h.seed,
+                rank=rank,
+                world_size=world_size,
+            )
+        workers = h.num_workers > 0
         return DataLoader(
             dataset,
             batch_size=h.batch_size,
             shuffle=shuffle,
             num_workers=h.num_workers,
-            pin_memory=h.pin_memory,
-            persistent_workers=h.persistent_workers and h.num_workers > 0,
+            # null: pin when training on a GPU (page-locked memory makes the copy asynchronous)
+            pin_memory=device.type == "cuda" if h.pin_memory is None else h.pin_memory,
+            persistent_workers=h.persistent_workers and workers,
+            prefetch_factor=h.prefetch_factor if workers else None,
         )
 
     def train_dataloader(self) -> DataLoader:

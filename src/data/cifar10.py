@@ -3,6 +3,7 @@ of the 50 000 training images, and the official 10 000 test images as the test s
 
 from pathlib import Path
 
+import torch
 from torchvision.datasets import CIFAR10
 
 from src.data.base import ImageDataModule, TransformedSubset, stratified_split
@@ -57,3 +58,8 @@ class CIFAR10DataModule(ImageDataModule):
         test = self._dataset(train=False)
         self.data_test = TransformedSubset(test, range(len(test)), self.transform(train=False))
         self.class_names = list(full.classes)
+
+    def in_memory(self, dataset: TransformedSubset) -> tuple[torch.Tensor, torch.Tensor]:
+        cifar = dataset.dataset  # its .data is N x H x W x C uint8
+        images = torch.from_numpy(cifar.data[dataset.indices]).permute(0, 3, 1, 2).contiguous()
+        return images, torch.tensor(cifar.targets)[dataset.indices]

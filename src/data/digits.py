@@ -33,3 +33,7 @@ class DigitsDataModule(ImageDataModule):
         self.data_val = TransformedSubset(full, val, self.transform(train=False))
         self.data_test = TransformedSubset(full, test, self.transform(train=False))
         self.class_names = [str(name) for name in digits.target_names]
+
+    def in_memory(self, dataset: TransformedSubset) -> tuple[torch.Tensor, torch.Tensor]:
+        images, labels = dataset.dataset.tensors
+        return images[dataset.indices], labels[dataset.indices]

@@ -1,0 +1,119 @@
+"""A loader for data sets that fit in device memory (CIFAR-10, digits): the uint8 images live on the device and
+each batch is augmented there as one tensor (as airbench and other fast CIFAR-10 trainers do), so no worker
+process, collate or host-to-device copy stands between the model and its data.
+
+It reproduces the 'cifar'/'digits' recipes of transforms.py on whole batches: resize to `image_size`,
+reflect-padded random crop, horizontal flip (optional), normalisation; plus optional cutout. The same code
+runs on CPU tensors, which is how it is tested.
+"""
+
+import math
+from collections.abc import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+
+
+class GPUBatches:
+    """Batches of (normalised float images, int64 labels) from `images` (N, C, H, W uint8) and `labels`,
+    both already on the device the model trains on. `train` shuffles every epoch and augments; otherwise
+    batches come in order, un-augmented, and are the same every time. With several processes (DDP) each
+    rank takes its own share (`rank::world_size`) of one permutation that all ranks draw alike.
+    Lightning takes any sized iterable as a loader; its transfer_batch_to_device finds these batches on the
+    device already, so `.to()` returns them as they are (no copy)."""
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        batch_size: int,
+        image_size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        train: bool,
+        crop_padding: int = 0,
+        flip: bool = False,
+        cutout: int = 0,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        if images.dtype != torch.uint8 or images.ndim != 4 or len(images) != len(labels):
+            raise ValueError(
+                f"expected N x C x H x W uint8 images and N labels, got {images.shape} {images.dtype}"
+            )
+        self.images, self.labels = images, labels.to(images.device, torch.int64)
+        self.batch_size, self.image_size, self.train = batch_size, image_size, train
+        self.crop_padding, self.flip, self.cutout = crop_padding, flip, cutout
+        self.rank, self.world_size = rank, world_size
+        shape = (1, -1, 1, 1)
+        self.mean = torch.tensor(mean, device=images.device).view(shape)
+        self.std = torch.tensor(std, device=images.device).view(shape)
+        # drawn on the data's device, so the random numbers need no host-to-device copy either
+        self.generator = torch.Generator(images.device).manual_seed(seed)
+
+    @property
+    def device(self) -> torch.device:
+        return self.images.device
+
+    def _indices(self) -> torch.Tensor:
+        n = len(self.images)
+        order = (
+            torch.randperm(n, device=self.device, generator=self.generator)
+            if self.train
+            else torch.arange(n, device=self.device)
+        )
+        # as DistributedSampler does: wrap around so that every rank gets as many samples (DDP steps in lockstep)
+        per_rank = math.ceil(n / self.world_size)
+        order = torch.cat([order, order[: per_rank * self.world_size - n]])
+        return order[self.rank :: self.world_size]
+
+    def __len__(self) -> int:
+        return math.ceil(math.ceil(len(self.images) / self.world_size) / self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for batch in self._indices().split(self.batch_size):
+            yield self.transform(self.images[batch]), self.labels[batch]
+
+    def transform(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.float().div_(255)
+        if x.shape[-2:] != (self.image_size, self.image_size):
+            x = F.interpolate(
+                x, size=(self.image_size,) * 2, mode="bilinear", antialias=True, align_corners=False
+            )
+        x = (x - self.mean) / self.std
+        if not self.train:
+            return x
+        if self.crop_padding:
+            x = self._random_crop(x)
+        if self.flip:
+            flipped = torch.rand(len(x), device=self.device, generator=self.generator) < 0.5
+            x = torch.where(flipped.view(-1, 1, 1, 1), x.flip(-1), x)
+        if self.cutout:
+            x = self._cutout(x)
+        return x
+
+    def _offsets(self, n: int, high: int) -> torch.Tensor:
+        return torch.randint(0, high, (n,), device=self.device, generator=self.generator)
+
+    def _random_crop(self, x: torch.Tensor) -> torch.Tensor:
+        """Reflect-pads by `crop_padding` and cuts each image's own window, all in one gather."""
+        n, _, h, w = x.shape
+        p = self.crop_padding
+        padded = F.pad(x, (p, p, p, p), mode="reflect").permute(0, 2, 3, 1)  # N, H, W, C: gather pixels
+        rows = self._offsets(n, 2 * p + 1)[:, None, None] + torch.arange(h, device=self.device)[:, None]
+        cols = self._offsets(n, 2 * p + 1)[:, None, None] + torch.arange(w, device=self.device)
+        samples = torch.arange(n, device=self.device)[:, None, None]
+        return padded[samples, rows, cols].permute(0, 3, 1, 2).contiguous()
+
+    def _cutout(self, x: torch.Tensor) -> torch.Tensor:
+        """Zeroes (the mean colour, after normalisation) one `cutout` x `cutout` square per image, placed
+        wholly inside it (DeVries & Taylor 2017)."""
+        n, _, h, w = x.shape
+        top = self._offsets(n, h - self.cutout + 1)[:, None]
+        left = self._offsets(n, w - self.cutout + 1)[:, None]
+        rows, cols = torch.arange(h, device=self.device), torch.arange(w, device=self.device)
+        in_rows = (rows >= top) & (rows < top + self.cutout)
+        in_cols = (cols >= left) & (cols < left + self.cutout)
+        square = in_rows[:, :, None] & in_cols[:, None, :]
+        return x.masked_fill(square[:, None], 0.0)

@@ -1,0 +1,214 @@
+"""Fast paths: the GPU-resident loader (run on CPU tensors here), fused optimizers, compile/bf16 configs, the bench."""
+
+import re
+
+import pytest
+import torch
+from hydra.utils import instantiate
+
+import src.module
+from src import bench
+from src.data.cifar10 import CIFAR10DataModule
+from src.data.digits import DigitsDataModule
+from src.data.gpu_loader import GPUBatches
+from src.train import train
+from tests.conftest import QUICK, TINY_VIT, compose_config
+
+PLAIN = dict(mean=[0.0] * 3, std=[1.0] * 3)  # normalised value = pixel / 255
+
+
+def batches(images, labels, **kwargs) -> GPUBatches:
+    options = dict(batch_size=32, image_size=images.shape[-1], train=True, **PLAIN) | kwargs
+    return GPUBatches(images, labels, **options)
+
+
+def constant_images(values: torch.Tensor, size: int = 8) -> torch.Tensor:
+    return values.to(torch.uint8).view(-1, 1, 1, 1).expand(-1, 3, size, size).contiguous()
+
+
+def test_batches_have_shapes_dtypes_and_their_own_labels():
+    labels = torch.arange(100) % 10
+    loader = batches(constant_images(labels * 20), labels, batch_size=32, crop_padding=2, flip=True)
+    sizes = []
+    for images, batch_labels in loader:
+        assert images.dtype == torch.float32 and batch_labels.dtype == torch.int64
+        assert images.shape[1:] == (3, 8, 8) and images.is_contiguous()  # NHWC views train 20x slower on CPU
+        # a constant image stays constant under crop (reflect padding) and flip: its value is its label
+        assert torch.equal((images.mean(dim=(1, 2, 3)) * 255).round().long(), batch_labels * 20)
+        sizes.append(len(images))
+    assert sizes == [32, 32, 32, 4] and len(loader) == 4
+
+
+@pytest.mark.parametrize("world_size", [1, 2])
+def test_an_epoch_covers_every_sample_once(world_size):
+    n = 300
+    index = torch.arange(n)
+    images = torch.stack([index % 256, index // 256, torch.zeros(n, dtype=torch.long)], 1)
+    images = images.to(torch.uint8)[:, :, None, None].expand(-1, -1, 4, 4).contiguous()
+    seen = []
+    for rank in range(world_size):
+        loader = batches(images, index, batch_size=64, rank=rank, world_size=world_size)
+        epochs = [torch.cat([labels for _, labels in loader]) for _ in range(2)]
+        assert not torch.equal(epochs[0], epochs[1])  # reshuffled every epoch
+        (x, labels), *_ = loader
+        assert torch.equal(
+            (x[:, 0, 0, 0] * 255).round() + 256 * (x[:, 1, 0, 0] * 255).round(), labels.float()
+        )
+        seen.append(epochs[0])
+        assert len(epochs[0]) == 150 * (2 // world_size)  # equal shares, so DDP ranks step in lockstep
+    assert torch.equal(torch.cat(seen).unique(), index)
+
+
+def test_flips_half_the_images_and_crops_shift_the_content():
+    n, size, pad = 2000, 8, 2
+    ramp = torch.arange(size, dtype=torch.uint8) * 30  # dark left, bright right
+    images = ramp.expand(n, 3, size, size).contiguous()
+    (flipped, _), *_ = batches(images, torch.zeros(n), batch_size=n, flip=True)
+    left_brighter = flipped[:, 0, 0, 0] > flipped[:, 0, 0, -1]
+    assert 0.45 < left_brighter.float().mean() < 0.55
+
+    dot = torch.zeros(n, 3, size, size, dtype=torch.uint8)
+    dot[:, :, 4, 4] = 255
+    (cropped, _), *_ = batches(dot, torch.zeros(n), batch_size=n, crop_padding=pad)
+    rows, cols = (cropped[:, 0] == 1).nonzero()[:, 1:].unbind(1)
+    # the dot lands anywhere within +-pad of where it was (reflection can add a mirrored copy)
+    assert set(rows.tolist()) == set(range(4 - pad, 4 + pad + 1)) == set(cols.tolist())
+
+
+def test_cutout_zeroes_one_square_per_image():
+    images = constant_images(torch.full((50,), 200), size=12)
+    (x, _), *_ = batches(images, torch.zeros(50), batch_size=50, cutout=5)
+    assert ((x == 0).sum(dim=(1, 2, 3)) == 3 * 5 * 5).all()
+
+
+def test_eval_batches_are_in_order_unaugmented_and_repeatable():
+    images = torch.randint(0, 256, (70, 3, 8, 8), dtype=torch.uint8)
+    labels = torch.arange(70)
+    loader = batches(
+        images, labels, train=False, crop_padding=2, flip=True, cutout=3, mean=[0.5] * 3, std=[0.25] * 3
+    )
+    first, second = list(loader), list(loader)
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(first, second, strict=True))
+    assert torch.equal(torch.cat([y for _, y in first]), labels)
+    assert torch.allclose(torch.cat([x for x, _ in first]), (images / 255 - 0.5) / 0.25)
+
+
+DIGITS = dict(data_dir="unused", val_size=180, test_size=360, image_size=16, num_classes=10, batch_size=64)
+
+
+def test_datamodules_choose_the_loader():
+    dm = DigitsDataModule(**DIGITS, mean=[0.3] * 3, std=[0.4] * 3, loader="gpu", cutout=4)
+    dm.setup("fit")
+    train, val = dm.train_dataloader(), dm.val_dataloader()
+    assert isinstance(train, GPUBatches) and train.train and not train.flip and train.cutout == 4
+    assert not val.train and len(val) == 3
+    images, _ = next(iter(train))
+    assert images.shape == (64, 3, 16, 16)  # digits' 8 px resized, as the torch transforms do
+
+    torch_loader = DigitsDataModule(**DIGITS, mean=[0.3] * 3, std=[0.4] * 3, num_workers=2, prefetch_factor=4)
+    torch_loader.setup("fit")
+    loader = torch_loader.train_dataloader()
+    assert loader.prefetch_factor == 4 and not loader.pin_memory  # pinned only for a GPU
+
+
+def test_cifar10_eval_batches_match_the_dataloader_path(fake_cifar10):
+    options = dict(data_dir=str(fake_cifar10), val_size=20, image_size=32, num_classes=10, mean=[0.5] * 3,
+                   std=[0.25] * 3, batch_size=8, download=False, verify_checksums=False, seed=0)  # fmt: skip
+    on_device, plain = CIFAR10DataModule(**options, loader="gpu"), CIFAR10DataModule(**options)
+    on_device.setup("fit")
+    plain.setup("fit")
+    for (images, labels), (expected, expected_labels) in zip(
+        on_device.test_dataloader(), plain.test_dataloader(), strict=True
+    ):
+        torch.testing.assert_close(images, expected)
+        assert torch.equal(labels, expected_labels)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["data=flowers102", "data.loader=gpu"], "data.loader=gpu needs .* use data.loader=torch"),
+        (["data=digits", "data.loader=gpu", "data.cutout=16"], "data.cutout=16 must be between 0 .off. and data.image_size=16"),
+        (["data=digits", "data.cutout=4"], "data.cutout=4 is applied by the GPU-resident loader only: add data.loader=gpu"),
+    ],
+)  # fmt: skip
+def test_gpu_loader_and_cutout_refuse_what_they_cannot_do(
+    overrides, message, fake_flowers102, tmp_path, capsys
+):
+    flowers = [f"data.data_dir={fake_flowers102}", "data.download=false", "data.verify_checksums=false"]
+    cfg = compose_config(
+        "train", [*overrides, *TINY_VIT, *QUICK, *(flowers if "flowers" in overrides[0] else [])], tmp_path
+    )
+    with pytest.raises(SystemExit) as exit_info:  # the entry point's `error: ...`, exit code 2
+        train(cfg)
+    assert exit_info.value.code == 2
+    assert re.search(message, capsys.readouterr().err)
+
+
+def test_trains_with_the_gpu_resident_loader(tmp_path):
+    cfg = compose_config(
+        "train",
+        ["data=digits", "data.loader=gpu", "data.cutout=4", *TINY_VIT, *QUICK, "+trainer.limit_train_batches=3",
+         "+trainer.limit_val_batches=2", "+trainer.limit_test_batches=2"],
+        tmp_path,
+    )  # fmt: skip
+    metrics = train(cfg)
+    assert {"train/loss_epoch", "train/acc", "val/acc", "test/acc"} <= metrics.keys()
+
+
+def test_compile_and_bf16_configs_compose(tmp_path):
+    cfg = compose_config("train", ["trainer=gpu", "model.compile=true", "model.channels_last=true"], tmp_path)
+    assert cfg.trainer.precision == "bf16-mixed" and cfg.trainer.accelerator == "gpu"
+    module = instantiate(cfg.module)
+    assert module.backbone._compiled_call_impl is not None  # compiled in place: state_dict keys unchanged
+    assert not any(key.startswith("backbone._orig_mod") for key in module.state_dict())
+
+
+@pytest.mark.parametrize(
+    ("fused", "device", "expected"), [("null", "cpu", False), ("null", "cuda:0", True), ("true", "cpu", True)]
+)
+def test_fused_optimizer_setting(fused, device, expected, tmp_path, monkeypatch):
+    cfg = compose_config(
+        "train", ["data=digits", "scheduler=none", *TINY_VIT, f"optimizer.fused={fused}"], tmp_path
+    )
+    module = instantiate(cfg.module)
+    built = []
+    # the optimizer as built for weights on `device` (building a fused one for CUDA tensors needs a GPU)
+    monkeypatch.setattr(
+        src.module, "instantiate", lambda config, **kwargs: built.append(kwargs) or instantiate(config)
+    )
+    module._device = torch.device(device)  # what .to(device) sets
+    optimizer = module.configure_optimizers()
+    assert built == [{"fused": expected}]
+    if device == "cpu":  # and for CPU weights, the real thing (torch has a fused CPU kernel too)
+        module._device = torch.device("cpu")
+        monkeypatch.undo()
+        assert bool(module.configure_optimizers().defaults["fused"]) is expected
+    assert isinstance(optimizer, torch.optim.AdamW)
+
+
+def test_bench_runs_end_to_end(tmp_path, capsys):
+    out = tmp_path / "benchmarks.md"
+    argv = ["--device", "cpu", "--models", "vit:16,no_such_model", "--batch-size", "8", "--steps", "4",
+            "--warmup", "1", "--repeats", "1", "--num-workers", "0", "--out", str(out)]  # fmt: skip
+    (row,) = bench.main(argv)
+    assert row["model"] == "vit" and row["train img/s (ours)"] > 0 and row["train img/s (raw)"] > 0
+    assert row["infer img/s"] > 0 and row["peak train MiB"] > 0 and row["GPU loader img/s"] > 0
+    assert "skipping no_such_model: there is no conf/model/no_such_model.yaml" in capsys.readouterr().err
+    doc = out.read_text()
+    assert "| vit | 16 | 32-true |" in doc and "python -m src.bench --device cpu" in doc
+    assert "Not measured here" in doc and "load average" in doc
+
+
+@pytest.mark.slow  # torch.compile builds C++ kernels with gcc on a CPU: tens of seconds
+def test_compiled_backbone_trains_and_checkpoints_like_the_eager_one(tmp_path):
+    cfg = compose_config(
+        "train",
+        ["data=digits", *TINY_VIT, *QUICK, "model.compile=true", "+trainer.limit_train_batches=2",
+         "+trainer.limit_val_batches=1", "test=false"],
+        tmp_path,
+    )  # fmt: skip
+    metrics = train(cfg)
+    assert metrics["train/loss_epoch"] > 0
+    checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert not any("_orig_mod" in key for key in checkpoint["state_dict"])
