@@ -111,16 +111,27 @@ def test_datamodules_choose_the_loader():
     assert loader.prefetch_factor == 4 and not loader.pin_memory  # pinned only for a GPU
 
 
-def test_cifar10_eval_batches_match_the_dataloader_path(fake_cifar10):
-    options = dict(data_dir=str(fake_cifar10), val_size=20, image_size=32, num_classes=10, mean=[0.5] * 3,
-                   std=[0.25] * 3, batch_size=8, download=False, verify_checksums=False, seed=0)  # fmt: skip
+@pytest.mark.parametrize(
+    ("image_size", "interpolation"), [(32, "bilinear"), (48, "bilinear"), (48, "bicubic")]
+)
+def test_cifar10_eval_batches_match_the_dataloader_path(image_size, interpolation, fake_cifar10):
+    options = dict(data_dir=str(fake_cifar10), val_size=20, image_size=image_size, num_classes=10,
+                   mean=[0.5] * 3, std=[0.25] * 3, batch_size=8, download=False, verify_checksums=False,
+                   seed=0, interpolation=interpolation)  # fmt: skip
     on_device, plain = CIFAR10DataModule(**options, loader="gpu"), CIFAR10DataModule(**options)
     on_device.setup("fit")
     plain.setup("fit")
     for (images, labels), (expected, expected_labels) in zip(
         on_device.test_dataloader(), plain.test_dataloader(), strict=True
     ):
-        torch.testing.assert_close(images, expected)
+        # one grey level = 1/255 before normalisation. Resizing rounds to whole levels on the DataLoader path
+        # (uint8) and not on the device; torchvision's uint8 bicubic kernel differs from torch's float one by a few
+        # levels at edges (on average 0.3; bilinear in place of bicubic would be 2.8 on average, up to 17)
+        levels = (images - expected).abs() * 0.25 * 255
+        if image_size == 32:
+            assert levels.max() < 1e-4
+        else:
+            assert levels.max() <= (1.01 if interpolation == "bilinear" else 6) and levels.mean() < 0.5
         assert torch.equal(labels, expected_labels)
 
 

@@ -119,6 +119,7 @@ class ImageDataModule(L.LightningDataModule):
                 mean=h.mean,
                 std=h.std,
                 train=shuffle,
+                interpolation=h.interpolation,
                 crop_padding=max(1, h.image_size // 8),
                 flip=self.style == "cifar",
                 cutout=h.cutout,

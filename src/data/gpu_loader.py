@@ -2,9 +2,9 @@
 each batch is augmented there as one tensor (as airbench and other fast CIFAR-10 trainers do), so no worker
 process, collate or host-to-device copy stands between the model and its data.
 
-It reproduces the 'cifar'/'digits' recipes of transforms.py on whole batches: resize to `image_size`,
-reflect-padded random crop, horizontal flip (optional), normalisation; plus optional cutout. The same code
-runs on CPU tensors, which is how it is tested.
+It reproduces the 'cifar'/'digits' recipes of transforms.py on whole batches: resize to `image_size` (with the
+data config's interpolation), reflect-padded random crop, horizontal flip (optional), normalisation; plus
+optional cutout. The same code runs on CPU tensors, which is how it is tested.
 """
 
 import math
@@ -31,6 +31,7 @@ class GPUBatches:
         mean: Sequence[float],
         std: Sequence[float],
         train: bool,
+        interpolation: str = "bilinear",
         crop_padding: int = 0,
         flip: bool = False,
         cutout: int = 0,
@@ -44,6 +45,7 @@ class GPUBatches:
             )
         self.images, self.labels = images, labels.to(images.device, torch.int64)
         self.batch_size, self.image_size, self.train = batch_size, image_size, train
+        self.interpolation = interpolation
         self.crop_padding, self.flip, self.cutout = crop_padding, flip, cutout
         self.rank, self.world_size = rank, world_size
         shape = (1, -1, 1, 1)
@@ -79,8 +81,9 @@ class GPUBatches:
         x = images.float().div_(255)
         if x.shape[-2:] != (self.image_size, self.image_size):
             x = F.interpolate(
-                x, size=(self.image_size,) * 2, mode="bilinear", antialias=True, align_corners=False
+                x, size=(self.image_size,) * 2, mode=self.interpolation, antialias=True, align_corners=False
             )
+            x = x.clamp_(0, 1)  # bicubic overshoots; the uint8 images of the DataLoader path are clamped too
         x = (x - self.mean) / self.std
         if not self.train:
             return x
