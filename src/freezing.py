@@ -4,6 +4,7 @@ frozen BatchNorm kept in eval mode, and unfreezing at an epoch through Lightning
 import difflib
 
 from lightning.pytorch.callbacks import BaseFinetuning
+from timm.optim import param_groups_weight_decay
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
@@ -81,8 +82,9 @@ def frozen_batchnorm_to_eval(model: nn.Module) -> None:
 
 class UnfreezeAtEpoch(BaseFinetuning):
     """Makes the whole backbone trainable at `epoch`; the newly trainable parameters join the optimizer as
-    a new group at a tenth of the current learning rate (BaseFinetuning's rule; the group is restored when a
-    run resumes from a checkpoint). From then on the scheduler drives it like the other groups."""
+    new groups (with and without weight decay) at a tenth of the current learning rate (BaseFinetuning's rule;
+    the groups are restored when a run resumes from a checkpoint). From then on the scheduler drives them
+    like the other groups."""
 
     def __init__(self, epoch: int):
         super().__init__()
@@ -99,10 +101,16 @@ class UnfreezeAtEpoch(BaseFinetuning):
         for param in frozen:
             param.requires_grad = True
         in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
-        new = [p for p in frozen if id(p) not in in_optimizer]
-        if new:
-            # the optimizer's defaults (weight decay, betas) plus the scheduler's per-group keys (initial_lr, ...)
-            first = optimizer.param_groups[0]
-            scheduler_keys = {k: v for k, v in first.items() if k not in optimizer.defaults and k != "params"}
-            optimizer.add_param_group({**scheduler_keys, "params": new, "lr": first["lr"] / 10})
+        # the optimizer's defaults (betas, ...) plus the scheduler's per-group keys (initial_lr, ...), and timm's
+        # weight-decay rule (none on norms, biases, embeddings) as configure_optimizers applies it
+        first = optimizer.param_groups[0]
+        scheduler_keys = {k: v for k, v in first.items() if k not in optimizer.defaults and k != "params"}
+        weight_decay = pl_module.hparams.optimizer.get("weight_decay", 0.0)
+        no_decay = getattr(pl_module.backbone, "no_weight_decay", set)()
+        for group in param_groups_weight_decay(
+            pl_module.backbone, weight_decay, no_weight_decay_list=no_decay
+        ):
+            new = [p for p in group["params"] if id(p) not in in_optimizer]
+            if new:
+                optimizer.add_param_group({**scheduler_keys, **group, "params": new, "lr": first["lr"] / 10})
         pl_module.train()  # BatchNorm layers that were frozen leave eval mode

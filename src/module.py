@@ -130,7 +130,9 @@ class ClassifierModule(L.LightningModule):
         optimizer_cfg = self.hparams.optimizer
         # no weight decay on biases, norms and embeddings (timm's rule, honouring backbone.no_weight_decay())
         no_decay = getattr(self.backbone, "no_weight_decay", set)()
-        groups = param_groups_weight_decay(self.backbone, optimizer_cfg.get("weight_decay", 0.0), no_decay)
+        groups = param_groups_weight_decay(
+            self.backbone, optimizer_cfg.get("weight_decay", 0.0), no_weight_decay_list=no_decay
+        )
         fused = {}
         if "fused" in optimizer_cfg:  # null: the fused CUDA kernel when the weights are on a GPU
             auto = optimizer_cfg["fused"] is None

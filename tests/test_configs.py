@@ -62,3 +62,20 @@ def test_optimizer_and_scheduler_train_a_step(optimizer, scheduler, tmp_path):
     )
     metrics = train(cfg)
     assert {"train/loss_step", "val/acc", "test/acc"} <= metrics.keys()
+
+
+@pytest.mark.parametrize("model", ["vit", "vit_tiny"])
+def test_no_weight_decay_on_norms_biases_and_embeddings(model, tmp_path):
+    cfg = compose_config(
+        "train", [f"model={model}", "data=digits", "data.image_size=32", "scheduler=none"], tmp_path
+    )
+    module = instantiate(cfg.module)
+    names = {id(p): name for name, p in module.backbone.named_parameters()}
+    groups = {
+        g["weight_decay"]: {names[id(p)] for p in g["params"]}
+        for g in module.configure_optimizers().param_groups
+    }
+    assert set(groups) == {0.0, cfg.optimizer.weight_decay}
+    assert {"cls_token", "pos_embed", "norm.weight", "norm.bias", "head.bias"} <= groups[0.0]
+    assert "head.weight" in groups[cfg.optimizer.weight_decay]
+    assert not any(name.endswith((".bias", "norm1.weight")) for name in groups[cfg.optimizer.weight_decay])

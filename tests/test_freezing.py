@@ -150,8 +150,14 @@ def test_unfreezing_at_an_epoch_trains_the_whole_backbone(tmp_path):
     trainer.fit(module, datamodule=instantiate(cfg.data))
     assert all(p.requires_grad for p in module.parameters())
     (optimizer,) = trainer.optimizers
-    assert len(optimizer.param_groups) == 3  # decay + no-decay groups of the head, then the backbone's
-    assert optimizer.param_groups[-1]["lr"] == pytest.approx(cfg.optimizer.lr / 10)
+    # decay + no-decay groups of the head, then the same two for the rest of the backbone at a tenth of the lr
+    assert len(optimizer.param_groups) == 4
+    assert [g["lr"] for g in optimizer.param_groups[2:]] == pytest.approx([cfg.optimizer.lr / 10] * 2)
+    assert sorted(g["weight_decay"] for g in optimizer.param_groups[2:]) == [0.0, cfg.optimizer.weight_decay]
+    no_decay = next(g for g in optimizer.param_groups[2:] if g["weight_decay"] == 0.0)["params"]
+    embeddings = {id(module.backbone.pos_embed), id(module.backbone.cls_token)}
+    assert embeddings <= {id(p) for p in no_decay}  # the ViT's no_weight_decay() names them
+    assert all(p.ndim <= 1 or id(p) in embeddings for p in no_decay)
     assert not torch.equal(patch_embed, start)  # it trained in the second epoch
 
 
