@@ -5,10 +5,12 @@ from pathlib import Path
 
 import hydra
 import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from src.errors import exit_on_user_error
+from src.errors import UserError, exit_on_user_error
 from src.runs import find_checkpoint, one_job
 from src.utils import instantiate_group, log_hyperparameters, metrics_to_floats
 
@@ -17,6 +19,12 @@ log = logging.getLogger(__name__)
 
 @exit_on_user_error
 def train(cfg: DictConfig) -> dict[str, float]:
+    if cfg.get("ckpt_path") and HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        raise UserError(
+            f"ckpt_path={cfg.ckpt_path} in a sweep (-m) would make every job resume the same checkpoint: "
+            "resume runs one at a time (python -m src.train ckpt_path=...), or resume an Optuna study "
+            "through its storage (hydra.sweeper.storage=sqlite:///...)"
+        )
     ckpt_path = find_checkpoint(cfg.get("ckpt_path"), Path(cfg.paths.log_dir) / cfg.task_name)
     if ckpt_path:
         log.info("Resuming from %s", ckpt_path)

@@ -147,6 +147,18 @@ def test_missing_checkpoint_file_says_so(tmp_path):
     assert "ckpt_path=last" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_a_sweep_refuses_to_resume_one_checkpoint_in_every_job(tmp_path):
+    result = run_cli(
+        "src.train", "-m", "data=digits", "ckpt_path=last", "seed=1,2", f"paths.log_dir={tmp_path}", *QUICK
+    )
+    assert result.returncode == 2
+    assert (
+        "error: ckpt_path=last in a sweep (-m) would make every job resume the same checkpoint"
+        in result.stderr
+    )
+    assert "Traceback" not in result.stderr and not list(tmp_path.glob("**/*.ckpt"))
+
+
 def test_slurm_launcher_and_optuna_search_compose():
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
