@@ -69,11 +69,21 @@ class ClassifierModule(L.LightningModule):
         for stage in ("train", "val", "test"):
             setattr(self, f"{stage}_metrics", metrics.clone(prefix=f"{stage}/"))
             setattr(self, f"{stage}_loss", MeanMetric(nan_strategy="disable"))
+        self._metrics_handed_over: set[str] = set()  # stages whose metrics Lightning holds this epoch
 
     def train(self, mode: bool = True):
         super().train(mode)
         frozen_batchnorm_to_eval(self.backbone)  # as in Keras: frozen BatchNorm keeps its running statistics
         return self
+
+    def on_train_epoch_start(self) -> None:
+        self._metrics_handed_over.discard("train")
+
+    def on_validation_epoch_start(self) -> None:
+        self._metrics_handed_over.discard("val")
+
+    def on_test_epoch_start(self) -> None:
+        self._metrics_handed_over.discard("test")
 
     def configure_callbacks(self):
         return [] if self.unfreeze_at_epoch is None else [UnfreezeAtEpoch(self.unfreeze_at_epoch)]
@@ -93,10 +103,12 @@ class ClassifierModule(L.LightningModule):
         metrics.update(logits, labels)
         # per-step train loss for the progress bar and curves; epoch means for everything else
         self.log(f"{stage}/loss", mean_loss, on_step=stage == "train", on_epoch=True, prog_bar=True)
-        if batch_idx == 0:
+        if stage not in self._metrics_handed_over:
             # logging a metric object hands it to Lightning, which computes (and resets) it at the epoch's end;
-            # once per epoch is enough, and each self.log call costs ~0.5 ms (a step of a small model on a GPU)
+            # once per epoch is enough, and each self.log call costs ~0.5 ms (a step of a small model on a GPU).
+            # Not `batch_idx == 0`: a fit resumed mid-epoch (SLURM requeue, every_n_train_steps) starts later
             self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=True)
+            self._metrics_handed_over.add(stage)
         return loss, logits
 
     def training_step(self, batch, batch_idx):

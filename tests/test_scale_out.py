@@ -16,6 +16,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from src.train import train
 from tests.conftest import CONF, QUICK, ROOT, TINY_VIT, compose_config, run_cli, run_dirs
 
 FEW_BATCHES = ["+trainer.limit_train_batches=3", "+trainer.limit_val_batches=2"]
@@ -137,6 +138,19 @@ def test_killed_run_resumes_from_last_checkpoint_in_its_run_dir(tmp_path):
     epochs = [int(s.value) for path in new_events for s in scalars(path, "epoch")]
     assert min(steps) >= killed["global_step"] and max(steps) == 6 * 6 - 1
     assert min(epochs) == killed["epoch"] + 1 and max(epochs) == 5
+
+
+def test_a_fit_resumed_mid_epoch_still_logs_its_training_metrics(tmp_path):
+    """A mid-epoch checkpoint (every_n_train_steps here; Lightning's SLURM requeue saves one too) resumes at
+    batch 3 of epoch 0: the epoch's train accuracy must still be computed and logged."""
+    args = ["data=digits", *TINY_VIT, *QUICK, "+trainer.limit_train_batches=5", "+trainer.limit_val_batches=1",
+            "test=false", "+callbacks.last_checkpoint.every_n_train_steps=3"]  # fmt: skip
+    train(compose_config("train", args, tmp_path / "first"))
+    checkpoint = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    saved = torch.load(checkpoint, weights_only=True)
+    assert (saved["epoch"], saved["global_step"]) == (0, 3)  # saved inside the epoch, not at its end
+    resumed = train(compose_config("train", [*args, f"ckpt_path={checkpoint}"], tmp_path / "resumed"))
+    assert 0 <= resumed["train/acc"] <= 1 and "train/loss_epoch" in resumed and "val/acc" in resumed
 
 
 def test_missing_checkpoint_file_says_so(tmp_path):

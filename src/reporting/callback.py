@@ -64,6 +64,10 @@ class ReportCallback(L.Callback):
         self.choices |= _hydra_choices()
 
     # -- fit: curves and epoch times
+    def on_train_start(self, trainer, pl_module) -> None:
+        # a fit resumed mid-epoch (SLURM requeue, every_n_train_steps) gets no on_train_epoch_start for it
+        self._epoch_start = time.perf_counter()
+
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._epoch_start = time.perf_counter()
 
