@@ -167,6 +167,22 @@ def test_trains_with_the_gpu_resident_loader(tmp_path):
     assert {"train/loss_epoch", "train/acc", "val/acc", "test/acc"} <= metrics.keys()
 
 
+def test_bf16_mixed_trains_tests_and_reports(tmp_path):
+    """The bf16 autocast path of trainer=gpu, run with torch's CPU autocast: bf16 logits reach the metrics and
+    the report, the checkpoint keeps float32 weights."""
+    cfg = compose_config(
+        "train",
+        ["data=digits", "trainer.precision=bf16-mixed", "data.loader=gpu", *TINY_VIT, *QUICK,
+         "+trainer.limit_train_batches=3", "+trainer.limit_val_batches=2", "+trainer.limit_test_batches=2"],
+        tmp_path,
+    )  # fmt: skip
+    metrics = train(cfg)
+    assert 0 < metrics["test/loss"] < 10 and 0 <= metrics["test/acc"] <= 1
+    assert "| accuracy |" in (tmp_path / "report.md").read_text()
+    checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert {tensor.dtype for tensor in checkpoint["state_dict"].values()} == {torch.float32}
+
+
 def test_compile_and_bf16_configs_compose(tmp_path):
     cfg = compose_config("train", ["trainer=gpu", "model.compile=true", "model.channels_last=true"], tmp_path)
     assert cfg.trainer.precision == "bf16-mixed" and cfg.trainer.accelerator == "gpu"
