@@ -153,6 +153,29 @@ def test_a_fit_resumed_mid_epoch_still_logs_its_training_metrics(tmp_path):
     assert 0 <= resumed["train/acc"] <= 1 and "train/loss_epoch" in resumed and "val/acc" in resumed
 
 
+# warmup_cosine asks for trainer.estimated_stepping_batches, which stops Lightning 2.6 restoring loaders itself
+@pytest.mark.parametrize("scheduler", ["warmup_cosine", "none"])
+def test_gpu_loader_fit_resumed_mid_epoch_ends_with_the_uninterrupted_weights(scheduler, tmp_path):
+    """data.loader=gpu keeps its place in checkpoints: resuming at step 7 (2 batches into epoch 1 of 5-batch
+    epochs) gives the same batches, augmentations included, so the same weights after step 10, bit for bit."""
+    args = ["data=digits", "data.loader=gpu", "data.batch_size=256", f"scheduler={scheduler}", *TINY_VIT,
+            "model.drop_path=0", *QUICK,
+            "trainer.max_epochs=2", "+trainer.limit_val_batches=1", "test=false",
+            "+callbacks.last_checkpoint.every_n_train_steps=1", "callbacks.last_checkpoint.save_top_k=-1",
+            "callbacks.last_checkpoint.filename='step_{step}'",
+            "+callbacks.last_checkpoint.auto_insert_metric_name=false"]  # fmt: skip
+    train(compose_config("train", args, tmp_path / "whole"))
+    step_7 = tmp_path / "whole" / "checkpoints" / "step_7.ckpt"
+    assert torch.load(step_7, weights_only=True)["epoch"] == 1  # inside the second epoch
+    train(compose_config("train", [*args, f"ckpt_path={step_7}"], tmp_path / "resumed"))
+    whole, resumed = (
+        torch.load(tmp_path / run / "checkpoints" / "step_10.ckpt", weights_only=True)["state_dict"]
+        for run in ("whole", "resumed")
+    )
+    assert whole.keys() == resumed.keys()
+    assert all(torch.equal(whole[key], resumed[key]) for key in whole)
+
+
 def test_missing_checkpoint_file_says_so(tmp_path):
     missing = tmp_path / "nope.ckpt"
     result = run_cli("src.train", "data=digits", f"ckpt_path={missing}", f"paths.log_dir={tmp_path}", *QUICK)

@@ -59,6 +59,20 @@ def test_an_epoch_covers_every_sample_once(world_size):
     assert torch.equal(torch.cat(seen).unique(), index)
 
 
+def test_a_loader_restored_mid_epoch_serves_the_rest_of_that_epoch():
+    images = torch.randint(0, 256, (100, 3, 8, 8), dtype=torch.uint8)
+    options = dict(batch_size=16, crop_padding=2, flip=True, cutout=3)
+    whole = batches(images, torch.arange(100), **options)
+    epoch_0, epoch_1 = list(whole), list(whole)
+    interrupted = batches(images, torch.arange(100), **options)
+    for _, _ in zip(range(3), interrupted, strict=False):  # three batches, then a checkpoint
+        pass
+    restored = batches(images, torch.arange(100), **options)
+    restored.load_state_dict(interrupted.state_dict())
+    for expected, got in zip(epoch_0[3:] + epoch_1, list(restored) + list(restored), strict=True):
+        assert torch.equal(expected[0], got[0]) and torch.equal(expected[1], got[1])  # augmentations too
+
+
 def test_flips_half_the_images_and_crops_shift_the_content():
     n, size, pad = 2000, 8, 2
     ramp = torch.arange(size, dtype=torch.uint8) * 30  # dark left, bright right

@@ -70,6 +70,8 @@ class ImageDataModule(L.LightningDataModule):
         self.data_val: Dataset | None = None
         self.data_test: Dataset | None = None
         self.class_names: list[str] = []
+        self._train_batches: GPUBatches | None = None  # data.loader=gpu: the training loader, whose place
+        self._train_batches_state: dict | None = None  # in its epoch checkpoints keep (see state_dict)
 
     def transform(self, train: bool):
         h = self.hparams
@@ -126,6 +128,7 @@ class ImageDataModule(L.LightningDataModule):
                 seed=h.seed,
                 rank=rank,
                 world_size=world_size,
+                epoch_of=(lambda: self.trainer.current_epoch) if self.trainer else None,
             )
         workers = h.num_workers > 0
         return DataLoader(
@@ -139,8 +142,22 @@ class ImageDataModule(L.LightningDataModule):
             prefetch_factor=h.prefetch_factor if workers else None,
         )
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.data_train, shuffle=True)
+    def train_dataloader(self) -> DataLoader | GPUBatches:
+        loader = self._loader(self.data_train, shuffle=True)
+        if isinstance(loader, GPUBatches):
+            if self._train_batches_state:
+                loader.load_state_dict(self._train_batches_state)
+            self._train_batches, self._train_batches_state = loader, None
+        return loader
+
+    # The GPU-resident loader's place goes into checkpoints through the DataModule: Lightning 2.6 saves a stateful
+    # loader's state itself, but does not give it back when configure_optimizers has asked for
+    # estimated_stepping_batches, as the warm-up/one-cycle schedules do (Lightning issue #20550)
+    def state_dict(self) -> dict:
+        return {"train_batches": self._train_batches.state_dict()} if self._train_batches else {}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._train_batches_state = state_dict.get("train_batches")
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.data_val, shuffle=False)

@@ -8,7 +8,7 @@ optional cutout. The same code runs on CPU tensors, which is how it is tested.
 """
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +20,13 @@ class GPUBatches:
     batches come in order, un-augmented, and are the same every time. With several processes (DDP) each
     rank takes its own share (`rank::world_size`) of one permutation that all ranks draw alike.
     Lightning takes any sized iterable as a loader; its transfer_batch_to_device finds these batches on the
-    device already, so `.to()` returns them as they are (no copy)."""
+    device already, so `.to()` returns them as they are (no copy).
+
+    Resumable: the shuffle of an epoch and the augmentation of each batch are drawn from seeds made of (`seed`,
+    epoch, rank, batch), the epoch number comes from `epoch_of` (the trainer's current epoch; without it each
+    pass is the next epoch), and `state_dict()` says how far the epoch got, which checkpoints keep (through the
+    DataModule, see data/base.py). A fit resumed from any checkpoint, mid-epoch included, sees the batches the
+    uninterrupted fit would have seen."""
 
     def __init__(
         self,
@@ -38,6 +44,7 @@ class GPUBatches:
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
+        epoch_of: Callable[[], int] | None = None,
     ):
         if images.dtype != torch.uint8 or images.ndim != 4 or len(images) != len(labels):
             raise ValueError(
@@ -47,21 +54,36 @@ class GPUBatches:
         self.batch_size, self.image_size, self.train = batch_size, image_size, train
         self.interpolation = interpolation
         self.crop_padding, self.flip, self.cutout = crop_padding, flip, cutout
-        self.rank, self.world_size = rank, world_size
+        self.seed, self.rank, self.world_size = seed, rank, world_size
         shape = (1, -1, 1, 1)
         self.mean = torch.tensor(mean, device=images.device).view(shape)
         self.std = torch.tensor(std, device=images.device).view(shape)
         # drawn on the data's device, so the random numbers need no host-to-device copy either
-        self.generator = torch.Generator(images.device).manual_seed(seed)
+        self.generator = torch.Generator(images.device)
+        self.epoch_of, self._passes = epoch_of, 0
+        self._progress = {"epoch": 0, "batches": 0}  # of the epoch being served: what state_dict() returns
+        self._resume: dict | None = None
+
+    def state_dict(self) -> dict:
+        return dict(self._progress)
+
+    def load_state_dict(self, state: dict) -> None:
+        # used by the next pass if it is of the same epoch (a fit resumed mid-epoch); after a checkpoint at an
+        # epoch's end the trainer is in the next epoch, which starts from its beginning
+        self._resume = dict(state)
+
+    def _reseed(self, *key: int) -> torch.Generator:
+        # Python hashes tuples of ints alike in every process (PYTHONHASHSEED affects strings only)
+        return self.generator.manual_seed(hash((self.seed, *key)) & (2**63 - 1))
 
     @property
     def device(self) -> torch.device:
         return self.images.device
 
-    def _indices(self) -> torch.Tensor:
+    def _indices(self, epoch: int) -> torch.Tensor:
         n = len(self.images)
         order = (
-            torch.randperm(n, device=self.device, generator=self.generator)
+            torch.randperm(n, device=self.device, generator=self._reseed(epoch))  # alike on every rank
             if self.train
             else torch.arange(n, device=self.device)
         )
@@ -74,7 +96,16 @@ class GPUBatches:
         return math.ceil(math.ceil(len(self.images) / self.world_size) / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for batch in self._indices().split(self.batch_size):
+        epoch = self.epoch_of() if self.epoch_of else self._passes
+        self._passes += 1
+        resume, self._resume = self._resume, None
+        done = resume["batches"] if resume and resume["epoch"] == epoch else 0
+        for i, batch in enumerate(self._indices(epoch).split(self.batch_size)):
+            if i < done:  # served before the checkpoint this fit resumed from
+                continue
+            self._progress = {"epoch": epoch, "batches": i + 1}
+            if self.train:
+                self._reseed(epoch, self.rank, i)
             yield self.transform(self.images[batch]), self.labels[batch]
 
     def transform(self, images: torch.Tensor) -> torch.Tensor:
