@@ -57,16 +57,20 @@ def best_val_acc(run_dir: Path) -> float:
     return float(state["best_model_score"])
 
 
-def test_ddp_on_two_cpu_processes_makes_one_run(tmp_path):
+@pytest.mark.parametrize("loader", ["torch", "gpu"])
+def test_ddp_on_two_cpu_processes_makes_one_run(loader, tmp_path):
     result = run_cli(
-        "src.train", "data=digits", "trainer=ddp", "trainer.devices=2", *TINY_VIT, *QUICK, *FEW_BATCHES,
-        f"paths.log_dir={tmp_path}",
+        "src.train", "data=digits", f"data.loader={loader}", "trainer=ddp", "trainer.devices=2", *TINY_VIT,
+        *QUICK, *FEW_BATCHES, f"paths.log_dir={tmp_path}",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert [p.name for p in (tmp_path / "train").iterdir()] == ["runs"]
     (run_dir,) = run_dirs(tmp_path, "train")  # both ranks wrote into the one folder
     assert_complete_job(run_dir)
     assert result.stdout.count("Classification report (test)") == 1  # written by rank 0 only
+    # each rank tested its own half of the 360 test images; the report has them all
+    supports = [line.rsplit(",", 1)[1] for line in (run_dir / "report.csv").read_text().splitlines()]
+    assert supports[-3:] == ["360"] * 3  # accuracy, macro avg, weighted avg
     hparams = yaml.safe_load((run_dir / "tensorboard" / "hparams.yaml").read_text())
     assert hparams["data"]["effective_batch_size"] == 2 * hparams["data"]["batch_size"] == 128
     assert hparams["trainer"]["strategy"]["_target_"] == "lightning.pytorch.strategies.DDPStrategy"
