@@ -278,24 +278,27 @@ def bench_model(name: str, image_size: int, args) -> dict | None:
         f"{row['GPU loader img/s'] / row['train img/s (raw)']:.1f}x"
     )
     if device == "cuda":
-        row |= cuda_extras(cfg, module, loader, args)
+        row |= gpu_extras(cfg, module, loader, args)
     return row
 
 
-def cuda_extras(cfg, module, loader, args) -> dict:
-    """MFU (bf16 peak of the GPU), and torch.compile against eager, both through Trainer.fit."""
-    extras = {}
+def gpu_extras(cfg, module, loader, args) -> dict:
+    """Model FLOPs per image, MFU (against the GPU's bf16 peak), and torch.compile against eager, both through
+    Trainer.fit. Run on CUDA by main(); on args.device, so that a test runs them on the CPU too."""
+    device, extras = args.device, {}
     images, labels = next(iter(loader))
-    flops = train_flops(module.to("cuda").train(), images, labels, cfg, "cuda")
-    peak = next((p for gpu, p in PEAK_BF16_FLOPS.items() if gpu in torch.cuda.get_device_name()), None)
+    flops = train_flops(module.to(device).train(), images, labels, cfg, device)
+    extras["train GFLOP/image"] = flops / len(images) / 1e9
+    name = torch.cuda.get_device_name() if device == "cuda" else ""
+    peak = next((p for gpu, p in PEAK_BF16_FLOPS.items() if gpu in name), None)
     raw = statistics.median(
-        raw_rate(module, loader, cfg, args.steps, args.warmup, "cuda")[0] for _ in range(3)
+        raw_rate(module, loader, cfg, args.steps, args.warmup, device)[0] for _ in range(3)
     )
     if peak:
         extras["MFU (raw loop)"] = f"{flops * raw / len(images) / peak:.1%}"
     compiled = build_module(cfg, compile_backbone=True)
     extras["train img/s compiled (ours)"] = lightning_rate(
-        compiled, loader, cfg, args.steps, args.warmup, "cuda"
+        compiled, loader, cfg, args.steps, args.warmup, device
     )[0]
     return extras
 
@@ -303,7 +306,7 @@ def cuda_extras(cfg, module, loader, args) -> dict:
 def epoch_seconds(args) -> float:
     """One 50 000-image epoch (the size of CIFAR-10's training set) of the scratch ViT with the GPU-resident
     loader, through Trainer.fit, after one warm-up epoch."""
-    cfg = model_config("vit", 32, args.device)
+    cfg = model_config("vit", 32, args.device, args.overrides)
     module = build_module(cfg)
     images, labels = synthetic(args.epoch_images)
     loader = gpu_batches(images, labels, args.epoch_batch_size, 32, args.device)

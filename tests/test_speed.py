@@ -253,3 +253,19 @@ def test_compiled_backbone_trains_and_checkpoints_like_the_eager_one(tmp_path):
     assert metrics["train/loss_epoch"] > 0
     checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     assert not any("_orig_mod" in key for key in checkpoint["state_dict"])
+
+
+@pytest.mark.slow  # torch.compile on a CPU: tens of seconds
+def test_the_gpu_only_measurements_run_end_to_end_on_the_cpu():
+    """What `src.bench --device cuda` adds (never run here for want of a GPU) must not fail on its first GPU."""
+    args = bench.parse_args(["--device", "cpu", "--batch-size", "8", "--steps", "3", "--warmup", "1",
+                             "--epoch-images", "64", "--epoch-batch-size", "32", "--overrides", *TINY_VIT])  # fmt: skip
+    cfg = bench.model_config("vit", 16, "cpu", args.overrides)
+    module = bench.build_module(cfg)
+    loader = bench.gpu_batches(*bench.synthetic(3 * 8), batch_size=8, image_size=16, device="cpu")
+    extras = bench.gpu_extras(cfg, module, loader, args)
+    # a 1-block ViT of width 32 on 16 px (17 tokens): ~6 x 11 k parameters x 17 tokens, less the patch
+    # embedding's input gradient, plus attention (counted: 0.94 MFLOP; the scratch ViT-Lite-7/4 at 32 px: 1.43 GFLOP)
+    assert 0.0008 < extras["train GFLOP/image"] < 0.0011
+    assert extras["train img/s compiled (ours)"] > 0 and "MFU (raw loop)" not in extras  # no bf16 peak known
+    assert bench.epoch_seconds(args) > 0
