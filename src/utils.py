@@ -35,8 +35,10 @@ def effective_batch_size(trainer: L.Trainer, batch_size: int) -> int:
 def log_hyperparameters(
     trainer: L.Trainer, cfg: DictConfig, model: L.LightningModule, metrics: dict[str, float] | None = None
 ) -> None:
-    """The resolved config plus parameter counts (`model/params_*`) go to every logger; with `metrics`,
-    TensorBoard's HParams tab shows them beside the hyper-parameters."""
+    """The resolved config plus parameter counts (`model/params_*`) go to every logger; with `metrics`, the
+    test metrics and best validation score are shown beside them (TensorBoard's HParams tab) as `hp/<name>`:
+    loggers also write these as scalars at step 0, which under their own names would add a false first point
+    to the curves."""
     hparams = OmegaConf.to_container(cfg, resolve=True)
     if "module" in hparams:  # it repeats model/optimizer/scheduler/data: keep only its own settings
         repeated = ("backbone", "optimizer", "scheduler", "data")
@@ -45,4 +47,8 @@ def log_hyperparameters(
     if hparams.get("data"):  # batch_size is per device; the optimizer sees the batches of all of them
         hparams["data"]["effective_batch_size"] = effective_batch_size(trainer, hparams["data"]["batch_size"])
     for logger in trainer.loggers:
-        logger.log_hyperparams(hparams, metrics) if metrics else logger.log_hyperparams(hparams)
+        if metrics:
+            final = {f"hp/{k}": v for k, v in metrics.items() if k.startswith("test/") or k.endswith("_best")}
+            logger.log_hyperparams(hparams, final)
+        else:
+            logger.log_hyperparams(hparams)

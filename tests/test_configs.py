@@ -64,6 +64,15 @@ def test_optimizer_and_scheduler_train_a_step(optimizer, scheduler, tmp_path):
     assert {"train/loss_step", "val/acc", "test/acc"} <= metrics.keys()
 
 
+@pytest.mark.parametrize("debug", ["fdr", "limit", "overfit"])
+def test_every_debug_mode_runs(debug, tmp_path):
+    overrides = [f"debug={debug}", "data=digits", "~callbacks.rich_progress_bar", *TINY_VIT]
+    cfg = compose_config(
+        "train", [*overrides, "trainer.max_epochs=2", "++trainer.limit_val_batches=1"], tmp_path
+    )
+    assert "test/acc" in train(cfg)
+
+
 @pytest.mark.parametrize("model", ["vit", "vit_tiny"])
 def test_no_weight_decay_on_norms_biases_and_embeddings(model, tmp_path):
     cfg = compose_config(

@@ -75,6 +75,9 @@ def test_quickstart_trains_then_eval_reproduces_test_accuracy(tmp_path):
     train_acc.Reload()
     test_acc = train_acc.Scalars("test/acc")[-1].value
     assert test_acc >= 0.95
+    val_steps = [point.step for point in train_acc.Scalars("val/acc")]
+    assert len(val_steps) == 60 and val_steps == sorted(set(val_steps))  # one point per epoch, none at step 0
+    assert train_acc.Scalars("hp/test/acc")[-1].value == test_acc  # the HParams tab's copy
 
     result = run_cli(
         "src.eval", f"ckpt_path={best}", f"paths.log_dir={tmp_path}", "~callbacks.rich_progress_bar"
