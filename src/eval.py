@@ -5,14 +5,33 @@ from pathlib import Path
 
 import hydra
 import lightning as L
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from src.errors import UserError, exit_on_user_error
 from src.module import ClassifierModule
 from src.utils import instantiate_group, log_hyperparameters, metrics_to_floats
 
 log = logging.getLogger(__name__)
+
+
+# what the model expects of its inputs, and the seed of the split it was trained on (digits' test split depends on it)
+KEPT_FROM_CHECKPOINT = ("image_size", "mean", "std", "interpolation", "seed")
+
+
+def data_config(chosen: DictConfig | None, trained: dict) -> DictConfig:
+    """The checkpoint's data config; with data=<option>, that data set, fed as the model was trained (the keys
+    above from the checkpoint, unless given as data.<key>=... on the command line)."""
+    if chosen is None:
+        return OmegaConf.create(trained)
+    given = HydraConfig.get().overrides.task if HydraConfig.initialized() else []
+    chosen = chosen.copy()
+    with open_dict(chosen):
+        for key in KEPT_FROM_CHECKPOINT:
+            if key in trained and not any(item.lstrip("+").startswith(f"data.{key}=") for item in given):
+                chosen[key] = trained[key]
+    return chosen
 
 
 @exit_on_user_error
@@ -23,8 +42,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
             f"checkpoint not found: {ckpt_path}. Pass ckpt_path=<run dir>/checkpoints/<file>.ckpt"
         )
     model = ClassifierModule.load_from_checkpoint(ckpt_path, map_location="cpu")
-    data_cfg = cfg.get("data") or model.hparams.data
-    datamodule: L.LightningDataModule = instantiate(data_cfg)
+    datamodule: L.LightningDataModule = instantiate(data_config(cfg.get("data"), model.hparams.data))
     if datamodule.hparams.num_classes != model.hparams.num_classes:
         raise UserError(
             f"the checkpoint predicts {model.hparams.num_classes} classes but the data set has "

@@ -1,5 +1,6 @@
 """The real CLI on generated CIFAR-10 / Flowers102 files, the digits quickstart, and src.eval."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -91,6 +92,23 @@ def test_quickstart_trains_then_eval_reproduces_test_accuracy(tmp_path):
     assert torch.load(best, weights_only=True)["hyper_parameters"]["data"]["_target_"].endswith(
         "DigitsDataModule"
     )
+
+
+def test_eval_on_a_chosen_data_set_feeds_it_as_the_model_was_trained(tmp_path):
+    """data=<option> brings that group's defaults (16 px digits, split seed unset in eval); the model was trained
+    at 32 px on the split of seed 1: eval keeps both from the checkpoint, so it reproduces train's test/acc."""
+    result = run_cli(
+        "src.train", "data=digits", "data.image_size=32", "seed=1", *TINY_VIT, *QUICK,
+        "+trainer.limit_train_batches=3", f"paths.log_dir={tmp_path}",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run_dir,) = run_dirs(tmp_path, "train")
+    best = next((run_dir / "checkpoints").glob("epoch_*.ckpt"))
+    trained = json.loads((run_dir / "summary.json").read_text())["test"]["test/acc"]
+    result = run_cli("src.eval", f"ckpt_path={best}", "data=digits", f"paths.log_dir={tmp_path}", *QUICK)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (eval_dir,) = run_dirs(tmp_path, "eval")
+    assert json.loads((eval_dir / "summary.json").read_text())["test"]["test/acc"] == trained
 
 
 def test_eval_with_a_missing_checkpoint_says_so(tmp_path):
