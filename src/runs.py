@@ -61,12 +61,13 @@ OmegaConf.register_new_resolver("config_subdir", _config_subdir, use_cache=True,
 @contextmanager
 def one_job():
     """Runs one job of a sweep as if it were alone, for Lightning's DDP launcher. The launcher starts ranks > 0
-    by re-running `sys.argv` plus `hydra.run.dir=<HydraConfig's run.dir>`: in a sweep (`-m`) that would start the
-    whole sweep again, in another folder, so they get this job's overrides and folder. And it leaves its process
-    group and environment (LOCAL_RANK, WORLD_SIZE, ...) behind, which the next job would take for its own."""
+    by re-running `sys.argv` plus `hydra.run.dir=<HydraConfig's run.dir>`: in a sweep (`-m`, or a config that
+    sets hydra.mode=MULTIRUN such as hparams_search) that would start the whole sweep again, in another folder,
+    so they get this job's overrides, a single-run mode and the job's folder. And it leaves its process group
+    and environment (LOCAL_RANK, WORLD_SIZE, ...) behind, which the next job would take for its own."""
     hydra_cfg = HydraConfig.get()
     if hydra_cfg.mode == RunMode.MULTIRUN:
-        sys.argv = [sys.argv[0], *hydra_cfg.overrides.task]
+        sys.argv = [sys.argv[0], *hydra_cfg.overrides.task, "hydra.mode=RUN"]
         with read_write(hydra_cfg.run):
             hydra_cfg.run.dir = hydra_cfg.runtime.output_dir
     environ = dict(os.environ)

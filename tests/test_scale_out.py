@@ -101,6 +101,20 @@ def test_optuna_sweep_reports_the_best_validation_accuracy(tmp_path):
     assert results["best_value"] == pytest.approx(max(best_val_acc(job) for job in jobs))
 
 
+def test_optuna_sweep_of_ddp_jobs_makes_one_sweep(tmp_path):
+    """hparams_search sets hydra.mode=MULTIRUN in the config: the DDP rank Lightning starts for a trial must run
+    that trial, not a sweep of its own."""
+    result = run_cli(
+        "src.train", "hparams_search=vit_optuna", "hydra.sweeper.n_trials=1", "data=digits", "trainer=ddp",
+        "trainer.devices=2", *TINY_VIT, *QUICK, *FEW_BATCHES, f"paths.log_dir={tmp_path}", timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [p.name for p in (tmp_path / "train").iterdir()] == ["multiruns"]
+    (sweep,) = (tmp_path / "train" / "multiruns").iterdir()
+    assert [p.name for p in sweep.iterdir() if p.is_dir()] == ["0"]
+    assert_complete_job(sweep / "0")
+
+
 def test_killed_run_resumes_from_last_checkpoint_in_its_run_dir(tmp_path):
     args = ["data=digits", *TINY_VIT, *QUICK, "trainer.max_epochs=6", "+trainer.limit_train_batches=6",
             "+trainer.limit_val_batches=1", "trainer.log_every_n_steps=1", "test=false",
