@@ -1,6 +1,7 @@
 """Errors a user can fix, reported as one clear message instead of a traceback."""
 
 import functools
+import os
 import sys
 
 from hydra.errors import InstantiationException
@@ -28,7 +29,8 @@ def exit_on_user_error(task):
                 cause = cause.__cause__
             if cause is None:
                 raise
-            print(f"error: {cause}", file=sys.stderr)
+            if int(os.environ.get("LOCAL_RANK", 0)) == 0:  # the other DDP processes hit the same error
+                print(f"error: {cause}", file=sys.stderr)
             sys.exit(2)
 
     return wrapper

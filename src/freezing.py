@@ -1,10 +1,9 @@
 """Freezing a backbone up to a named layer (Keras style): name → module resolution (Keras aliases included),
-frozen BatchNorm kept in eval mode, and unfreezing at an epoch through Lightning's BaseFinetuning."""
+frozen BatchNorm kept in eval mode, and unfreezing at an epoch."""
 
 import difflib
 
-from lightning.pytorch.callbacks import BaseFinetuning
-from timm.optim import param_groups_weight_decay
+from lightning.pytorch.callbacks import Callback
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
@@ -80,37 +79,29 @@ def frozen_batchnorm_to_eval(model: nn.Module) -> None:
             module.eval()
 
 
-class UnfreezeAtEpoch(BaseFinetuning):
-    """Makes the whole backbone trainable at `epoch`; the newly trainable parameters join the optimizer as
-    new groups (with and without weight decay) at a tenth of the current learning rate (BaseFinetuning's rule;
-    the groups are restored when a run resumes from a checkpoint). From then on the scheduler drives them
-    like the other groups."""
+class UnfreezeAtEpoch(Callback):
+    """Makes the whole backbone trainable from `epoch` (0-based) on. Its frozen parameters are in the optimizer
+    from the start, in groups at a tenth of the learning rate that the scheduler drives like the others
+    (ClassifierModule.configure_optimizers; AdamW skips them while they get no gradients), so unfreezing only
+    switches their gradients on, and a run resumed at any point gets the same optimizer and schedule back."""
 
     def __init__(self, epoch: int):
-        super().__init__()
         self.epoch = epoch
 
-    def freeze_before_training(self, pl_module) -> None:
-        pass  # the module froze its backbone when it was built
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if stage == "fit" and trainer.world_size > 1:
+            raise UserError(
+                f"freeze.unfreeze_at_epoch={self.epoch} does not work with {trainer.world_size} processes: DDP "
+                "synchronises only the parameters that were trainable when training started, so the unfrozen "
+                "backbone would train apart on each process. Fine-tune on one device, or freeze a fixed part "
+                "(freeze=until / first_n_blocks without unfreeze_at_epoch)"
+            )
 
-    def finetune_function(self, pl_module, epoch: int, optimizer) -> None:
-        # `>=` and the filter: a run resumed after `epoch` has its group back (BaseFinetuning restores it)
-        frozen = [p for p in pl_module.backbone.parameters() if not p.requires_grad]
-        if epoch < self.epoch or not frozen:
-            return
-        for param in frozen:
-            param.requires_grad = True
-        in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
-        # the optimizer's defaults (betas, ...) plus the scheduler's per-group keys (initial_lr, ...), and timm's
-        # weight-decay rule (none on norms, biases, embeddings) as configure_optimizers applies it
-        first = optimizer.param_groups[0]
-        scheduler_keys = {k: v for k, v in first.items() if k not in optimizer.defaults and k != "params"}
-        weight_decay = pl_module.hparams.optimizer.get("weight_decay", 0.0)
-        no_decay = getattr(pl_module.backbone, "no_weight_decay", set)()
-        for group in param_groups_weight_decay(
-            pl_module.backbone, weight_decay, no_weight_decay_list=no_decay
-        ):
-            new = [p for p in group["params"] if id(p) not in in_optimizer]
-            if new:
-                optimizer.add_param_group({**scheduler_keys, **group, "params": new, "lr": first["lr"] / 10})
-        pl_module.train()  # BatchNorm layers that were frozen leave eval mode
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.on_train_epoch_start(trainer, pl_module)  # a fit resumed mid-epoch gets no on_train_epoch_start
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        backbone = pl_module.backbone
+        if trainer.current_epoch >= self.epoch and not all(p.requires_grad for p in backbone.parameters()):
+            backbone.requires_grad_(True)
+            pl_module.train()  # BatchNorm layers that were frozen leave eval mode

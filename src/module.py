@@ -143,13 +143,31 @@ class ClassifierModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.class_names = checkpoint.get("class_names", [])
 
+    def _param_groups(self) -> list[dict]:
+        """No weight decay on biases, norms and embeddings (timm's rule, honouring backbone.no_weight_decay()).
+        With freeze.unfreeze_at_epoch the frozen parameters join from the start, as the same two groups at a
+        tenth of the learning rate: the scheduler then drives them like the others, and unfreezing them later
+        needs no new groups (which torch's schedulers and checkpoints could not take)."""
+        weight_decay = self.hparams.optimizer.get("weight_decay", 0.0)
+        no_decay = getattr(self.backbone, "no_weight_decay", set)()
+        if self.unfreeze_at_epoch is None:
+            return param_groups_weight_decay(self.backbone, weight_decay, no_weight_decay_list=no_decay)
+        frozen = [p for p in self.backbone.parameters() if not p.requires_grad]
+        self.backbone.requires_grad_(True)  # timm's helper groups trainable parameters only
+        try:
+            groups = param_groups_weight_decay(self.backbone, weight_decay, no_weight_decay_list=no_decay)
+        finally:
+            for param in frozen:
+                param.requires_grad_(False)
+        later = {id(p) for p in frozen}
+        lr = self.hparams.optimizer["lr"]
+        now = [{**g, "params": [p for p in g["params"] if id(p) not in later]} for g in groups]
+        after = [{**g, "params": [p for p in g["params"] if id(p) in later], "lr": lr / 10} for g in groups]
+        return [group for group in now + after if group["params"]]
+
     def configure_optimizers(self):
         optimizer_cfg = self.hparams.optimizer
-        # no weight decay on biases, norms and embeddings (timm's rule, honouring backbone.no_weight_decay())
-        no_decay = getattr(self.backbone, "no_weight_decay", set)()
-        groups = param_groups_weight_decay(
-            self.backbone, optimizer_cfg.get("weight_decay", 0.0), no_weight_decay_list=no_decay
-        )
+        groups = self._param_groups()
         fused = {}
         if "fused" in optimizer_cfg:  # null: the fused CUDA kernel when the weights are on a GPU
             auto = optimizer_cfg["fused"] is None
@@ -159,9 +177,12 @@ class ClassifierModule(L.LightningModule):
             return optimizer
         schedule = instantiate(self.hparams.scheduler["schedule"])
         # schedules defined over the whole run (OneCycle, warmup-cosine) are told its length
-        kwargs = {}
-        if "total_steps" in inspect.signature(schedule).parameters:
+        kwargs, parameters = {}, inspect.signature(schedule).parameters
+        if "total_steps" in parameters:
             kwargs["total_steps"] = int(self.trainer.estimated_stepping_batches)
+        if "max_lr" in parameters:  # OneCycle: each group peaks at its share (the unfreeze groups at a tenth)
+            peak = schedule.keywords.get("max_lr", optimizer_cfg["lr"])
+            kwargs["max_lr"] = [peak * group["lr"] / optimizer_cfg["lr"] for group in optimizer.param_groups]
         return {
             "optimizer": optimizer,
             "lr_scheduler": {

@@ -161,6 +161,35 @@ def test_unfreezing_at_an_epoch_trains_the_whole_backbone(tmp_path):
     assert not torch.equal(patch_embed, start)  # it trained in the second epoch
 
 
+@pytest.mark.parametrize("scheduler", ["warmup_cosine", "onecycle", "exponential"])
+def test_unfrozen_groups_keep_a_tenth_of_the_lr_and_resume_exactly(scheduler, tmp_path):
+    """Unfreezing at epoch 1 of 3 (3 steps each) under each scheduler: the unfrozen groups run at a tenth of the
+    others' lr all along, and a fit resumed at step 5 (inside epoch 1) ends with the uninterrupted weights."""
+    args = ["data=digits", "data.loader=gpu", "data.batch_size=256", "freeze=head_only", "freeze.unfreeze_at_epoch=1",
+            f"scheduler={scheduler}", *TINY_VIT, "model.drop_path=0", *QUICK, "trainer.max_epochs=3",
+            "+trainer.limit_train_batches=3", "+trainer.limit_val_batches=1", "test=false",
+            "+callbacks.last_checkpoint.every_n_train_steps=1", "callbacks.last_checkpoint.save_top_k=-1",
+            "callbacks.last_checkpoint.filename='step_{step}'",
+            "+callbacks.last_checkpoint.auto_insert_metric_name=false"]  # fmt: skip
+    cfg = compose_config("train", args, tmp_path / "whole")
+    train(cfg)
+    step_5 = tmp_path / "whole" / "checkpoints" / "step_5.ckpt"
+    train(compose_config("train", [*args, f"ckpt_path={step_5}"], tmp_path / "resumed"))
+    whole, resumed = (
+        torch.load(tmp_path / run / "checkpoints" / "step_9.ckpt", weights_only=True)
+        for run in ("whole", "resumed")
+    )
+    lrs = [group["lr"] for group in whole["optimizer_states"][0]["param_groups"]]
+    assert (
+        len(lrs) == 4 and lrs[2:] == pytest.approx([lrs[0] / 10] * 2) and lrs[0] != cfg.optimizer.lr
+    )  # scheduled
+    assert [group["lr"] for group in resumed["optimizer_states"][0]["param_groups"]] == lrs
+    assert all(torch.equal(whole["state_dict"][k], resumed["state_dict"][k]) for k in whole["state_dict"])
+    patch_embed = "backbone.patch_embed.proj.weight"  # frozen in epoch 0, trained from epoch 1 on
+    first = torch.load(tmp_path / "whole" / "checkpoints" / "step_3.ckpt", weights_only=True)["state_dict"]
+    assert not torch.equal(first[patch_embed], whole["state_dict"][patch_embed])
+
+
 def test_a_frozen_run_logs_its_counts_and_its_checkpoint_rebuilds_the_same_model(tmp_path, fake_cifar10):
     weights = tmp_path / "model.safetensors"  # stands in for the hub's file on a machine without internet
     safetensors.torch.save_file(timm.create_model("vit_tiny_patch16_224").state_dict(), weights)

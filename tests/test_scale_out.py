@@ -76,6 +76,16 @@ def test_ddp_on_two_cpu_processes_makes_one_run(loader, tmp_path):
     assert hparams["trainer"]["strategy"]["_target_"] == "lightning.pytorch.strategies.DDPStrategy"
 
 
+def test_ddp_refuses_unfreezing_at_an_epoch(tmp_path):
+    result = run_cli(
+        "src.train", "data=digits", "trainer=ddp", "trainer.devices=2", "freeze=head_only",
+        "freeze.unfreeze_at_epoch=1", *TINY_VIT, *QUICK, f"paths.log_dir={tmp_path}", timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.count("error: freeze.unfreeze_at_epoch=1 does not work with 2 processes") == 1
+    assert "Traceback" not in result.stderr and not list(tmp_path.glob("**/*.ckpt"))
+
+
 def test_multirun_gives_one_complete_run_dir_per_job(tiny_sweep):
     assert sorted(p.name for p in tiny_sweep.iterdir() if p.is_dir()) == ["0", "1"]
     for job in ("0", "1"):
