@@ -26,6 +26,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
             "through its storage (hydra.sweeper.storage=sqlite:///...)"
         )
     ckpt_path = find_checkpoint(cfg.get("ckpt_path"), Path(cfg.paths.log_dir) / cfg.task_name)
+    if cfg.get("ckpt_path") and not cfg.train:
+        raise UserError(
+            f"train=false with ckpt_path={cfg.ckpt_path} would test the checkpoint inside its training run's "
+            f"folder: test it with python -m src.eval ckpt_path={ckpt_path or '<file>'} (a folder of its own)"
+        )
     if ckpt_path:
         log.info("Resuming from %s", ckpt_path)
     elif cfg.get("ckpt_path") == "last":

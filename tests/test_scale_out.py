@@ -212,6 +212,13 @@ def test_missing_checkpoint_file_says_so(tmp_path):
     assert "ckpt_path=last" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_testing_a_checkpoint_without_training_points_to_eval(tmp_path):
+    result = run_cli("src.train", "data=digits", "train=false", "ckpt_path=last", f"paths.log_dir={tmp_path}")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "error: train=false with ckpt_path=last would test" in result.stderr
+    assert "python -m src.eval ckpt_path=<file>" in result.stderr and not list(tmp_path.glob("**/*.ckpt"))
+
+
 def test_a_sweep_refuses_to_resume_one_checkpoint_in_every_job(tmp_path):
     result = run_cli(
         "src.train", "-m", "data=digits", "ckpt_path=last", "seed=1,2", f"paths.log_dir={tmp_path}", *QUICK

@@ -125,6 +125,19 @@ def test_datamodules_choose_the_loader():
     assert loader.prefetch_factor == 4 and not loader.pin_memory  # pinned only for a GPU
 
 
+@pytest.mark.parametrize("loader", ["torch", "gpu"])
+def test_a_last_training_batch_of_one_image_is_dropped(loader):
+    """BatchNorm cannot train on one image: 1 257 training digits at batch 8 would leave one in the last batch."""
+    dm = DigitsDataModule(**DIGITS | {"batch_size": 8}, mean=[0.3] * 3, std=[0.4] * 3, loader=loader)
+    dm.setup("fit")
+    sizes = [len(labels) for _, labels in dm.train_dataloader()]
+    assert len(sizes) == len(dm.train_dataloader()) == 157 and set(sizes) == {8}
+    assert [len(labels) for _, labels in dm.val_dataloader()][-1] == 180 - 22 * 8  # kept where nothing trains
+    dm = DigitsDataModule(**DIGITS | {"batch_size": 10}, mean=[0.3] * 3, std=[0.4] * 3, loader=loader)
+    dm.setup("fit")
+    assert sum(len(labels) for _, labels in dm.train_dataloader()) == 1257  # any other last batch is kept
+
+
 @pytest.mark.parametrize(
     ("image_size", "interpolation"), [(32, "bilinear"), (48, "bilinear"), (48, "bicubic")]
 )

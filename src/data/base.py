@@ -1,5 +1,6 @@
 """What every image DataModule shares: loader settings, transforms and a stratified, seeded split."""
 
+import math
 from collections.abc import Sequence
 
 import lightning as L
@@ -109,9 +110,12 @@ class ImageDataModule(L.LightningDataModule):
         self._check_loader()
         h = self.hparams
         device = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
+        rank, world_size = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+        # a last training batch of one image would stop BatchNorm ("expected more than 1 value per channel"):
+        # dropped, and only then, so that every other run sees all of its images every epoch
+        drop_last = shuffle and math.ceil(len(dataset) / world_size) % h.batch_size == 1
         if h.loader == "gpu":
             images, labels = self.in_memory(dataset)
-            rank, world_size = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
             # the recipe of transforms.py ('cifar': pad-crop + flip, 'digits': pad-crop), on whole batches
             return GPUBatches(
                 images.to(device),
@@ -128,6 +132,7 @@ class ImageDataModule(L.LightningDataModule):
                 seed=h.seed,
                 rank=rank,
                 world_size=world_size,
+                drop_last=drop_last,
                 epoch_of=(lambda: self.trainer.current_epoch) if self.trainer else None,
             )
         workers = h.num_workers > 0
@@ -135,6 +140,7 @@ class ImageDataModule(L.LightningDataModule):
             dataset,
             batch_size=h.batch_size,
             shuffle=shuffle,
+            drop_last=drop_last,
             num_workers=h.num_workers,
             # null: pin when training on a GPU (page-locked memory makes the copy asynchronous)
             pin_memory=device.type == "cuda" if h.pin_memory is None else h.pin_memory,

@@ -44,6 +44,7 @@ class GPUBatches:
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
+        drop_last: bool = False,
         epoch_of: Callable[[], int] | None = None,
     ):
         if images.dtype != torch.uint8 or images.ndim != 4 or len(images) != len(labels):
@@ -54,7 +55,7 @@ class GPUBatches:
         self.batch_size, self.image_size, self.train = batch_size, image_size, train
         self.interpolation = interpolation
         self.crop_padding, self.flip, self.cutout = crop_padding, flip, cutout
-        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.seed, self.rank, self.world_size, self.drop_last = seed, rank, world_size, drop_last
         shape = (1, -1, 1, 1)
         self.mean = torch.tensor(mean, device=images.device).view(shape)
         self.std = torch.tensor(std, device=images.device).view(shape)
@@ -93,7 +94,8 @@ class GPUBatches:
         return order[self.rank :: self.world_size]
 
     def __len__(self) -> int:
-        return math.ceil(math.ceil(len(self.images) / self.world_size) / self.batch_size)
+        per_rank = math.ceil(len(self.images) / self.world_size)
+        return per_rank // self.batch_size if self.drop_last else math.ceil(per_rank / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         epoch = self.epoch_of() if self.epoch_of else self._passes
@@ -103,6 +105,8 @@ class GPUBatches:
         for i, batch in enumerate(self._indices(epoch).split(self.batch_size)):
             if i < done:  # served before the checkpoint this fit resumed from
                 continue
+            if i == len(self):  # drop_last: the incomplete last batch
+                break
             self._progress = {"epoch": epoch, "batches": i + 1}
             if self.train:
                 self._reseed(epoch, self.rank, i)
