@@ -93,6 +93,18 @@ def test_multirun_gives_one_complete_run_dir_per_job(tiny_sweep):
     assert [p.name for p in (tiny_sweep.parents[1]).iterdir()] == ["multiruns"]  # no stray run dirs
 
 
+def test_a_sweep_writes_below_the_folder_it_was_started_from(tmp_path):
+    """The README's sweep command as typed (no paths.log_dir): the sweep's folder is resolved before Hydra's
+    ${hydra:runtime.cwd} works, so conf/paths uses our own ${cwd:}."""
+    result = run_cli(
+        "src.train", "-m", "data=digits", "seed=1,2", *TINY_VIT, *QUICK, "+trainer.limit_train_batches=2",
+        "+trainer.limit_val_batches=1", "test=false", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    (sweep,) = (tmp_path / "outputs" / "train" / "multiruns").iterdir()
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]
+
+
 def test_optuna_sweep_reports_the_best_validation_accuracy(tmp_path):
     result = run_cli(
         "src.train", "hparams_search=vit_optuna", "hydra.sweeper.n_trials=2", "data=digits", *TINY_VIT, *QUICK,
