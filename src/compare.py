@@ -112,6 +112,10 @@ def plot_bars(rows: list[dict], path: Path) -> None:
 def compare(paths: list[Path], out: Path | None = None) -> list[dict]:
     rows = comparison_rows(find_runs(paths))
     out = out or Path(os.path.commonpath([p.resolve() for p in paths]))
+    if out.exists() and not out.is_dir():
+        raise UserError(
+            f"--out {out} is a file: pass a folder (comparison.md, .csv and .png are written into it)"
+        )
     out.mkdir(parents=True, exist_ok=True)
     markdown = to_markdown(rows)
     (out / "comparison.md").write_text(markdown)

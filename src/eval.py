@@ -10,7 +10,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from src.errors import UserError, exit_on_user_error
-from src.module import ClassifierModule
+from src.module import load_checkpoint
 from src.utils import instantiate_group, log_hyperparameters, metrics_to_floats
 
 log = logging.getLogger(__name__)
@@ -36,12 +36,12 @@ def data_config(chosen: DictConfig | None, trained: dict) -> DictConfig:
 
 @exit_on_user_error
 def evaluate(cfg: DictConfig) -> dict[str, float]:
-    ckpt_path = Path(cfg.ckpt_path)
-    if not ckpt_path.is_file():
+    if OmegaConf.is_missing(cfg, "ckpt_path"):
         raise UserError(
-            f"checkpoint not found: {ckpt_path}. Pass ckpt_path=<run dir>/checkpoints/<file>.ckpt"
+            "ckpt_path is missing: python -m src.eval ckpt_path=<run dir>/checkpoints/<file>.ckpt"
         )
-    model = ClassifierModule.load_from_checkpoint(ckpt_path, map_location="cpu")
+    ckpt_path = Path(cfg.ckpt_path)
+    model = load_checkpoint(ckpt_path)
     datamodule: L.LightningDataModule = instantiate(data_config(cfg.get("data"), model.hparams.data))
     if datamodule.hparams.num_classes != model.hparams.num_classes:
         raise UserError(
@@ -50,6 +50,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         )
     trainer: L.Trainer = instantiate(
         cfg.trainer,
+        enable_checkpointing=False,  # nothing to save; and the report would take its state for the training run's
         callbacks=instantiate_group(cfg.get("callbacks")),
         logger=instantiate_group(cfg.get("logger")),
     )

@@ -51,7 +51,7 @@ def apply_freezing(
 ) -> None:
     """`mode`: 'none' (train all), 'head_only' (freeze all but the classifier), 'until' (freeze every parameter
     before `layer`), 'first_n_blocks' (freeze everything before block `num_blocks`: the stem and the first
-    `num_blocks` blocks)."""
+    `num_blocks` blocks; 0 freezes nothing)."""
     if mode == "none":
         _freeze_before(model, "")  # the root module comes first: nothing is before it
     elif mode == "head_only":
@@ -64,8 +64,9 @@ def apply_freezing(
             raise UserError(
                 f"freeze.num_blocks={num_blocks}: {type(model).__name__} has {len(blocks)} blocks"
             )
-        # before block n; with all blocks, everything but the classifier (= head_only)
-        _freeze_before(model, blocks[num_blocks] if num_blocks < len(blocks) else head_names(model)[0])
+        # before block n; 0: nothing (a full fine-tune); all blocks: everything but the classifier (= head_only)
+        first_trained = blocks[num_blocks] if num_blocks < len(blocks) else head_names(model)[0]
+        _freeze_before(model, first_trained if num_blocks else "")
     else:
         raise UserError(f"freeze.mode={mode!r}; use none, head_only, until or first_n_blocks")
 

@@ -5,6 +5,7 @@ so a checkpoint alone rebuilds the model: `ClassifierModule.load_from_checkpoint
 """
 
 import inspect
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -15,6 +16,7 @@ from torch import nn
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
+from src.errors import UserError
 from src.freezing import UnfreezeAtEpoch, apply_freezing, frozen_batchnorm_to_eval
 
 
@@ -190,3 +192,19 @@ class ClassifierModule(L.LightningModule):
                 "interval": self.hparams.scheduler["interval"],
             },
         }
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> ClassifierModule:
+    """The model of a src.train checkpoint; a missing file, or one that is not such a checkpoint, is the user's
+    error (one line naming the file) rather than an unpickling traceback."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint not found: {path}. Pass ckpt_path=<run dir>/checkpoints/<file>.ckpt")
+    try:
+        return ClassifierModule.load_from_checkpoint(path, map_location=map_location)
+    except Exception as err:  # unpickling, missing keys, another model's hyper-parameters: all say the same
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise UserError(
+            f"{path} is not a checkpoint written by src.train ({type(err).__name__}: {first_line[:200]}). "
+            "Pass ckpt_path=<run dir>/checkpoints/<file>.ckpt"
+        ) from err

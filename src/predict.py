@@ -12,14 +12,14 @@ from pathlib import Path
 import hydra
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, ListConfig
-from PIL import Image
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from PIL import Image, ImageOps
 from rich.console import Console
 from rich.table import Table
 from torchvision.transforms import v2
 
 from src.errors import UserError, exit_on_user_error
-from src.module import ClassifierModule
+from src.module import ClassifierModule, load_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,9 @@ def expand_inputs(inputs: str | list[str]) -> list[Path]:
 def load_image(path: Path) -> Image.Image | None:
     try:
         with Image.open(path) as image:
+            image = ImageOps.exif_transpose(image)  # photos are stored sideways with an EXIF rotation
+            if image.mode.startswith("I"):  # 16-bit greys: to 8 bits, not clipped at 255 by convert()
+                image = image.convert("I").point(lambda value: value / 257).convert("L")
             return image.convert("RGB")  # convert() decodes the pixels: truncated files fail here, not later
     except (OSError, ValueError, Image.DecompressionBombError) as err:  # UnidentifiedImageError is an OSError
         log.warning("skipped %s: not a readable image (%s)", path, err)
@@ -89,21 +92,43 @@ def predictions_table(rows: list[tuple[Path, list[tuple[str, float]]]], title: s
     table.add_column("file", overflow="fold")
     for rank in range(1, len(rows[0][1]) + 1):
         table.add_column(f"top {rank}")
-    root = Path(os.path.commonpath([file.parent.resolve() for file, _ in rows]))  # short, unambiguous names
+    # short, unambiguous names; absolute paths without following links (a linked file may lie anywhere)
+    root = os.path.commonpath([os.path.dirname(os.path.abspath(file)) for file, _ in rows])
     for file, top in rows:
-        table.add_row(str(file.resolve().relative_to(root)), *(f"{name} {p:.1%}" for name, p in top))
+        table.add_row(os.path.relpath(os.path.abspath(file), root), *(f"{name} {p:.1%}" for name, p in top))
     return table
+
+
+def pick_device(name: str | None) -> torch.device:
+    """null: cuda when available, else cpu."""
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(
+            f"device={name} is not a device: use device=cpu, device=cuda or device=cuda:1"
+        ) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(
+            f"device={name}, but no CUDA device is visible: use device=cpu (or leave device unset)"
+        )
+    return device
 
 
 @exit_on_user_error
 def predict(cfg: DictConfig) -> list[tuple[Path, list[tuple[str, float]]]]:
+    for key in ("ckpt_path", "inputs"):
+        if OmegaConf.is_missing(cfg, key):
+            raise UserError(
+                f"{key} is missing: python -m src.predict ckpt_path=<file.ckpt> inputs=<file|folder|glob>"
+            )
+    for key in ("topk", "batch_size"):
+        if not (isinstance(cfg[key], int) and cfg[key] >= 1):
+            raise UserError(f"{key}={cfg[key]} must be a whole number of at least 1")
     ckpt_path = Path(cfg.ckpt_path)
-    if not ckpt_path.is_file():
-        raise UserError(
-            f"checkpoint not found: {ckpt_path}. Pass ckpt_path=<run dir>/checkpoints/<file>.ckpt"
-        )
-    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model = ClassifierModule.load_from_checkpoint(ckpt_path, map_location=device).eval()
+    device = pick_device(cfg.device)
+    model = load_checkpoint(ckpt_path, map_location=device).eval()
     names = model.class_names or [str(i) for i in range(model.hparams.num_classes)]
     transform = eval_transform(model)
     inputs = list(cfg.inputs) if isinstance(cfg.inputs, ListConfig) else str(cfg.inputs)

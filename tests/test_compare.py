@@ -48,3 +48,11 @@ def test_compare_without_runs_says_so(tmp_path, capsys):
         main([str(tmp_path)])
     assert exit_info.value.code == 2
     assert "no summary.json found" in capsys.readouterr().err
+
+
+def test_compare_out_must_be_a_folder(tiny_sweep, tmp_path, capsys):
+    (tmp_path / "taken").write_text("a user's file")
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tiny_sweep), "--out", str(tmp_path / "taken")])
+    assert exit_info.value.code == 2 and "is a file: pass a folder" in capsys.readouterr().err
+    assert (tmp_path / "taken").read_text() == "a user's file"

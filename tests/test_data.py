@@ -5,10 +5,11 @@ from collections import Counter
 import pytest
 import torch
 
+from src.data.base import stratified_split
 from src.data.cifar10 import CIFAR10DataModule
 from src.data.digits import DigitsDataModule
 from src.data.flowers102 import Flowers102DataModule
-from src.errors import DataNotFoundError
+from src.errors import DataNotFoundError, UserError
 from tests.fakes import CIFAR10_CLASSES
 
 LOADER = dict(batch_size=4, num_workers=0, download=False, verify_checksums=False, seed=0)
@@ -80,3 +81,9 @@ def test_digits_upscaled_rgb_stratified_splits():
     test_counts = Counter(int(dm.data_test[i][1]) for i in range(len(dm.data_test)))
     assert min(test_counts.values()) >= 35  # ~36 per class
     assert dm.class_names == [str(d) for d in range(10)]
+
+
+def test_a_split_too_small_for_every_class_says_so():
+    labels = [i % 10 for i in range(100)]
+    with pytest.raises(UserError, match=r"data.val_size=5 must be between 10 \(one image per class\) and 90"):
+        stratified_split(labels, test_size=5, seed=0, setting="data.val_size")

@@ -86,6 +86,9 @@ def test_the_modes_agree_with_each_other():
     assert trainable_prefixes(vgg, 1) == {"head"}
     apply_freezing(vgg, "first_n_blocks", num_blocks=5)
     assert trainable_prefixes(vgg, 1) == {"head"}
+    apply_freezing(vgg, "first_n_blocks", num_blocks=0)  # a full fine-tune, as finetune_optuna searches it
+    assert parameter_counts(vgg)["params_frozen"] == 0
+    apply_freezing(vgg, "until", layer="block5_conv1")
     apply_freezing(vgg, "none")
     assert parameter_counts(vgg)["params_frozen"] == 0
     with pytest.raises(UserError, match="freeze.num_blocks=6: KerasCNN has 5 blocks"):

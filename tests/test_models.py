@@ -72,6 +72,11 @@ def test_keras_mlp_head_flattens_the_feature_map():
     assert KerasCNN("densenet121", img_size=32, num_classes=3, head="linear").head[-1].in_features == 1024
 
 
+def test_cnns_refuse_images_too_small_for_their_five_halvings():
+    with pytest.raises(UserError, match=r"data.image_size=16: vgg19 needs at least 32 px"):
+        KerasCNN("vgg19", img_size=16, num_classes=3)
+
+
 def test_weights_path_loads_a_hub_style_safetensors_file(tmp_path):
     # what the hub serves: 224 px, 1000 ImageNet classes; we build it at 32 px for 10 classes
     source = timm.create_model("vit_tiny_patch16_224")

@@ -12,7 +12,7 @@ from hydra.utils import instantiate
 from PIL import Image
 
 from src.module import ClassifierModule
-from src.predict import predict
+from src.predict import load_image, predict
 from tests.conftest import compose_config, run_cli
 
 
@@ -95,3 +95,37 @@ def test_predict_without_readable_images_says_so(checkpoint, inputs, tmp_path, c
         predict(cfg)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["inputs={folder}"], "ckpt_path is missing: python -m src.predict ckpt_path=<file.ckpt>"),
+        (["ckpt_path={ckpt}"], "inputs is missing"),
+        (["ckpt_path={folder}/digit_0.png", "inputs={folder}"], "digit_0.png is not a checkpoint written by src.train"),
+        (["ckpt_path={ckpt}", "inputs={folder}", "topk=0"], "topk=0 must be a whole number of at least 1"),
+        (["ckpt_path={ckpt}", "inputs={folder}", "batch_size=0"], "batch_size=0 must be a whole number"),
+        (["ckpt_path={ckpt}", "inputs={folder}", "device=foo"], "device=foo is not a device: use device=cpu"),
+    ],
+)  # fmt: skip
+def test_predict_mistakes_get_one_error_line(checkpoint, inputs, tmp_path, capsys, overrides, message):
+    folder, _ = inputs
+    cfg = compose_config("predict", [o.format(folder=folder, ckpt=checkpoint) for o in overrides], tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        predict(cfg)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_predict_follows_links_and_reads_16_bit_images(checkpoint, inputs, tmp_path):
+    folder, _ = inputs
+    (tmp_path / "links").mkdir()
+    (tmp_path / "links" / "linked.png").symlink_to(folder / "digit_0.png")  # stores such as DVC's link files
+    ramp = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000).astype(np.uint16)  # 0 .. 63 000 of 65 535
+    Image.fromarray(ramp).save(tmp_path / "links" / "deep.png")
+    assert Image.open(tmp_path / "links" / "deep.png").mode.startswith("I")
+    grey = np.asarray(load_image(tmp_path / "links" / "deep.png"))[..., 0].astype(float)
+    assert np.allclose(grey, ramp / 257, atol=1)  # scaled to 8 bits, not clipped at 255
+    cfg = compose_config("predict", [f"ckpt_path={checkpoint}", f"inputs={tmp_path / 'links'}"], tmp_path)
+    rows = predict(cfg)
+    assert sorted(file.name for file, _ in rows) == ["deep.png", "linked.png"]

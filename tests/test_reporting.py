@@ -114,6 +114,7 @@ def test_eval_reproduces_the_training_runs_report(run_dir, tmp_path):
     assert (eval_dir / "report.csv").read_text() == (run_dir / "report.csv").read_text()
     assert (eval_summary["model"], eval_summary["data"]) == ("vit", "digits")  # from the checkpoint
     assert eval_summary["tested_checkpoint"] == summary["best_checkpoint"]
+    assert eval_summary["best_checkpoint"] is None  # eval saves none (it used to show the run's last.ckpt)
     for name in ("report.md", "confusion_matrix.png", "curves.png", "misclassified.png"):
         assert (eval_dir / name).is_file(), name
     assert "Classification report (test)" in result.stdout

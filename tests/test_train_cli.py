@@ -115,3 +115,11 @@ def test_eval_with_a_missing_checkpoint_says_so(tmp_path):
     result = run_cli("src.eval", f"ckpt_path={tmp_path}/nope.ckpt", f"paths.log_dir={tmp_path}")
     assert result.returncode == 2
     assert "checkpoint not found" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_eval_of_a_file_that_is_no_checkpoint_says_so(tmp_path):
+    not_a_checkpoint = tmp_path / "weights.ckpt"
+    torch.save({"weight": torch.zeros(2)}, not_a_checkpoint)  # a plain state dict, as torch.save writes one
+    result = run_cli("src.eval", f"ckpt_path={not_a_checkpoint}", f"paths.log_dir={tmp_path}")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"error: {not_a_checkpoint} is not a checkpoint written by src.train" in result.stderr

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from src.errors import UserError
 from src.models.vit import VisionTransformer
 
 
@@ -32,7 +33,11 @@ def test_eval_mode_is_deterministic_with_dropout_and_drop_path():
 
 
 def test_bad_sizes_are_reported():
-    with pytest.raises(ValueError, match="not a multiple of patch size"):
+    with pytest.raises(UserError, match=r"data.image_size=30 is not a multiple of model.patch_size=4"):
         VisionTransformer(img_size=30, patch_size=4)
-    with pytest.raises(ValueError, match="not divisible by 3 heads"):
+    with pytest.raises(UserError, match=r"model.embed_dim=32 is not divisible by model.num_heads=3"):
         VisionTransformer(embed_dim=32, num_heads=3)
+    with pytest.raises(
+        UserError, match=r"model.pool='avg' is not a pooling: use model.pool=cls or model.pool=mean"
+    ):
+        VisionTransformer(pool="avg")

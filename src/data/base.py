@@ -33,9 +33,11 @@ def stratified_split(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Indices of a seeded split that keeps every class in the same proportion on both sides."""
     indices = np.arange(len(labels))
-    if not 0 < test_size < len(labels):
+    classes = len(set(labels))
+    if not classes <= test_size <= len(labels) - classes:  # stratified: every class on both sides
         raise UserError(
-            f"{setting}={test_size} must be between 0 and the {len(labels)} images it is split from"
+            f"{setting}={test_size} must be between {classes} (one image per class) and "
+            f"{len(labels) - classes}, of the {len(labels)} images it is split from"
         )
     return train_test_split(indices, test_size=test_size, stratify=labels, random_state=seed)
 

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from src.errors import UserError
+
 
 class PatchEmbed(nn.Module):
     """Cuts the image into non-overlapping patches and projects each one to `dim` (a strided conv does both)."""
@@ -15,7 +17,9 @@ class PatchEmbed(nn.Module):
     def __init__(self, img_size: int, patch_size: int, in_chans: int, dim: int):
         super().__init__()
         if img_size % patch_size:
-            raise ValueError(f"image size {img_size} is not a multiple of patch size {patch_size}")
+            raise UserError(
+                f"data.image_size={img_size} is not a multiple of model.patch_size={patch_size}: change one of them"
+            )
         self.num_patches = (img_size // patch_size) ** 2
         self.proj = nn.Conv2d(in_chans, dim, kernel_size=patch_size, stride=patch_size)
 
@@ -27,7 +31,9 @@ class Attention(nn.Module):
     def __init__(self, dim: int, num_heads: int, attn_dropout: float, dropout: float):
         super().__init__()
         if dim % num_heads:
-            raise ValueError(f"embed dim {dim} is not divisible by {num_heads} heads")
+            raise UserError(
+                f"model.embed_dim={dim} is not divisible by model.num_heads={num_heads}: change one of them"
+            )
         self.num_heads = num_heads
         self.attn_dropout = attn_dropout
         self.qkv = nn.Linear(dim, 3 * dim)
@@ -93,7 +99,7 @@ class VisionTransformer(nn.Module):
     ):
         super().__init__()
         if pool not in ("cls", "mean"):
-            raise ValueError(f"pool must be 'cls' or 'mean', got {pool!r}")
+            raise UserError(f"model.pool={pool!r} is not a pooling: use model.pool=cls or model.pool=mean")
         self.pool = pool
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
