@@ -58,6 +58,20 @@ OmegaConf.register_new_resolver("resume_dir", _resume_dir, use_cache=True, repla
 OmegaConf.register_new_resolver("config_subdir", _config_subdir, use_cache=True, replace=True)
 
 
+CONFIG_FLAGS = ("--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd")
+
+
+def config_flags(argv: list[str]) -> list[str]:
+    """The options of a command line that choose the config (`-cn train_big`, `--config-dir=extra`, ...)."""
+    flags, args = [], iter(argv)
+    for arg in args:
+        if arg in CONFIG_FLAGS:
+            flags += [arg, next(args, "")]
+        elif arg.startswith(tuple(f"{flag}=" for flag in CONFIG_FLAGS)):
+            flags.append(arg)
+    return flags
+
+
 @contextmanager
 def one_job():
     """Runs one job of a sweep as if it were alone, for Lightning's DDP launcher. The launcher starts ranks > 0
@@ -67,7 +81,7 @@ def one_job():
     and environment (LOCAL_RANK, WORLD_SIZE, ...) behind, which the next job would take for its own."""
     hydra_cfg = HydraConfig.get()
     if hydra_cfg.mode == RunMode.MULTIRUN:
-        sys.argv = [sys.argv[0], *hydra_cfg.overrides.task, "hydra.mode=RUN"]
+        sys.argv = [sys.argv[0], *config_flags(sys.argv[1:]), *hydra_cfg.overrides.task, "hydra.mode=RUN"]
         with read_write(hydra_cfg.run):
             hydra_cfg.run.dir = hydra_cfg.runtime.output_dir
     environ = dict(os.environ)

@@ -16,6 +16,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from src.runs import config_flags
 from src.train import train
 from tests.conftest import CONF, QUICK, ROOT, TINY_VIT, compose_config, run_cli, run_dirs
 
@@ -274,3 +275,8 @@ def test_finetune_search_varies_the_frozen_depth(tmp_path):
     backbone = instantiate(trial.module).backbone
     assert not any(p.requires_grad for p in backbone.blocks[9].parameters())
     assert all(p.requires_grad for p in backbone.blocks[10].parameters())
+
+
+def test_ranks_of_a_sweep_job_keep_the_config_it_was_chosen_from():
+    argv = ["-m", "-cn", "train", "--config-dir=extra", "-cd", "more", "seed=1,2", "--info"]
+    assert config_flags(argv) == ["-cn", "train", "--config-dir=extra", "-cd", "more"]
