@@ -106,8 +106,9 @@ class ClassifierModule(L.LightningModule):
         # each self.log call costs ~0.5 ms (a whole step of a small model on a GPU), so the step's loss is logged
         # on the steps the logger writes (Lightning's own test: every trainer.log_every_n_steps, or fast_dev_run)
         # and at each epoch's start, so that the progress bar shows one from the first step on
-        writes = self.trainer._logger_connector.should_update_logs or self.trainer.fast_dev_run
-        if stage == "train" and (writes or batch_idx == 0):
+        if stage == "train" and (
+            batch_idx == 0 or self.trainer._logger_connector.should_update_logs or self.trainer.fast_dev_run
+        ):
             self.log("train/loss_step", loss.detach(), on_step=True, on_epoch=False, prog_bar=True)
         if stage not in self._metrics_handed_over:
             # logging a metric object hands it to Lightning, which computes (and resets) it at the epoch's end:

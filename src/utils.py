@@ -46,9 +46,6 @@ def log_hyperparameters(
     hparams["model"] = {**hparams.get("model", model.hparams.backbone), **parameter_counts(model)}
     if hparams.get("data"):  # batch_size is per device; the optimizer sees the batches of all of them
         hparams["data"]["effective_batch_size"] = effective_batch_size(trainer, hparams["data"]["batch_size"])
+    final = {f"hp/{k}": v for k, v in (metrics or {}).items() if k.startswith("test/") or k.endswith("_best")}
     for logger in trainer.loggers:
-        if metrics:
-            final = {f"hp/{k}": v for k, v in metrics.items() if k.startswith("test/") or k.endswith("_best")}
-            logger.log_hyperparams(hparams, final)
-        else:
-            logger.log_hyperparams(hparams)
+        logger.log_hyperparams(hparams, final) if final else logger.log_hyperparams(hparams)

@@ -102,11 +102,12 @@ class GPUBatches:
         self._passes += 1
         resume, self._resume = self._resume, None
         done = resume["batches"] if resume and resume["epoch"] == epoch else 0
-        for i, batch in enumerate(self._indices(epoch).split(self.batch_size)):
+        batches = self._indices(epoch).split(self.batch_size)[
+            : len(self)
+        ]  # drop_last: not the incomplete one
+        for i, batch in enumerate(batches):
             if i < done:  # served before the checkpoint this fit resumed from
                 continue
-            if i == len(self):  # drop_last: the incomplete last batch
-                break
             self._progress = {"epoch": epoch, "batches": i + 1}
             if self.train:
                 self._reseed(epoch, self.rank, i)

@@ -57,6 +57,10 @@ class KerasCNN(nn.Module):
         weights_path: str | None = None,
     ):
         super().__init__()
+        if img_size < 32:  # five halvings (VGG's pools, DenseNet's stem and transitions) need 32 px
+            raise UserError(
+                f"data.image_size={img_size}: {model_name} needs at least 32 px (data.image_size=32)"
+            )
         trunk = create_timm_model(model_name, pretrained, weights_path)
         if isinstance(trunk, VGG):
             self.keras_names = _vgg_names(trunk.features)
@@ -71,10 +75,6 @@ class KerasCNN(nn.Module):
             raise UserError(f"model.model_name={model_name!r}: KerasCNN knows timm's VGG and DenseNet models")
         self.features = trunk.features
         channels = trunk.feature_info[-1]["num_chs"]
-        if img_size < 32:  # five halvings (VGG's pools, DenseNet's stem and transitions) need 32 px
-            raise UserError(
-                f"data.image_size={img_size}: {model_name} needs at least 32 px (data.image_size=32)"
-            )
         if head == "keras_mlp":
             with torch.no_grad():  # the flattened size depends on the input size
                 in_features = self.features.eval()(torch.zeros(1, 3, img_size, img_size)).numel()
