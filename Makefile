@@ -3,25 +3,33 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
+# CI and developers get the optional extras too: the tests read back what the loggers wrote and run exported models
+EXTRAS ?= dev,export,mlflow,wandb
 
-.PHONY: install train test test-slow test-all lint format tensorboard clean
+.PHONY: install train digits-images test test-slow test-all slurm-test lint format tensorboard gpu-wheels clean
 
 install: $(STAMP)
 
 # Re-installs only when the pins or the project metadata change (a no-op the second time).
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[$(EXTRAS)]'
 	touch $@
 
 train: install  ## offline quickstart: scratch ViT on scikit-learn's digits
 	$(PY) -m src.train experiment=quickstart $(ARGS)
+
+digits-images: install  ## scikit-learn's digits as PNG class folders + labels.csv in data/digits_png
+	$(PY) scripts/digits_to_images.py data/digits_png
 
 test: install  ## the default suite (what CI runs)
 	$(PY) -m pytest $(ARGS)
 
 test-slow: install  ## only the tests marked slow
 	$(PY) -m pytest -m slow $(ARGS)
+
+slurm-test: install  ## the SLURM tests on a one-node cluster started for them (root; Debian's slurmctld slurmd slurm-client munge)
+	$(PY) -m pytest tests/slurm -m slow $(ARGS)
 
 test-all: install
 	$(PY) -m pytest -m 'slow or not slow' $(ARGS)
@@ -36,6 +44,17 @@ format: install
 
 tensorboard: install
 	$(VENV)/bin/tensorboard --logdir outputs
+
+# Hydra's wheels for a GPU machine whose Python 3.12 has torch/Lightning/timm but not Hydra (scripts/gpu_check.sh);
+# antlr4's runtime is published as source only: built here into a pure-Python wheel
+gpu-wheels: install
+	rm -rf .whl && mkdir -p .whl
+	$(PY) -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation py \
+		-d .whl hydra-core==$$(grep -i '^hydra-core==' constraints.txt | cut -d= -f3) \
+		omegaconf==$$(grep -i '^omegaconf==' constraints.txt | cut -d= -f3)
+	$(PY) -m pip wheel --quiet --no-deps -w .whl \
+		antlr4-python3-runtime==$$(grep -i '^antlr4-python3-runtime==' constraints.txt | cut -d= -f3)
+	ls .whl
 
 clean:  ## removes caches only; run outputs and data are never deleted by make
 	rm -rf .pytest_cache .ruff_cache build *.egg-info

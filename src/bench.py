@@ -30,20 +30,34 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.errors import MissingConfigException
 from hydra.utils import instantiate
+from lightning.fabric.utilities.throughput import get_available_flops
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import open_dict
 from torch.utils.data import DataLoader, TensorDataset
-from torch.utils.flop_counter import FlopCounterMode
 
 from src.data.base import TransformedSubset
 from src.data.gpu_loader import GPUBatches
 from src.data.transforms import build_transforms
+from src.flops import flop_counter
 from src.module import ClassifierModule
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 MEAN, STD = [0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616]
-# dense bf16 tensor-core peaks (vendor data sheets, SXM parts), for MFU
-PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
+# H100 SXM's dense bf16 tensor-core peak (NVIDIA's H100 data sheet, without sparsity): the H200 has the same
+# GH100 tensor cores and clocks, only more and faster memory
+H100_SXM_DENSE_BF16 = 989.4e12
+
+
+def peak_bf16_flops(device: str) -> float | None:
+    """The GPU's dense bf16 peak, for MFU: Lightning's table (get_available_flops), except for the H200, which
+    Lightning 2.6 does not recognise by the name the driver gives it ("NVIDIA H200": Lightning issue #20660)
+    and lists with the with-sparsity figure, twice the dense one, where it does (issue #21677, fixed after
+    2.6.6 by PR #21743). Drop the H200 branch once the pinned Lightning has that fix."""
+    if device != "cuda":
+        return None
+    if "H200" in torch.cuda.get_device_name():
+        return H100_SXM_DENSE_BF16
+    return get_available_flops(torch.device(device), torch.bfloat16)
 
 
 def model_config(name: str, image_size: int, device: str, extra: list[str] = ()):
@@ -81,6 +95,17 @@ def gpu_batches(images, labels, batch_size: int, image_size: int, device: str) -
     )  # fmt: skip
 
 
+def median_seconds(fn, repeats: int) -> float:
+    """Median seconds of `fn()` over `repeats` calls, after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
 def sync(device: str) -> None:
     if device == "cuda":
         torch.cuda.synchronize()
@@ -113,18 +138,24 @@ class StepTimer(L.Callback):
             self.end = clock()
 
 
+def bench_trainer(cfg, device: str, log_dir: str, **settings) -> L.Trainer:
+    """conf/trainer as a user run gets it (precision, log_every_n_steps, ...), without validation and
+    checkpoints; it logs to TensorBoard as a user run does. Every Trainer of the benchmark comes from here."""
+    return instantiate(
+        cfg.trainer, accelerator=device, default_root_dir=log_dir, limit_val_batches=0, num_sanity_val_steps=0,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        logger=TensorBoardLogger(log_dir, name="", version=""), **settings,
+    )  # fmt: skip
+
+
 def lightning_rate(module, loader, cfg, steps: int, warmup: int, device: str) -> tuple[float, float, float]:
     """Training images/s of `Trainer.fit` in its steady state (per wall and per CPU second), and the fit
     call's fixed cost in seconds."""
     timer = StepTimer(warmup, device)
     with tempfile.TemporaryDirectory() as log_dir:
-        # conf/trainer as a user run gets it (precision, log_every_n_steps, ...), without validation and
-        # checkpoints; it logs to TensorBoard as a user run does
-        trainer = instantiate(
-            cfg.trainer, accelerator=device, default_root_dir=log_dir, max_epochs=1, limit_train_batches=steps,
-            limit_val_batches=0, num_sanity_val_steps=0, enable_checkpointing=False, enable_progress_bar=False,
-            enable_model_summary=False, callbacks=[timer], logger=TensorBoardLogger(log_dir, name="", version=""),
-        )  # fmt: skip
+        trainer = bench_trainer(
+            cfg, device, log_dir, max_epochs=1, limit_train_batches=steps, callbacks=[timer]
+        )
         begin = time.perf_counter()
         trainer.fit(module, train_dataloaders=loader)
         total = time.perf_counter() - begin
@@ -219,7 +250,7 @@ class PeakMemory:
 
 def train_flops(module, images, labels, cfg, device: str) -> int:
     """Model FLOPs of one training step (forward + backward), counted by torch.utils.flop_counter."""
-    with FlopCounterMode(display=False) as counter, autocast(cfg, device):
+    with flop_counter() as counter, autocast(cfg, device):
         module.criterion(module(images), labels).backward()
     module.zero_grad(set_to_none=True)
     return counter.get_total_flops()
@@ -277,7 +308,7 @@ def bench_model(name: str, image_size: int, args) -> dict | None:
         f"{row['DataLoader img/s'] / row['train img/s (raw)']:.1f}x, "
         f"{row['GPU loader img/s'] / row['train img/s (raw)']:.1f}x"
     )
-    if device == "cuda":
+    if args.extras:
         row |= gpu_extras(cfg, module, loader, args)
     return row
 
@@ -289,25 +320,26 @@ def gpu_extras(cfg, module, loader, args) -> dict:
     images, labels = next(iter(loader))
     flops = train_flops(module.to(device).train(), images, labels, cfg, device)
     extras["train GFLOP/image"] = flops / len(images) / 1e9
-    name = torch.cuda.get_device_name() if device == "cuda" else ""
-    peak = next((p for gpu, p in PEAK_BF16_FLOPS.items() if gpu in name), None)
+    peak = peak_bf16_flops(device)
     raw = statistics.median(
         raw_rate(module, loader, cfg, args.steps, args.warmup, device)[0] for _ in range(3)
     )
-    if peak:
-        extras["MFU (raw loop)"] = f"{flops * raw / len(images) / peak:.1%}"
     compiled = build_module(cfg, compile_backbone=True)
     extras["train img/s compiled (ours)"] = lightning_rate(
         compiled, loader, cfg, args.steps, args.warmup, device
     )[0]
+    if peak:
+        per_image = flops / len(images)
+        extras["MFU (raw loop)"] = f"{per_image * raw / peak:.1%}"
+        extras["MFU (compiled, ours)"] = f"{per_image * extras['train img/s compiled (ours)'] / peak:.1%}"
     return extras
 
 
-def epoch_seconds(args) -> float:
+def epoch_seconds(args, compile_backbone: bool = False) -> float:
     """One 50 000-image epoch (the size of CIFAR-10's training set) of the scratch ViT with the GPU-resident
-    loader, through Trainer.fit, after one warm-up epoch."""
+    loader, through Trainer.fit, after one warm-up epoch (which also pays for compiling)."""
     cfg = model_config("vit", 32, args.device, args.overrides)
-    module = build_module(cfg)
+    module = build_module(cfg, compile_backbone)
     images, labels = synthetic(args.epoch_images)
     loader = gpu_batches(images, labels, args.epoch_batch_size, 32, args.device)
     times = {}
@@ -321,12 +353,9 @@ def epoch_seconds(args) -> float:
             sync(args.device)
             times[trainer.current_epoch] = time.perf_counter() - times[trainer.current_epoch]
 
-    trainer = L.Trainer(
-        accelerator=args.device, devices=1, precision=cfg.trainer.precision, max_epochs=2, logger=False,
-        limit_val_batches=0, num_sanity_val_steps=0, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, callbacks=[EpochTimer()],
-    )  # fmt: skip
-    trainer.fit(module, train_dataloaders=loader)
+    with tempfile.TemporaryDirectory() as log_dir:
+        trainer = bench_trainer(cfg, args.device, log_dir, max_epochs=2, callbacks=[EpochTimer()])
+        trainer.fit(module, train_dataloaders=loader)
     return times[1]
 
 
@@ -372,9 +401,15 @@ def parse_args(argv=None):
     parser.add_argument("--warmup", type=int, default=2, help="steps left out of each measurement")
     parser.add_argument("--repeats", type=int, default=3, help="alternating Lightning/raw repetitions")
     parser.add_argument("--num-workers", type=int, default=2, help="workers of the DataLoader measured")
-    parser.add_argument("--epoch-images", type=int, default=50_000, help="CUDA only: images per timed epoch")
+    parser.add_argument(
+        "--epoch-images", type=int, default=50_000, help="with the extras: images per timed epoch (0: none)"
+    )
     parser.add_argument("--epoch-batch-size", type=int, default=512)
     parser.add_argument("--overrides", nargs="*", default=[], help="Hydra overrides, e.g. model.depth=1")
+    parser.add_argument(
+        "--extras", choices=["auto", "on", "off"], default="auto",
+        help="the GPU measurements (FLOPs, MFU, compiled vs eager, epoch seconds); auto: on CUDA only",
+    )  # fmt: skip
     parser.add_argument("--out", default="docs/benchmarks.md")
     parser.add_argument("--append", action="store_true", help="add this run to --out instead of replacing it")
     args = parser.parse_args(argv)
@@ -382,6 +417,7 @@ def parse_args(argv=None):
         parser.error("--warmup must be at least 0 and below --steps - 1")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is visible")
+    args.extras = args.extras == "on" or (args.extras == "auto" and args.device == "cuda")
     return args
 
 
@@ -419,12 +455,14 @@ def main(argv=None) -> list[dict]:
             rows.append(row)
             print(markdown([row]), flush=True)
     notes = []
-    if args.device == "cuda":
+    if args.extras and args.epoch_images:
+        eager, compiled = epoch_seconds(args), epoch_seconds(args, compile_backbone=True)
         notes.append(
-            f"Scratch ViT, one {args.epoch_images}-image epoch (CIFAR-10's training set size) with the "
-            f"GPU-resident loader, batch {args.epoch_batch_size}: {epoch_seconds(args):.2f} s."
+            f"Scratch ViT, one {args.epoch_images}-image epoch (CIFAR-10's training set has 50 000) with the "
+            f"GPU-resident loader, batch {args.epoch_batch_size}: {eager:.2f} s eager, {compiled:.2f} s compiled."
         )
-    elif not args.append:  # said once per file
+        rows.append({"model": "vit epoch", "epoch s (eager)": eager, "epoch s (compiled)": compiled})
+    if args.device == "cpu" and not args.append:  # said once per file
         notes.append(NOT_MEASURED_ON_CPU)
     command = "python -m src.bench " + " ".join(sys.argv[1:] if argv is None else argv)
     header.append(f"- load average at the end: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")

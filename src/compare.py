@@ -17,19 +17,29 @@ import matplotlib.pyplot as plt  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 from src.errors import UserError, exit_on_user_error  # noqa: E402
+from src.run_metrics import HEADLINE  # noqa: E402
+
+
+def _headline(name: str, fmt: str) -> tuple:
+    """A column of run_metrics.HEADLINE: the value TensorBoard's HParams view shows as hp/<name>."""
+    column, get = HEADLINE[name]
+    return column, get, fmt
+
 
 # (column, how to get it from summary.json, markdown format)
 COLUMNS = [
     ("model", lambda s: s["model"], "{}"),
     ("data", lambda s: s["data"], "{}"),
     ("freeze", lambda s: s.get("freeze") or "none", "{}"),
-    ("test acc", lambda s: s["test"]["test/acc"], "{:.4f}"),
-    ("macro F1", lambda s: s["test"]["test/macro_f1"], "{:.4f}"),
+    _headline("val/acc_best", "{:.4f}"),
+    _headline("test/acc", "{:.4f}"),
+    _headline("test/loss", "{:.4f}"),
+    _headline("test/macro_f1", "{:.4f}"),
     ("params", lambda s: s["params_total"], "{:,}"),
     ("trainable params", lambda s: s["params_trainable"], "{:,}"),
-    ("s/epoch", lambda s: s["seconds_per_epoch"], "{:.1f}"),
+    _headline("seconds_per_epoch", "{:.1f}"),
     ("test s", lambda s: s["test_seconds"], "{:.1f}"),
-    ("peak memory MiB", lambda s: s["peak_memory_mib"], "{:,.0f}"),
+    _headline("peak_memory_mib", "{:,.0f}"),
 ]
 CHARTS = ["test acc", "macro F1", "s/epoch", "test s", "peak memory MiB", "trainable params"]
 

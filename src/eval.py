@@ -9,7 +9,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from src.errors import UserError, exit_on_user_error
+from src.errors import UserError, exit_on_unknown_option, exit_on_user_error
+from src.loggers import instantiate_loggers
 from src.module import load_checkpoint
 from src.utils import instantiate_group, log_hyperparameters, metrics_to_floats
 
@@ -52,7 +53,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         cfg.trainer,
         enable_checkpointing=False,  # nothing to save; and the report would take its state for the training run's
         callbacks=instantiate_group(cfg.get("callbacks")),
-        logger=instantiate_group(cfg.get("logger")),
+        logger=instantiate_loggers(cfg.get("logger")),
     )
     # with ckpt_path, callbacks get their state back too (the report callback: the training curves)
     trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path)
@@ -67,4 +68,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    exit_on_unknown_option()
     main()

@@ -8,16 +8,22 @@ import inspect
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from sklearn.utils.class_weight import compute_class_weight
+from timm.loss import SoftTargetCrossEntropy
 from timm.optim import param_groups_weight_decay
 from torch import nn
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
+from src.distillation import Distillation
 from src.errors import UserError
 from src.freezing import UnfreezeAtEpoch, apply_freezing, frozen_batchnorm_to_eval
+from src.mixing import build_mixup
+from src.preprocessing import preprocessing_facts
 
 
 def _plain(config):
@@ -34,16 +40,23 @@ class ClassifierModule(L.LightningModule):
         label_smoothing: float = 0.0,
         data: DictConfig | None = None,
         freeze: DictConfig | None = None,
+        distill: DictConfig | None = None,
+        class_weights: str | None = None,
+        mixup: DictConfig | None = None,
     ):
         """`data` is the data config the model was trained with, kept so that eval and predict can rebuild
         the same inputs from the checkpoint alone. `freeze` (conf/freeze/) says which backbone parameters
-        train; it is applied here, so parameter counts and rebuilt checkpoints see the frozen model."""
+        train; it is applied here, so parameter counts and rebuilt checkpoints see the frozen model. `distill`
+        (conf/distill/): a teacher's term on top of the training loss (src/distillation.py).
+        `class_weights=balanced` weighs the loss of each class by its inverse frequency in the training split.
+        `mixup` (conf/mixup/, see mixing.py) mixes training batches; their loss is then the soft-target
+        cross-entropy."""
         super().__init__()
         # filled from the DataModule when a checkpoint is saved, and from the checkpoint when one is loaded
         self.class_names: list[str] = []
         # plain dicts, not DictConfigs: checkpoints then load with torch.load(weights_only=True)
-        backbone, optimizer, scheduler, data, freeze = map(
-            _plain, (backbone, optimizer, scheduler, data, freeze)
+        backbone, optimizer, scheduler, data, freeze, distill, mixup = map(
+            _plain, (backbone, optimizer, scheduler, data, freeze, distill, mixup)
         )
         self.save_hyperparameters(logger=False)
         # speed switches that every model config carries next to the backbone's own settings
@@ -59,7 +72,22 @@ class ClassifierModule(L.LightningModule):
             self.backbone.to(memory_format=torch.channels_last)
         if compile_backbone:  # in place, so state_dict keys (and checkpoints) stay those of the eager model
             self.backbone.compile()
+        elif data and data.get("image_size"):
+            # one image through the model at fit start: the model summary then shows real FLOPs per image and
+            # each layer's input/output sizes (not when compiled: that pass would compile the model once more)
+            size = data["image_size"]
+            self.example_input_array = torch.zeros(1, backbone.get("in_chans", 3), size, size)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        distill = dict(distill or {"mode": "none"})
+        self.distillation = (
+            None
+            if distill["mode"] == "none"
+            else Distillation(self.backbone, num_classes, data or {}, **distill)
+        )
+        if class_weights not in (None, "balanced"):
+            raise UserError(f"module.class_weights={class_weights} is unknown: use balanced or null")
+        self.mixup = build_mixup(mixup, num_classes)  # None: off
+        self.soft_criterion = SoftTargetCrossEntropy()
         # no per-batch input checks: they wait for the GPU (a sync per step); a NaN loss then shows as a NaN mean
         metrics = {"acc": MulticlassAccuracy(num_classes, top_k=1, average="micro", validate_args=False)}
         if num_classes >= 5:
@@ -71,7 +99,26 @@ class ClassifierModule(L.LightningModule):
         for stage in ("train", "val", "test"):
             setattr(self, f"{stage}_metrics", metrics.clone(prefix=f"{stage}/"))
             setattr(self, f"{stage}_loss", MeanMetric(nan_strategy="disable"))
+        # the mean of the per-class recalls: what accuracy means when the classes are imbalanced
+        self.test_metrics.add_metrics(
+            {"balanced_acc": MulticlassAccuracy(num_classes, average="macro", validate_args=False)}
+        )
         self._metrics_handed_over: set[str] = set()  # stages whose metrics Lightning holds this epoch
+
+    def setup(self, stage: str) -> None:
+        if self.hparams.get("class_weights") == "balanced":
+            counts = getattr(self.trainer.datamodule, "split_counts", {}).get("train")
+            if counts is None:
+                raise UserError(
+                    "module.class_weights=balanced needs the training split's class counts, which "
+                    f"{type(self.trainer.datamodule).__name__} does not give: use data=imagefolder or data=csv"
+                )
+            labels = np.repeat(np.arange(len(counts)), list(counts.values()))
+            weights = compute_class_weight("balanced", classes=np.arange(len(counts)), y=labels)
+            # not persistent: checkpoints keep their keys, and eval weighs by the data set it is given
+            self.criterion.register_buffer(
+                "weight", torch.tensor(weights, dtype=torch.float32, device=self.device), persistent=False
+            )
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -80,6 +127,8 @@ class ClassifierModule(L.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         self._metrics_handed_over.discard("train")
+        if self.mixup is not None:
+            self.mixup.set_epoch(self.current_epoch)
 
     def on_validation_epoch_start(self) -> None:
         self._metrics_handed_over.discard("val")
@@ -97,8 +146,18 @@ class ClassifierModule(L.LightningModule):
 
     def _step(self, batch, batch_idx: int, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
         images, labels = batch
+        targets = labels
+        if stage == "train" and self.mixup is not None:  # soft targets; train/acc against the dominant label
+            images, targets = self.mixup(images, labels)
+            labels = targets.argmax(dim=1)
         logits = self(images)
-        loss = self.criterion(logits, labels)
+        # Mixup's soft targets take the soft-target cross-entropy (without class weights)
+        label_criterion = self.soft_criterion if targets.ndim == 2 else self.criterion
+        if self.distillation is None:
+            loss = label_criterion(logits, targets)
+        else:  # the teacher's term on top of the module's own label loss
+            label_loss = lambda outputs: label_criterion(outputs, targets)  # noqa: E731
+            loss, logits = self.distillation(self, stage, batch_idx, images, labels, logits, label_loss)
         mean_loss, metrics = getattr(self, f"{stage}_loss"), getattr(self, f"{stage}_metrics")
         # update() only: forward() would also compute a per-batch value that nothing logs
         mean_loss.update(loss.detach())
@@ -134,6 +193,9 @@ class ClassifierModule(L.LightningModule):
         names = getattr(self.trainer.datamodule, "class_names", None) or self.class_names
         if names:
             checkpoint["class_names"] = list(names)
+        # the eval transform as plain facts: src.predict then rebuilds it without Lightning (src/preprocessing.py)
+        if hasattr(self.trainer.datamodule, "style"):
+            checkpoint["preprocessing"] = preprocessing_facts(self.trainer.datamodule)
         # the checkpoint holds the trained weights: rebuilding it must not fetch or read pretrained ones
         backbone = checkpoint["hyper_parameters"]["backbone"]
         if backbone.get("pretrained") or backbone.get("weights_path"):
@@ -142,6 +204,12 @@ class ClassifierModule(L.LightningModule):
                 "pretrained": False,
                 "weights_path": None,
             }
+
+        if checkpoint["hyper_parameters"].get(
+            "distill"
+        ):  # the teacher only trains: eval and predict go without
+            checkpoint["distilled_with"] = checkpoint["hyper_parameters"]["distill"]
+            checkpoint["hyper_parameters"]["distill"] = None
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.class_names = checkpoint.get("class_names", [])
@@ -202,7 +270,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}. Pass ckpt_path=<run dir>/checkpoints/<file>.ckpt")
     try:
-        return ClassifierModule.load_from_checkpoint(path, map_location=map_location)
+        return ClassifierModule.load_from_checkpoint(path, map_location=map_location, weights_only=True)
     except Exception as err:  # unpickling, missing keys, another model's hyper-parameters: all say the same
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
         raise UserError(

@@ -1,7 +1,9 @@
-"""Classify image files: python -m src.predict ckpt_path=<ckpt> inputs=<file|folder|glob> [topk=5]
+"""Classify image files: python -m src.predict ckpt_path=<ckpt|model.onnx> inputs=<file|folder|glob> [topk=5]
 
 Needs the checkpoint only: it holds the class names and the data config, whose eval transform is applied
-(no training data is read). Files that are not readable images are skipped with one warning each."""
+(no training data is read); or a model exported by src.export format=onnx, which holds the same and runs on
+onnxruntime. Files that are not readable images are skipped with one warning each. Lightning and torch are
+imported only when the model needs them (see src/inference.py): a prediction takes seconds less."""
 
 import csv
 import glob
@@ -10,16 +12,14 @@ import os
 from pathlib import Path
 
 import hydra
-import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from PIL import Image, ImageOps
+from PIL import Image
 from rich.console import Console
 from rich.table import Table
-from torchvision.transforms import v2
 
-from src.errors import UserError, exit_on_user_error
-from src.module import ClassifierModule, load_checkpoint
+from src.data.files import READ_ERRORS, open_rgb
+from src.errors import UserError, exit_on_unknown_option, exit_on_user_error
+from src.inference import onnx_classifier, torch_classifier
 
 log = logging.getLogger(__name__)
 
@@ -55,28 +55,21 @@ def expand_inputs(inputs: str | list[str]) -> list[Path]:
 
 def load_image(path: Path) -> Image.Image | None:
     try:
-        with Image.open(path) as image:
-            image = ImageOps.exif_transpose(image)  # photos are stored sideways with an EXIF rotation
-            if image.mode.startswith("I"):  # 16-bit greys: to 8 bits, not clipped at 255 by convert()
-                image = image.convert("I").point(lambda value: value / 257).convert("L")
-            return image.convert("RGB")  # convert() decodes the pixels: truncated files fail here, not later
-    except (OSError, ValueError, Image.DecompressionBombError) as err:  # UnidentifiedImageError is an OSError
+        return open_rgb(path)  # as the training images were read (data=imagefolder, data=csv)
+    except READ_ERRORS as err:
         log.warning("skipped %s: not a readable image (%s)", path, err)
         return None
 
 
-def eval_transform(model: ClassifierModule) -> v2.Transform:
+def eval_transform(model):
     """The checkpoint's own eval transform, from its data config (building the DataModule reads no files)."""
+    from hydra.utils import instantiate
+
+    from src.preprocessing import preprocessing_facts, torch_eval_transform
+
     if not model.hparams.get("data"):
         raise UserError("this checkpoint has no data config, so its input transform is unknown")
-    datamodule = instantiate(model.hparams.data)
-    transform = datamodule.transform(train=False)
-    if datamodule.native_size:
-        # recipes for small fixed-size data sets (CIFAR, digits) expect images of that size: bring any photo
-        # to it first (shorter side, then a centre crop), as the training images were
-        size = datamodule.native_size
-        transform = v2.Compose([v2.Resize(size, antialias=True), v2.CenterCrop(size), transform])
-    return transform
+    return torch_eval_transform(preprocessing_facts(instantiate(model.hparams.data)))
 
 
 def write_predictions(rows: list[tuple[Path, list[tuple[str, float]]]], path: Path) -> None:
@@ -99,8 +92,10 @@ def predictions_table(rows: list[tuple[Path, list[tuple[str, float]]]], title: s
     return table
 
 
-def pick_device(name: str | None) -> torch.device:
+def pick_device(name: str | None):
     """null: cuda when available, else cpu."""
+    import torch
+
     if name is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -127,10 +122,11 @@ def predict(cfg: DictConfig) -> list[tuple[Path, list[tuple[str, float]]]]:
         if not (isinstance(cfg[key], int) and cfg[key] >= 1):
             raise UserError(f"{key}={cfg[key]} must be a whole number of at least 1")
     ckpt_path = Path(cfg.ckpt_path)
-    device = pick_device(cfg.device)
-    model = load_checkpoint(ckpt_path, map_location=device).eval()
-    names = model.class_names or [str(i) for i in range(model.hparams.num_classes)]
-    transform = eval_transform(model)
+    if ckpt_path.suffix == ".onnx":
+        classify = onnx_classifier(ckpt_path)
+    else:
+        classify = torch_classifier(ckpt_path, pick_device(cfg.device))
+    names = classify.class_names
     inputs = list(cfg.inputs) if isinstance(cfg.inputs, ListConfig) else str(cfg.inputs)
     files = expand_inputs(inputs)
     k = min(cfg.topk, len(names))
@@ -142,13 +138,10 @@ def predict(cfg: DictConfig) -> list[tuple[Path, list[tuple[str, float]]]]:
         skipped += len(loaded) - len(readable)
         if not readable:
             continue
-        batch = torch.stack([transform(image) for _, image in readable]).to(device)
-        with torch.inference_mode():
-            top = model(batch).float().softmax(dim=-1).topk(k)
-        for (file, _), probs, indices in zip(
-            readable, top.values.tolist(), top.indices.tolist(), strict=True
-        ):
-            rows.append((file, [(names[i], p) for i, p in zip(indices, probs, strict=True)]))
+        probs = classify([image for _, image in readable])
+        for (file, _), row in zip(readable, probs, strict=True):
+            top = row.argsort(kind="stable")[::-1][:k]  # most probable first
+            rows.append((file, [(names[i], float(row[i])) for i in top]))
     if not rows:
         raise UserError(f"none of the {len(files)} input files is a readable image")
 
@@ -167,4 +160,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    exit_on_unknown_option()
     main()

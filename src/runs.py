@@ -13,6 +13,7 @@ from hydra.types import RunMode
 from omegaconf import OmegaConf, read_write
 
 from src.errors import UserError
+from src.resume import check_resume
 
 
 def find_checkpoint(ckpt_path: str | None, task_dir: str | Path) -> Path | None:
@@ -32,13 +33,17 @@ def find_checkpoint(ckpt_path: str | None, task_dir: str | Path) -> Path | None:
     return path.resolve()
 
 
-def _resume_dir(ckpt_path: str | None, task_dir: str, fresh_dir: str) -> str:
-    """The run dir of the checkpoint to resume (`<run dir>/checkpoints/<file>.ckpt`), else a fresh one."""
+def _resume_dir(ckpt_path: str | None, task_dir: str, fresh_dir: str, *configs) -> str:
+    """The run dir of the checkpoint to resume (`<run dir>/checkpoints/<file>.ckpt`), else a fresh one: also when
+    the checkpoint does not fit `configs` (model, data, freeze, optimizer) or its run is being written, so that
+    nothing is written into that run dir before src.train reports it (src/resume.py)."""
     try:
         checkpoint = find_checkpoint(ckpt_path, task_dir)
+        if checkpoint is None or checkpoint.parent.name != "checkpoints":
+            return fresh_dir
+        if configs:
+            check_resume(checkpoint, *configs)
     except UserError:  # src.train reports it; the run dir is decided before it runs
-        return fresh_dir
-    if checkpoint is None or checkpoint.parent.name != "checkpoints":
         return fresh_dir
     return str(checkpoint.parent.parent)
 

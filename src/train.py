@@ -10,7 +10,13 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from src.errors import UserError, exit_on_user_error
+from src.checks import check_values, needing_no_logger, optimized_value, optuna_sweep
+from src.config_tree import show_config
+from src.errors import UserError, exit_on_unknown_option, exit_on_user_error
+from src.loggers import instantiate_loggers
+from src.nonfinite import DivergedTrial, NonFiniteLossError
+from src.resume import check_resume
+from src.run_guard import guarded_run
 from src.runs import find_checkpoint, one_job
 from src.utils import instantiate_group, log_hyperparameters, metrics_to_floats
 
@@ -25,7 +31,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
             "resume runs one at a time (python -m src.train ckpt_path=...), or resume an Optuna study "
             "through its storage (hydra.sweeper.storage=sqlite:///...)"
         )
+    check_values(cfg)
     ckpt_path = find_checkpoint(cfg.get("ckpt_path"), Path(cfg.paths.log_dir) / cfg.task_name)
+    if ckpt_path:  # as the run dir's resolver did; the lock of our own run dir is held by guarded_run
+        other_run = ckpt_path.parent.parent.resolve() != Path(cfg.paths.output_dir).resolve()
+        check_resume(ckpt_path, cfg.model, cfg.data, cfg.freeze, cfg.optimizer, run_dir_free=other_run)
     if cfg.get("ckpt_path") and not cfg.train:
         raise UserError(
             f"train=false with ckpt_path={cfg.ckpt_path} would test the checkpoint inside its training run's "
@@ -35,19 +45,28 @@ def train(cfg: DictConfig) -> dict[str, float]:
         log.info("Resuming from %s", ckpt_path)
     elif cfg.get("ckpt_path") == "last":
         log.info("No last.ckpt of task %r in %s: starting fresh", cfg.task_name, cfg.paths.log_dir)
+    show_config(cfg, cfg.paths.get("output_dir"))
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     datamodule: L.LightningDataModule = instantiate(cfg.data)
     model: L.LightningModule = instantiate(cfg.module)
+    loggers = instantiate_loggers(cfg.get("logger"))
     trainer: L.Trainer = instantiate(
         cfg.trainer,
-        callbacks=instantiate_group(cfg.get("callbacks")),
-        logger=instantiate_group(cfg.get("logger")),
+        callbacks=needing_no_logger(instantiate_group(cfg.get("callbacks")), loggers),
+        logger=loggers,
     )
     log_hyperparameters(trainer, cfg, model)
 
     if cfg.train:
-        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+        try:
+            trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+        except NonFiniteLossError as err:
+            if not optuna_sweep():
+                raise
+            # an exception (not exit 2) fails the trial, and the search goes on (hparams_search: max_failure_rate)
+            log.error("error: %s. Optuna records this trial as failed", err)
+            raise DivergedTrial(str(err)) from None
     metrics = metrics_to_floats(trainer.callback_metrics)
     checkpoint = trainer.checkpoint_callback
     if checkpoint and checkpoint.monitor and checkpoint.best_model_score is not None:  # for a sweeper
@@ -61,17 +80,20 @@ def train(cfg: DictConfig) -> dict[str, float]:
         log.info("Best checkpoint: %s", best)
         metrics |= metrics_to_floats(trainer.callback_metrics)
         log_hyperparameters(trainer, cfg, model, metrics)
+    optimized_value(
+        metrics, cfg.get("optimized_metric")
+    )  # in a sweep: a metric that was not logged is an error
     return metrics
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    with one_job():
+    with one_job(), guarded_run(HydraConfig.get().runtime.output_dir):
         metrics = train(cfg)
     # the value a sweeper (Optuna) optimises: the best epoch's (by the checkpoint callback), else the last one
-    name = cfg.get("optimized_metric")
-    return metrics.get(f"{name}_best", metrics.get(name))
+    return optimized_value(metrics, cfg.get("optimized_metric"))
 
 
 if __name__ == "__main__":
+    exit_on_unknown_option()
     main()

@@ -5,7 +5,8 @@ from collections.abc import Mapping
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from lightning.pytorch.loggers import TensorBoardLogger
+from omegaconf import DictConfig
 
 
 def instantiate_group(group: DictConfig | None) -> list:
@@ -35,17 +36,40 @@ def effective_batch_size(trainer: L.Trainer, batch_size: int) -> int:
 def log_hyperparameters(
     trainer: L.Trainer, cfg: DictConfig, model: L.LightningModule, metrics: dict[str, float] | None = None
 ) -> None:
-    """The resolved config plus parameter counts (`model/params_*`) go to every logger; with `metrics`, the
-    test metrics and best validation score are shown beside them (TensorBoard's HParams tab) as `hp/<name>`:
-    loggers also write these as scalars at step 0, which under their own names would add a false first point
-    to the curves."""
-    hparams = OmegaConf.to_container(cfg, resolve=True)
-    if "module" in hparams:  # it repeats model/optimizer/scheduler/data: keep only its own settings
-        repeated = ("backbone", "optimizer", "scheduler", "data")
-        hparams["module"] = {key: value for key, value in hparams["module"].items() if key not in repeated}
-    hparams["model"] = {**hparams.get("model", model.hparams.backbone), **parameter_counts(model)}
-    if hparams.get("data"):  # batch_size is per device; the optimizer sees the batches of all of them
-        hparams["data"]["effective_batch_size"] = effective_batch_size(trainer, hparams["data"]["batch_size"])
-    final = {f"hp/{k}": v for k, v in (metrics or {}).items() if k.startswith("test/") or k.endswith("_best")}
+    """The hyper-parameters a person compares runs by (src/hparams_table.py: ~25, not the whole config, which
+    TensorBoard gets as text) go to every logger; with `metrics` (after test), the run's headline numbers
+    (src/run_metrics.py: the values of summary.json and src.compare) are shown beside them (TensorBoard's
+    HParams view) as `hp/<name>`: loggers also write these as scalars at step 0, which under their own names
+    would add a false first point to the curves."""
+    # imported here: they use this module's helpers
+    from src.hparams_table import config_text, curated_hparams, log_to_tensorboard, varied_names
+    from src.run_metrics import headline_metrics
+
+    hparams = curated_hparams(trainer, cfg, model)
+    final = {}
+    if metrics is not None:
+        final = {f"hp/{k}": v for k, v in headline_metrics(_summary(trainer, metrics)).items()}
+    once = metrics is None or "train" not in cfg  # src.train calls this twice, src.eval once
     for logger in trainer.loggers:
-        logger.log_hyperparams(hparams, final) if final else logger.log_hyperparams(hparams)
+        if once and isinstance(logger, TensorBoardLogger):
+            logger.experiment.add_text("config", config_text(cfg))
+        if not final:
+            logger.log_hyperparams(hparams)
+        elif isinstance(logger, TensorBoardLogger):
+            log_to_tensorboard(logger, hparams, final, varied_names())
+        else:  # only TensorBoard's log_hyperparams takes metrics (the HParams tab); the others log them as metrics
+            logger.log_metrics(final, step=trainer.global_step)
+            logger.save()
+
+
+def _summary(trainer: L.Trainer, metrics: dict[str, float]) -> dict:
+    """The report callback's summary.json; without that callback, what the trainer's metrics have of it."""
+    from src.reporting import ReportCallback
+
+    for callback in trainer.callbacks:
+        if isinstance(callback, ReportCallback) and callback.summary:
+            return callback.summary
+    return {
+        "best_val_acc": metrics.get("val/acc_best"),
+        "test": {k: v for k, v in metrics.items() if k.startswith("test/")},
+    }

@@ -39,10 +39,10 @@ def compose_config(config_name: str, overrides: list[str], output_dir: Path):
 
 
 def run_cli(
-    module: str, *overrides: str, cwd: Path = ROOT, timeout: int = 1800
+    module: str, *overrides: str, cwd: Path = ROOT, timeout: int = 1800, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess:
-    """Runs `python -m <module> <overrides>` as a user would and returns what it did."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
+    """Runs `python -m <module> <overrides>` as a user would (with `env` added to the environment)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore", **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", module, *overrides],
         cwd=cwd,
@@ -68,6 +68,16 @@ def fake_flowers102(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def digits_png(tmp_path_factory) -> Path:
+    """scikit-learn's digits as PNG class folders + labels.csv (scripts/digits_to_images.py): <root>/digits_png."""
+    from scripts.digits_to_images import write_digits
+
+    root = tmp_path_factory.mktemp("images")
+    write_digits(root / "digits_png")
+    return root
+
+
+@pytest.fixture(scope="session")
 def tiny_sweep(tmp_path_factory) -> Path:
     """One `src.train -m` sweep of two tiny digits runs (ViT depth 1 and 2, 2 short epochs): the multirun dir.
     Shared by the report, predict and compare tests, so they cost one CLI run."""
@@ -80,3 +90,26 @@ def tiny_sweep(tmp_path_factory) -> Path:
     assert result.returncode == 0, result.stderr[-3000:]
     (sweep,) = (log_dir / "train" / "multiruns").iterdir()
     return sweep
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_sweep) -> Path:
+    """The best checkpoint of the tiny sweep's first digits run."""
+    import json
+
+    return Path(json.loads((tiny_sweep / "0" / "summary.json").read_text())["best_checkpoint"])
+
+
+@pytest.fixture(scope="session")
+def image_files(tmp_path_factory) -> Path:
+    """A folder of four 8x8 grey PNGs (digits-sized), a 40x30 colour JPEG and a file that is no image."""
+    import numpy as np
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("image_files")
+    rng = np.random.default_rng(1)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 255, (8, 8), dtype=np.uint8)).save(folder / f"digit_{i}.png")
+    Image.fromarray(rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)).save(folder / "photo.jpg")
+    (folder / "broken.jpg").write_text("not an image")
+    return folder

@@ -16,8 +16,8 @@ def test_compare_a_multirun_dir(tiny_sweep):
     markdown = (tiny_sweep / "comparison.md").read_text()
     assert markdown in result.stdout
     assert markdown.splitlines()[0] == (
-        "| run | model | data | freeze | test acc | macro F1 | params | trainable params | s/epoch | test s "
-        "| peak memory MiB |"
+        "| run | model | data | freeze | best val acc | test acc | test loss | macro F1 | params | trainable params "
+        "| s/epoch | test s | peak memory MiB |"
     )
     with open(tiny_sweep / "comparison.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -30,7 +30,8 @@ def test_compare_a_multirun_dir(tiny_sweep):
         assert float(row["macro F1"]) == pytest.approx(summary["test"]["test/macro_f1"])
         assert int(row["trainable params"]) == summary["params_trainable"]
         assert (
-            f"| model.depth={job + 1} | vit | digits | none | {summary['test']['test/acc']:.4f} |" in markdown
+            f"| model.depth={job + 1} | vit | digits | none | {summary['best_val_acc']:.4f} "
+            f"| {summary['test']['test/acc']:.4f} |" in markdown
         )
     assert int(rows[1]["params"]) > int(rows[0]["params"])  # depth 2 has one more transformer block
     assert matplotlib.image.imread(tiny_sweep / "comparison.png").shape[:2] == (800, 1500)

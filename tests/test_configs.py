@@ -5,6 +5,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
+from src.loggers import instantiate_loggers
 from src.train import train
 from src.utils import instantiate_group
 from tests.conftest import CONF, TINY_VIT, compose_config
@@ -16,25 +17,34 @@ def options(group: str) -> list[str]:
 
 # experiments: tests/test_experiments.py (they need pretrained weights switched off here)
 GROUP_OPTIONS = [
-    (g, o) for g in ("data", "model", "freeze", "trainer", "logger", "callbacks", "debug") for o in options(g)
+    (g, o)
+    for g in ("data", "model", "freeze", "augment", "mixup", "trainer", "logger", "callbacks", "debug")
+    for o in options(g)
 ]
 # options with a value the user must give (???)
 REQUIRED = {"freeze=until": ["freeze.layer=blocks.6"], "freeze=first_n_blocks": ["freeze.num_blocks=2"]}
+# options that read your own images: where (the fixture digits_png writes them)
+OWN_IMAGES = {"data=imagefolder": "data.data_dir={}", "data=csv": "data.csv_path={}/labels.csv"}
 
 
 @pytest.mark.parametrize(("group", "option"), GROUP_OPTIONS, ids=[f"{g}={o}" for g, o in GROUP_OPTIONS])
-def test_every_option_composes_and_instantiates(group, option, tmp_path):
+def test_every_option_composes_and_instantiates(group, option, tmp_path, request):
     choice = f"{group}={option}"
-    cfg = compose_config("train", [choice, *REQUIRED.get(choice, [])], tmp_path)
+    required = REQUIRED.get(choice, [])
+    if choice in OWN_IMAGES:  # the number of classes is counted from real files
+        required = [OWN_IMAGES[choice].format(request.getfixturevalue("digits_png") / "digits_png")]
+    cfg = compose_config("train", [choice, *required], tmp_path)
     if cfg.trainer.accelerator == "gpu" and not torch.cuda.is_available():
         cfg.trainer.accelerator = "cpu"  # composes here; the GPU itself is exercised where one exists
+    if cfg.trainer.accelerator == "mps" and not torch.backends.mps.is_available():
+        cfg.trainer.accelerator = "cpu"  # likewise for Apple's GPUs
     assert isinstance(instantiate(cfg.data), L.LightningDataModule)
     model = instantiate(cfg.module)
     assert model.hparams.num_classes == cfg.data.num_classes
     trainer = instantiate(
         cfg.trainer,
         callbacks=instantiate_group(cfg.get("callbacks")),
-        logger=instantiate_group(cfg.get("logger")),
+        logger=instantiate_loggers(cfg.get("logger")),
     )
     assert isinstance(trainer, L.Trainer)
 

@@ -1,4 +1,4 @@
-"""Freezing: Keras layer names, exact trainable/frozen counts of the seed's setups, BatchNorm in eval mode,
+"""Freezing: Keras layer names, exact trainable/frozen counts of the notebooks' setups, BatchNorm in eval mode,
 clear errors for unknown names, unfreezing at an epoch, and counts in TensorBoard's hparams.yaml."""
 
 import lightning as L
@@ -53,13 +53,13 @@ def test_keras_layer_names_map_onto_the_trunks():
     assert resolve(densenet, "features.denseblock2") == "features.denseblock2"  # module names work too
 
 
-def test_seed001_vgg19_counts_match_keras(tmp_path):
-    counts = parameter_counts(seed_module("seed001_vgg19_cifar10", tmp_path))
+def test_keras_vgg19_frozen_block5_counts_match_keras(tmp_path):
+    counts = parameter_counts(seed_module("keras_vgg19_frozen_block5_cifar10", tmp_path))
     assert (counts["params_trainable"], counts["params_frozen"]) == (9_638_922, 10_585_152)
 
 
-def test_seed001_densenet201_counts_match_keras(tmp_path):
-    module = seed_module("seed001_densenet201_cifar10", tmp_path)
+def test_keras_densenet201_frozen_conv5_counts_match_keras(tmp_path):
+    module = seed_module("keras_densenet201_frozen_conv5_cifar10", tmp_path)
     counts = parameter_counts(module)
     assert counts["params_trainable"] == 7_542_538  # as Keras reports
     # Keras counts the BatchNorm moving mean/variance as non-trainable parameters; PyTorch keeps them as buffers
@@ -69,8 +69,8 @@ def test_seed001_densenet201_counts_match_keras(tmp_path):
     assert (counts["params_frozen"], counts["params_frozen"] + running_stats) == (11_110_528, 11_339_584)
 
 
-def test_seed001_deit_trains_only_the_last_block_and_the_heads(tmp_path):
-    backbone = seed_module("seed001_deit_cifar10", tmp_path).backbone
+def test_deit_b_distilled_frozen10_trains_only_the_last_block_and_the_heads(tmp_path):
+    backbone = seed_module("deit_b_distilled_frozen10_cifar10", tmp_path).backbone
     assert trainable_prefixes(backbone, 2) == {"blocks.11", "norm.weight", "norm.bias", "head.0", "head.3",
                                                "head.6", "head_dist.0", "head_dist.3", "head_dist.6"}  # fmt: skip
     assert not any(p.requires_grad for p in (backbone.cls_token, backbone.dist_token, backbone.pos_embed))
@@ -99,7 +99,7 @@ def test_the_modes_agree_with_each_other():
 
 
 def test_frozen_batchnorm_stays_in_eval_mode_and_keeps_its_statistics(tmp_path):
-    module = seed_module("seed001_densenet201_cifar10", tmp_path, "data=digits")
+    module = seed_module("keras_densenet201_frozen_conv5_cifar10", tmp_path, "data=digits")
     features = module.backbone.features
     frozen_bn, trained_bn = features.transition3.norm, features.denseblock4.denselayer1.norm1
     norms = [m for m in features.modules() if isinstance(m, _BatchNorm)]
@@ -127,7 +127,11 @@ def test_frozen_batchnorm_stays_in_eval_mode_and_keeps_its_statistics(tmp_path):
 def test_a_typo_in_a_layer_name_lists_the_names_near_it(tmp_path, capsys):
     cfg = compose_config(
         "train",
-        ["experiment=seed001_vgg19_cifar10", "model.pretrained=false", "freeze.layer=block5_conv0"],
+        [
+            "experiment=keras_vgg19_frozen_block5_cifar10",
+            "model.pretrained=false",
+            "freeze.layer=block5_conv0",
+        ],
         tmp_path,
     )
     with pytest.raises(SystemExit) as exit_info:  # through hydra's instantiate and the entry point's handler
@@ -207,12 +211,10 @@ def test_a_frozen_run_logs_its_counts_and_its_checkpoint_rebuilds_the_same_model
     )  # fmt: skip
     train(cfg)
     hparams = yaml.safe_load((tmp_path / "tensorboard" / "hparams.yaml").read_text())
-    counts = {k: hparams["model"][k] for k in ("params_total", "params_trainable", "params_frozen")}
+    counts = {k: hparams[f"model/{k}"] for k in ("params_total", "params_trainable", "params_frozen")}
     weights.unlink()  # the checkpoint holds the trained weights: it must not need the file any more
     rebuilt = ClassifierModule.load_from_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
-    assert rebuilt.hparams.backbone["weights_path"] is None and hparams["model"]["weights_path"] == str(
-        weights
-    )
+    assert rebuilt.hparams.backbone["weights_path"] is None and hparams["model/weights_path"] == str(weights)
     assert counts == parameter_counts(rebuilt) and 0 < counts["params_trainable"] < counts["params_frozen"]
     assert trainable_prefixes(rebuilt.backbone, 2) == {
         "blocks.11",

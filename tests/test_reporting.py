@@ -33,7 +33,7 @@ def test_report_numbers_equal_scikit_learn(tmp_path):
     markdown = artefacts.write_report(report, tmp_path)
     rows = read_csv(tmp_path / "report.csv")
 
-    # seed 001's layout: the classes in order, then accuracy, macro avg, weighted avg
+    # the CIFAR-10 notebook's layout: the classes in order, then accuracy, macro avg, weighted avg
     assert list(rows) == [*NAMES, "accuracy", "macro avg", "weighted avg"]
     for name in [*NAMES, "macro avg", "weighted avg"]:
         for column in ("precision", "recall", "f1-score"):
@@ -85,12 +85,13 @@ def test_every_artefact_exists_and_parses(run_dir):
     assert Path(summary["best_checkpoint"]).is_file()
     assert Path(summary["best_checkpoint"]).parent == run_dir / "checkpoints"
 
-    for name in ("confusion_matrix", "curves", "misclassified"):
+    for name in ("confusion_matrix", "curves", "misclassified", "attention"):
         image = matplotlib.image.imread(run_dir / f"{name}.png")
         assert image.ndim == 3 and min(image.shape[:2]) > 200, name
 
     # TensorBoard: the report as text, the confusion matrix as an image
     assert "test/confusion_matrix" in events.Tags()["images"]
+    assert "test/attention" in events.Tags()["images"]
     assert any(tag.startswith("test/classification_report") for tag in events.Tags()["tensors"])
 
 

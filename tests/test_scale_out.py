@@ -73,8 +73,7 @@ def test_ddp_on_two_cpu_processes_makes_one_run(loader, tmp_path):
     supports = [line.rsplit(",", 1)[1] for line in (run_dir / "report.csv").read_text().splitlines()]
     assert supports[-3:] == ["360"] * 3  # accuracy, macro avg, weighted avg
     hparams = yaml.safe_load((run_dir / "tensorboard" / "hparams.yaml").read_text())
-    assert hparams["data"]["effective_batch_size"] == 2 * hparams["data"]["batch_size"] == 128
-    assert hparams["trainer"]["strategy"]["_target_"] == "lightning.pytorch.strategies.DDPStrategy"
+    assert hparams["data/effective_batch_size"] == 2 * 64 and hparams["trainer"] == "ddp"
 
 
 def test_ddp_refuses_unfreezing_at_an_epoch(tmp_path):
@@ -249,7 +248,7 @@ def test_slurm_launcher_and_optuna_search_compose():
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(
             "train",
-            ["hydra/launcher=submitit_slurm", "hydra.launcher.partition=gpu", "hydra.launcher.gpus_per_node=8",
+            ["hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.launcher.gpus_per_node=8",
              "hparams_search=vit_optuna", "trainer=multinode"],
             return_hydra_config=True,
         )  # fmt: skip

@@ -1,5 +1,7 @@
 """Fast paths: the GPU-resident loader (run on CPU tensors here), fused optimizers, compile/bf16 configs, the bench."""
 
+import importlib
+import json
 import re
 
 import pytest
@@ -282,3 +284,22 @@ def test_the_gpu_only_measurements_run_end_to_end_on_the_cpu():
     assert 0.0008 < extras["train GFLOP/image"] < 0.0011
     assert extras["train img/s compiled (ours)"] > 0 and "MFU (raw loop)" not in extras  # no bf16 peak known
     assert bench.epoch_seconds(args) > 0
+
+
+@pytest.mark.slow  # four short training runs, each evaluated and predicted, and four benchmarks: minutes on 2 cores
+def test_the_gpu_check_script_runs_every_step_on_the_cpu(tmp_path):
+    """scripts/gpu_check.py's dry run: the GPU session's only command must not fail on a Python error."""
+    gpu_check = importlib.import_module("scripts.gpu_check")
+    code = gpu_check.main(["--device", "cpu", "--tiny", "--out", str(tmp_path), "--budget", "3000"])
+    results = json.loads((tmp_path / "gpu_check.json").read_text())
+    statuses = {step["step"]: (step["status"], step.get("reason")) for step in results["steps"]}
+    assert set(statuses) == {"data", *(f"smoke/{name}" for name in gpu_check.smoke_runs(True)),
+                             *(f"bench/{name}" for name in gpu_check.BENCH_RUNS)}  # fmt: skip
+    assert all(status == "PASS" for status, _ in statuses.values()), statuses
+    assert code == 0
+    smoke = next(step for step in results["steps"] if step["step"] == "smoke/vit_bf16")
+    assert smoke["peak_memory_of"] == "process_rss" and 0 <= smoke["test/acc"] <= 1
+    benchmarks = (tmp_path / "benchmarks.md").read_text()
+    for model in ("| vit | 16 |", "| deit | 32 |", "| vgg19 | 32 |", "| densenet121 | 32 |"):
+        assert model in benchmarks
+    assert "train GFLOP/image" in benchmarks and "compiled" in benchmarks

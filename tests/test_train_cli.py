@@ -1,13 +1,16 @@
 """The real CLI on generated CIFAR-10 / Flowers102 files, the digits quickstart, and src.eval."""
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.conftest import QUICK, TINY_VIT, run_cli, run_dirs
+from tests.conftest import QUICK, ROOT, TINY_VIT, run_cli, run_dirs
 
 
 def scalar_tags(run_dir: Path) -> set[str]:
@@ -53,13 +56,42 @@ def test_missing_data_offline_gives_one_clear_message(data, tmp_path):
     assert str(empty / folder) in result.stderr
     assert "data.data_dir" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
+    assert f"into {empty}" in result.stderr  # where to put the files: the data dir, which can be written
 
 
-def test_unknown_model_lists_the_options(tmp_path):
-    result = run_cli("src.train", "model=no_such_model", f"paths.log_dir={tmp_path}")
-    assert result.returncode != 0
-    assert "Could not find 'model/no_such_model'" in result.stderr
-    assert "vit" in result.stderr and "Traceback" not in result.stderr
+@pytest.mark.parametrize("data", ["cifar10", "flowers102"])
+def test_a_read_only_data_dir_is_not_offered_as_the_place_to_put_the_data(data, tmp_path):
+    """A shared, read-only data set folder (root: a read-only bind mount in a mount namespace of its own, as
+    permissions do not stop root; other users: mode 0555)."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    command = [sys.executable, "-m", "src.train", f"data={data}", f"data.data_dir={shared}",
+               f"paths.log_dir={tmp_path}", *QUICK]  # fmt: skip
+    if os.geteuid() == 0:
+        mount = f'mount --bind {shared} {shared} && mount -o remount,bind,ro {shared} && exec "$@"'
+        command = ["unshare", "--mount", "sh", "-c", mount, "sh", *command]
+    else:
+        shared.chmod(0o555)
+    result = subprocess.run(
+        command, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert f"into a folder you can write ({shared} is read-only) and point data.data_dir there" in line
+
+
+@pytest.mark.parametrize(
+    ("entry", "option", "line"),
+    [
+        ("src.train", "model=no_such_model", "error: model=no_such_model: no such option; the options are cct, "),
+        ("src.eval", "trainer=gpus", "error: trainer=gpus: no such option (did you mean trainer=gpu?)"),
+    ],
+)  # fmt: skip
+def test_an_unknown_option_is_one_line_with_the_options(entry, option, line, tmp_path):
+    result = run_cli(entry, option, f"paths.log_dir={tmp_path}")
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[0].startswith(line), result.stderr
+    assert len(result.stderr.splitlines()) == 1 and not list(tmp_path.iterdir())
 
 
 def test_quickstart_trains_then_eval_reproduces_test_accuracy(tmp_path):

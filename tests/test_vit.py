@@ -38,6 +38,6 @@ def test_bad_sizes_are_reported():
     with pytest.raises(UserError, match=r"model.embed_dim=32 is not divisible by model.num_heads=3"):
         VisionTransformer(embed_dim=32, num_heads=3)
     with pytest.raises(
-        UserError, match=r"model.pool='avg' is not a pooling: use model.pool=cls or model.pool=mean"
+        UserError, match=r"model.pool='avg' is not a pooling: use model.pool=cls, mean or seq"
     ):
         VisionTransformer(pool="avg")

@@ -7,8 +7,9 @@ import lightning as L
 import numpy as np
 import torch
 from sklearn.model_selection import train_test_split
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
+from src.data.augment import check_augment, check_gpu_loader
 from src.data.gpu_loader import GPUBatches
 from src.data.transforms import build_transforms
 from src.errors import UserError
@@ -66,7 +67,9 @@ class ImageDataModule(L.LightningDataModule):
         verify_checksums: bool = True,
         seed: int = 42,
         interpolation: str = "bilinear",
+        augment: dict | None = None,
     ):
+        """`augment`: the train-time policy of conf/augment/ (None: the data set's own crop/flip only)."""
         super().__init__()
         self.save_hyperparameters(logger=False)
         self.data_train: Dataset | None = None
@@ -78,8 +81,10 @@ class ImageDataModule(L.LightningDataModule):
 
     def transform(self, train: bool):
         h = self.hparams
+        if h.augment:
+            check_augment(h.augment)
         return build_transforms(
-            self.style, h.image_size, h.mean, h.std, train, self.native_size, h.interpolation
+            self.style, h.image_size, h.mean, h.std, train, self.native_size, h.interpolation, h.augment
         )
 
     def in_memory(self, dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
@@ -102,6 +107,8 @@ class ImageDataModule(L.LightningDataModule):
             raise UserError(
                 f"data.cutout={h.cutout} is applied by the GPU-resident loader only: add data.loader=gpu"
             )
+        if h.loader == "gpu":
+            check_gpu_loader(h.augment)
         if h.loader == "gpu" and type(self).in_memory is ImageDataModule.in_memory:
             raise UserError(
                 f"data.loader=gpu needs a data set that fits in memory as one uint8 tensor (cifar10, digits); "
@@ -138,10 +145,12 @@ class ImageDataModule(L.LightningDataModule):
                 epoch_of=(lambda: self.trainer.current_epoch) if self.trainer else None,
             )
         workers = h.num_workers > 0
+        sampler = self.train_sampler(dataset) if shuffle else None
         return DataLoader(
             dataset,
             batch_size=h.batch_size,
-            shuffle=shuffle,
+            shuffle=shuffle and sampler is None,
+            sampler=sampler,
             drop_last=drop_last,
             num_workers=h.num_workers,
             # null: pin when training on a GPU (page-locked memory makes the copy asynchronous)
@@ -149,6 +158,10 @@ class ImageDataModule(L.LightningDataModule):
             persistent_workers=h.persistent_workers and workers,
             prefetch_factor=h.prefetch_factor if workers else None,
         )
+
+    def train_sampler(self, dataset: Dataset) -> Sampler | None:
+        """The training loader's sampler (data.sampler=balanced, say); None: shuffle."""
+        return None
 
     def train_dataloader(self) -> DataLoader | GPUBatches:
         loader = self._loader(self.data_train, shuffle=True)

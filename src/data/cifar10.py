@@ -1,12 +1,14 @@
 """CIFAR-10 through torchvision (its `cifar-10-batches-py` pickles): a seeded, stratified train/val split
 of the 50 000 training images, and the official 10 000 test images as the test set."""
 
+import pickle
 from pathlib import Path
 
 import torch
 from torchvision.datasets import CIFAR10
 
 from src.data.base import ImageDataModule, TransformedSubset, stratified_split
+from src.data.integrity import check_cifar_batches, check_data_dir, extract_into, without_download_hint
 from src.errors import DataNotFoundError
 
 
@@ -31,16 +33,21 @@ class CIFAR10DataModule(ImageDataModule):
 
     def _dataset(self, train: bool, download: bool = False) -> CIFAR10:
         root = Path(self.hparams.data_dir)
+        check_data_dir(root)
         try:
             return _CIFAR10(
                 root, train=train, download=download, verify_checksums=self.hparams.verify_checksums
             )
+        except (pickle.UnpicklingError, EOFError, ValueError, KeyError, TypeError, IndexError):
+            names = [name for name, _ in CIFAR10.train_list + CIFAR10.test_list] + [CIFAR10.meta["filename"]]
+            check_cifar_batches(root / CIFAR10.base_folder, names)
+            raise  # every file reads as a CIFAR batch: not a data problem
         except (RuntimeError, OSError) as err:
             files = ", ".join(name for name, _ in CIFAR10.train_list + CIFAR10.test_list)
             raise DataNotFoundError(
-                f"CIFAR-10 is missing or corrupt in {root / CIFAR10.base_folder} ({err}). Expected: {files}, "
+                f"CIFAR-10 is missing or corrupt in {root / CIFAR10.base_folder} ({without_download_hint(err)}). Expected: {files}, "
                 f"{CIFAR10.meta['filename']}. Get {CIFAR10.url} (see https://www.cs.toronto.edu/~kriz/cifar.html) "
-                f"and extract it into {root}, or point data.data_dir at the folder that holds "
+                f"and extract it {extract_into(root)}, or point data.data_dir at the folder that holds "
                 f"{CIFAR10.base_folder}/ (data.download=true fetches it when online)."
             ) from err
 

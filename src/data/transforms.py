@@ -3,6 +3,8 @@
 import torch
 from torchvision.transforms import v2
 
+from src.data.augment import erasing_transform, policy_transform
+
 
 def build_transforms(
     style: str,
@@ -12,11 +14,14 @@ def build_transforms(
     train: bool,
     native_size: int | None = None,
     interpolation: str = "bilinear",
+    augment: dict | None = None,
 ) -> v2.Compose:
     """`style` names the recipe: 'cifar' (pad-crop + flip), 'digits' (pad-crop, no flip: digits are not
     mirror-symmetric), 'imagenet' (random-resized crop + flip, for photos like Flowers102).
     Images of `native_size` are resized to `image_size` first, with `interpolation` ('bilinear', 'bicubic': what
-    a pretrained backbone was trained with). Eval transforms never augment."""
+    a pretrained backbone was trained with). `augment` (conf/augment/, see augment.py) adds a policy
+    (RandAugment, AutoAugment, TrivialAugment) after the style's crop/flip and random erasing after normalisation,
+    to training transforms only. Eval transforms never augment."""
     resize = {"interpolation": v2.InterpolationMode(interpolation), "antialias": True}
     if style == "imagenet":
         if train:
@@ -33,6 +38,16 @@ def build_transforms(
                 geometric.append(v2.RandomHorizontalFlip())
     else:
         raise ValueError(f"unknown augmentation style {style!r}; expected 'cifar', 'digits' or 'imagenet'")
+    policy, erasing = [], []
+    if train and augment:
+        policy, erasing = policy_transform(augment, image_size, mean), erasing_transform(augment)
     return v2.Compose(
-        [v2.ToImage(), *geometric, v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
+        [
+            v2.ToImage(),
+            *geometric,
+            *policy,
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(mean, std),
+            *erasing,
+        ]
     )

@@ -8,7 +8,7 @@ from torch import nn
 def keras_mlp_head(
     in_features: int, num_classes: int, hidden: Sequence[int] = (256, 256), dropout: float = 0.5
 ):
-    """Seed 001's Keras head: (Dense → ReLU → Dropout) for each hidden width, then Dense to the classes."""
+    """The CIFAR-10 notebook's Keras head: (Dense → ReLU → Dropout) for each hidden width, then Dense to the classes."""
     layers, width = [], in_features
     for size in hidden:
         layers += [nn.Linear(width, size), nn.ReLU(inplace=True), nn.Dropout(dropout)]

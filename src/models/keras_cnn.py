@@ -1,4 +1,4 @@
-"""Keras-application-style CNNs (VGG19, DenseNet121/201): timm's convolutional trunk, seed 001's classifier head,
+"""Keras-application-style CNNs (VGG19, DenseNet121/201): timm's convolutional trunk, the CIFAR-10 notebook's classifier head,
 and Keras layer names (`block5_conv1`, `conv5_block1_0_bn`, ...) for the trunk's modules, so freezing points
 from Keras code carry over."""
 
@@ -44,7 +44,7 @@ def _densenet_names(features: nn.Sequential) -> dict[str, str]:
 
 class KerasCNN(nn.Module):
     """`features` is timm's trunk (`model_name`: vgg19, densenet121, densenet201, ...); `head` is 'keras_mlp'
-    (Flatten → Dense 256 → Dropout 0.5 → Dense 256 → Dropout 0.5, seed 001) or 'linear' (global average pool
+    (Flatten → Dense 256 → Dropout 0.5 → Dense 256 → Dropout 0.5, the CIFAR-10 notebook's) or 'linear' (global average pool
     → linear). timm's VGG pre-logits (two 4096-wide layers, 120 M parameters) are dropped."""
 
     def __init__(

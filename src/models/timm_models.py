@@ -34,19 +34,32 @@ def _hub_unreachable(model_name: str) -> str | None:
     return None
 
 
-def create_timm_model(model_name: str, pretrained: bool = False, weights_path: str | None = None, **kwargs):
+def create_timm_model(
+    model_name: str,
+    pretrained: bool = False,
+    weights_path: str | None = None,
+    setting: str = "model",
+    **kwargs,
+):
     """`timm.create_model` with weights from `weights_path` (a .safetensors/.pth/.bin file such as the hub's
-    model.safetensors, for machines without internet), else from timm's hub when `pretrained`.
+    model.safetensors, for machines without internet), else from timm's hub when `pretrained`. `setting`: the
+    config group that errors name (model, or distill for a teacher).
     timm adapts either to the model: resized position embeddings, a new classifier for other class counts."""
     if weights_path:
         path = Path(weights_path).expanduser()
         if not path.is_file():
             raise UserError(
-                f"model.weights_path={weights_path} is not a file; give a .safetensors/.pth/.bin file"
+                f"{setting}.weights_path={weights_path} is not a file; give a .safetensors/.pth/.bin file"
             )
-        return timm.create_model(
-            model_name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kwargs
-        )
+        try:
+            return timm.create_model(
+                model_name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kwargs
+            )
+        except (RuntimeError, KeyError, ValueError, OSError, EOFError) as err:  # a text file, another model's
+            raise UserError(
+                f"model.weights_path={weights_path} holds no weights of {model_name} ({type(err).__name__}: "
+                f"{str(err).strip()[:200]}); give its .safetensors/.pth/.bin file"
+            ) from None
     problem = _hub_unreachable(model_name) if pretrained else None
     if problem is None:
         try:
@@ -55,10 +68,10 @@ def create_timm_model(model_name: str, pretrained: bool = False, weights_path: s
             problem = str(err)
     hub_id = timm.models.get_pretrained_cfg(model_name).hf_hub_id
     raise UserError(
-        f"model.pretrained=true cannot get the weights of {model_name} from timm's hub: {problem}. Run once "
+        f"{setting}.pretrained=true cannot get the weights of {model_name} from timm's hub: {problem}. Run once "
         f"online (they are then cached in {constants.HF_HUB_CACHE}), or copy "
         f"https://huggingface.co/{hub_id}/resolve/main/model.safetensors to this machine and pass "
-        f"model.weights_path=<that file> (or model.pretrained=false to train from scratch)."
+        f"{setting}.weights_path=<that file> (or {setting}.pretrained=false to train from scratch)."
     )
 
 
@@ -70,10 +83,14 @@ def vision_transformer(
     weights_path: str | None = None,
     head: str = "linear",
     drop_path_rate: float = 0.0,
+    patch_size: int | None = None,
 ) -> nn.Module:
-    """A timm ViT/DeiT at `img_size`. `head`: 'linear' (timm's) or 'keras_mlp' (seed 001's 256-256 MLP on the
+    """A timm ViT/DeiT at `img_size`. `head`: 'linear' (timm's) or 'keras_mlp' (the CIFAR-10 notebook's 256-256 MLP on the
     class token). A distilled DeiT keeps both of its heads and returns their average (timm's behaviour unless
-    `distilled_training` is set), so the label trains both heads through the average, and eval averages too."""
+    `distilled_training` is set), so the label trains both heads through the average, and eval averages too.
+    `patch_size`: another patch side than the model name's (timm resamples pretrained patch embeddings), e.g. 4
+    for a DeiT on 16 px digits."""
+    extra = {} if patch_size is None else {"patch_size": patch_size}
     model = create_timm_model(
         model_name,
         pretrained,
@@ -81,6 +98,7 @@ def vision_transformer(
         img_size=img_size,
         num_classes=num_classes,
         drop_path_rate=drop_path_rate,
+        **extra,
     )
     if head == "keras_mlp":
         # timm names its classifiers: 'head', or ('head', 'head_dist') for a distilled DeiT

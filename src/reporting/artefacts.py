@@ -3,6 +3,7 @@ CSV, rich table), confusion matrices, training curves, the most confidently wron
 
 import csv
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -34,7 +35,7 @@ def classification_rows(y_true, y_pred, class_names: Sequence[str]) -> dict[str,
         zero_division=0,
     )
     # scikit-learn gives accuracy as a bare float; as a row (in place, before the averages) it reads like
-    # scikit-learn's text report and seed 001's tables
+    # scikit-learn's text report and the CIFAR-10 notebook's tables (docs/reference-numbers.md)
     report["accuracy"] = {"f1-score": report["accuracy"], "support": report["weighted avg"]["support"]}
     return report
 
@@ -53,11 +54,20 @@ def _cells(row: dict[str, float], digits: int | None = 4) -> list[str]:
     return cells
 
 
-def write_report(report: dict[str, dict[str, float]], run_dir: Path) -> str:
-    """report.md and report.csv (the same rows); returns the markdown."""
+def write_report(
+    report: dict[str, dict[str, float]], run_dir: Path, split_counts: dict[str, dict[str, int]] | None = None
+) -> str:
+    """report.md and report.csv (the same rows); returns the markdown. With `split_counts` ({split: {class:
+    images}}), report.md also gives each split's images per class (how imbalanced the data are)."""
     lines = ["| class | " + " | ".join(REPORT_COLUMNS) + " |", "|---" * (len(REPORT_COLUMNS) + 1) + "|"]
     for name, row in report.items():
         lines.append(f"| {name} | " + " | ".join(_cells(row)) + " |")
+    if split_counts:
+        splits = list(split_counts)
+        lines += ["", "Images per class and split:", "", "| class | " + " | ".join(splits) + " |"]
+        lines.append("|---" * (len(splits) + 1) + "|")
+        for name in next(iter(split_counts.values())):
+            lines.append(f"| {name} | " + " | ".join(str(split_counts[s][name]) for s in splits) + " |")
     markdown = "\n".join(lines) + "\n"
     (run_dir / "report.md").write_text(markdown)
     with open(run_dir / "report.csv", "w", newline="") as f:
@@ -124,6 +134,12 @@ def plot_curves(history: Sequence[dict[str, float]], path: Path) -> Figure:
     return fig
 
 
+def displayable(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """Normalised (N, C, H, W) images as (N, H, W, C) values in [0, 1], un-normalised with the data's mean/std."""
+    shown = images.float().cpu() * torch.tensor(std).view(-1, 1, 1) + torch.tensor(mean).view(-1, 1, 1)
+    return shown.clamp(0, 1).permute(0, 2, 3, 1).numpy()
+
+
 def plot_misclassified(
     images: torch.Tensor,
     y_true: Sequence[int],
@@ -139,8 +155,7 @@ def plot_misclassified(
     cols = min(n, 4) or 1
     rows = max(1, -(-n // cols))
     fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3.3 * rows), squeeze=False, layout="constrained")
-    shown = images.float() * torch.tensor(std).view(-1, 1, 1) + torch.tensor(mean).view(-1, 1, 1)
-    shown = shown.clamp(0, 1).permute(0, 2, 3, 1).numpy()
+    shown = displayable(images, mean, std)
     for ax in axes.flat:
         ax.axis("off")
     for ax, image, true, pred, p in zip(axes.flat, shown, y_true, y_pred, confidence, strict=False):
@@ -154,7 +169,19 @@ def plot_misclassified(
 
 
 def write_summary(summary: dict, path: Path) -> None:
-    path.write_text(json.dumps(summary, indent=2, default=_json_default) + "\n")
+    """Strict JSON: a non-finite number (a diverged loss) is written as null, not as NaN, which most readers reject."""
+    plain = json.loads(json.dumps(summary, default=_json_default))
+    path.write_text(json.dumps(_finite_or_none(plain), indent=2, allow_nan=False) + "\n")
+
+
+def _finite_or_none(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite_or_none(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_finite_or_none(item) for item in value]
+    return value
 
 
 def _json_default(value):

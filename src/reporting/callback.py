@@ -15,7 +15,8 @@ from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.loggers import TensorBoardLogger
 from rich.console import Console
 
-from src.reporting import artefacts
+from src.loggers import log_report_files
+from src.reporting import artefacts, attention, resumed_fit
 from src.utils import metrics_to_floats, parameter_counts
 
 log = logging.getLogger(__name__)
@@ -34,14 +35,19 @@ def _hydra_choices() -> dict[str, str]:
 
 
 class ReportCallback(L.Callback):
-    def __init__(self, output_dir: str, num_misclassified: int = 16):
+    def __init__(self, output_dir: str, num_misclassified: int = 16, attention: bool = True):
         self.output_dir = Path(output_dir)
         self.num_misclassified = num_misclassified
+        self.attention = attention  # attention.png: where the model looks on wrong and right test images
         # one row per epoch: {"epoch": 3, "train/loss": ..., "val/acc": ...}; and each epoch's wall time
         self.history: list[dict[str, float]] = []
         self.epoch_seconds: list[float] = []
         self.choices: dict[str, str] = {}
         self._peak_reset = False
+        self._resumed = False
+        self.summary: dict | None = (
+            None  # what summary.json holds, once written (the HParams metrics read it)
+        )
 
     # -- kept in checkpoints, so a resumed fit continues the curves and src.eval reports the training run's
     # curves, epoch times and model/data names (plain lists and dicts: checkpoints still load weights_only)
@@ -67,6 +73,16 @@ class ReportCallback(L.Callback):
     def on_train_start(self, trainer, pl_module) -> None:
         # a fit resumed mid-epoch (SLURM requeue, every_n_train_steps) gets no on_train_epoch_start for it
         self._epoch_start = time.perf_counter()
+        self._resumed = trainer.global_step > 0
+        if self._resumed:
+            resumed_fit.mark_tensorboard_restart(trainer)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if (
+            self._resumed
+        ):  # the first batch of a resumed fit: Lightning's restart has set its logging step now
+            resumed_fit.fix_logging_step(trainer)
+            self._resumed = False
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._epoch_start = time.perf_counter()
@@ -93,6 +109,7 @@ class ReportCallback(L.Callback):
         self._test_start = time.perf_counter()
         self._targets, self._preds = [], []
         self._wrong: dict[str, torch.Tensor] | None = None
+        self._right: dict[str, torch.Tensor] | None = None
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         images, targets = batch
@@ -113,15 +130,17 @@ class ReportCallback(L.Callback):
             }
             self._wrong["wrong_confidence"] -= 1
         self._wrong = _most_confident(self._wrong, batch_wrong, self.num_misclassified)
+        if self.attention:
+            self._right = attention.keep_right(self._right, images, targets, preds, confidence)
 
     def on_test_end(self, trainer, pl_module) -> None:
         test_seconds = time.perf_counter() - self._test_start
         # every rank takes part in the gathers; only rank 0 writes
-        gathered = pl_module.all_gather(
-            {"target": torch.cat(self._targets), "pred": torch.cat(self._preds), **self._wrong}
-        )
-        if trainer.world_size > 1:  # (ranks, n, ...) -> (ranks * n, ...)
-            gathered = {key: value.flatten(0, 1) for key, value in gathered.items()}
+        local = {"target": torch.cat(self._targets), "pred": torch.cat(self._preds), **self._wrong}
+        gathered = pl_module.all_gather(local)
+        # (ranks, n, ...) -> (ranks * n, ...). Not only when world_size > 1: DDP with one process (srun with
+        # one task, trainer=ddp trainer.devices=1) gathers into (1, n, ...) too, which made 2-D targets
+        gathered = {key: value.reshape(-1, *local[key].shape[1:]) for key, value in gathered.items()}
         peak = pl_module.all_gather(torch.tensor(_peak_memory_mib(pl_module.device), device=pl_module.device))
         if trainer.is_global_zero:
             self._write(
@@ -135,7 +154,8 @@ class ReportCallback(L.Callback):
         targets, preds = gathered["target"].numpy(), gathered["pred"].numpy()
         names = _class_names(trainer, pl_module)
         report = artefacts.classification_rows(targets, preds, names)
-        markdown = artefacts.write_report(report, self.output_dir)
+        split_counts = getattr(trainer.datamodule, "split_counts", None)  # data=imagefolder/csv
+        markdown = artefacts.write_report(report, self.output_dir, split_counts)
         Console().print(artefacts.report_table(report, "Classification report (test)"))
 
         figures = {
@@ -163,6 +183,11 @@ class ReportCallback(L.Callback):
             data["std"],
             self.output_dir / "misclassified.png",
         )
+        if self.attention:
+            figures["attention"] = attention.plot_test_attention(
+                pl_module, {key: value[top] for key, value in wrong.items()}, self._right, names,
+                data["mean"], data["std"], self.output_dir / "attention.png",
+            )  # fmt: skip
         for figure in figures.values():
             plt.close(figure)
         for logger in trainer.loggers:
@@ -172,6 +197,13 @@ class ReportCallback(L.Callback):
                 # the PNG as written: drawing a 102-class matrix a second time costs seconds
                 image = matplotlib.image.imread(self.output_dir / "confusion_matrix.png")[..., :3]
                 logger.experiment.add_image("test/confusion_matrix", image, step, dataformats="HWC")
+                if self.attention:
+                    image = matplotlib.image.imread(self.output_dir / "attention.png")[..., :3]
+                    logger.experiment.add_image("test/attention", image, step, dataformats="HWC")
+            else:
+                log_report_files(
+                    logger, self.output_dir, ["report.md", "report.csv", *(f"{n}.png" for n in figures)]
+                )
 
         backbone = pl_module.hparams.get("backbone", {})
         checkpoint = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
@@ -180,6 +212,9 @@ class ReportCallback(L.Callback):
             "data": self.choices.get("data") or type(trainer.datamodule).__name__,
             "freeze": self.choices.get("freeze"),
             "num_classes": len(names),
+            # the best epoch's val/acc (what the default checkpoint keeps); the history survives resume and eval
+            "best_val_acc": max((row["val/acc"] for row in self.history if "val/acc" in row), default=None),
+            "class_counts": split_counts or None,
             "test": {
                 **metrics_to_floats(
                     {k: v for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
@@ -198,6 +233,7 @@ class ReportCallback(L.Callback):
             "tested_checkpoint": str(trainer.ckpt_path) if trainer.ckpt_path else None,
         }
         artefacts.write_summary(summary, self.output_dir / "summary.json")
+        self.summary = summary
         log.info(
             "Report, confusion matrix, curves, misclassified images and summary.json in %s", self.output_dir
         )

@@ -1,0 +1,214 @@
+"""Runs every CUDA path of vitlab once and measures it, within one time budget, on a bare GPU machine.
+
+    bash scripts/gpu_check.sh                                      # there (installs the carried Hydra wheels first)
+    python scripts/gpu_check.py --device cpu --tiny --out /tmp/dry  # the dry run on a CPU (what the tests run)
+
+1. data: CIFAR-10 in torchvision's on-disk format, of the real size (50 000 + 10 000 32 px images whose colour
+   depends on the class: for speed, not accuracy), and a few PNG files for src.predict;
+2. smoke: one short epoch of each CUDA path through `src.train` (bf16 + fused AdamW, torch.compile with the
+   GPU-resident loader, channels_last VGG19, DeiT-B at 224 px), each followed by `src.eval` on its checkpoint and
+   `src.predict` on the PNG files; the run's summary.json must say its peak memory was the GPU's;
+3. bench: `src.bench` per model (ours vs raw loop, MFU, compiled vs eager, seconds per 50 000-image epoch).
+Each step prints one PASS/FAIL/SKIP line and has its own time limit; steps that would overrun `--budget` are
+skipped. <out>/gpu_check.json is rewritten after every step (so a killed run still leaves its results), with
+<out>/benchmarks.md (src.bench's tables) and <out>/gpu_check.log (every command's output).
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the data writer the tests use: the real CIFAR-10 on-disk format
+
+from tests.fakes import write_fake_cifar10  # noqa: E402
+
+TINY_VIT = ["model.embed_dim=32", "model.depth=1", "model.num_heads=2", "model.mlp_dim=64"]
+
+
+def smoke_runs(tiny: bool) -> dict[str, list[str]]:
+    """The CUDA paths the issue names, as src.train overrides (the same on the CPU dry run, smaller)."""
+    vit = TINY_VIT if tiny else []
+    return {
+        "vit_bf16": ["model=vit", *vit],
+        "vit_compile_gpu_loader": ["model=vit", *vit, "model.compile=true", "data.loader=gpu"],
+        "vgg19_channels_last": ["model=vgg19", "model.channels_last=true", "data.image_size=32"],
+        "deit_224": ["model=deit", "model.pretrained=false", f"data.image_size={32 if tiny else 224}"],
+    }
+
+
+BENCH_RUNS = {  # model spec, batch size (the issue's settings)
+    "vit": ("vit:32", 512),
+    "deit": ("deit:224", 128),
+    "cnns": ("vgg19:32,densenet121:32", 128),
+}
+
+
+class Check:
+    """Runs the steps, each with a limit, under one budget, and records what each did."""
+
+    def __init__(self, out: Path, budget: float):
+        self.out, self.deadline, self.results = out, time.monotonic() + budget, {"steps": []}
+        self.log = (out / "gpu_check.log").open("a")
+
+    def left(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def save(self) -> None:
+        (self.out / "gpu_check.json").write_text(json.dumps(self.results, indent=2) + "\n")
+
+    def step(self, name: str, limit: float, action) -> dict | None:
+        """`action()` returns what it measured (a dict) or raises; one line says how it went."""
+        record = {"step": name, "status": "SKIP", "seconds": 0.0}
+        if self.left() < min(limit, 30):
+            record["reason"] = f"budget: {self.left():.0f} s left"
+        else:
+            start = time.monotonic()
+            try:
+                record |= {"status": "PASS", **(action(min(limit, self.left())) or {})}
+            except Exception as err:  # one step's failure is a result, not the end of the check
+                record |= {"status": "FAIL", "reason": f"{type(err).__name__}: {err}"[-2000:]}
+            record["seconds"] = round(time.monotonic() - start, 1)
+        detail = record.get("reason", "")
+        print(
+            f"{record['status']} {name} ({record['seconds']} s){': ' + detail if detail else ''}", flush=True
+        )
+        self.results["steps"].append(record)
+        self.save()
+        return record
+
+    def run(self, args: list[str], limit: float) -> str:
+        """A `python -m ...` command; its output goes to the log, a non-zero exit or a timeout raises."""
+        self.log.write(f"\n$ {' '.join(args)}\n")
+        self.log.flush()
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+        try:
+            done = subprocess.run(
+                [sys.executable, "-m", *args],
+                cwd=ROOT,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=limit,
+            )
+        except subprocess.TimeoutExpired as err:
+            for output in (err.stdout, err.stderr):  # bytes on a timeout, even with text=True
+                self.log.write(output.decode(errors="replace") if isinstance(output, bytes) else output or "")
+            raise RuntimeError(f"timed out after {limit:.0f} s") from err
+        self.log.write(done.stdout + done.stderr)
+        self.log.flush()
+        if done.returncode:
+            raise RuntimeError(f"exit {done.returncode}: {done.stderr.strip()[-1500:]}")
+        return done.stdout
+
+
+def write_data(root: Path, tiny: bool) -> dict:
+    per_batch, test = (20, 20) if tiny else (10_000, 10_000)
+    write_fake_cifar10(root, per_batch=per_batch, test_size=test)
+    images = root / "images"
+    images.mkdir(exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(images / f"image_{i}.png")
+    return {"train_images": 5 * per_batch, "test_images": test}
+
+
+def smoke(check: Check, name: str, overrides: list[str], args, data: Path, limit: float) -> dict:
+    log_dir = args.out / "runs"
+    limits = [
+        "+trainer.limit_train_batches=2",
+        "+trainer.limit_val_batches=1",
+        "+trainer.limit_test_batches=1",
+    ]
+    if not args.tiny:
+        limits = [
+            "+trainer.limit_train_batches=50",
+            "+trainer.limit_val_batches=10",
+            "+trainer.limit_test_batches=10",
+        ]
+    start = time.monotonic()
+    check.run(
+        ["src.train", *overrides, "data=cifar10", f"data.data_dir={data}", "data.download=false",
+         "data.verify_checksums=false", f"data.batch_size={4 if args.tiny else 128}",
+         f"data.val_size={20 if args.tiny else 5000}",
+         f"data.num_workers={0 if args.tiny else 8}", "trainer=gpu", f"trainer.accelerator={args.device}",
+         "trainer.max_epochs=1", *limits, "~callbacks.rich_progress_bar", f"task_name=smoke_{name}",
+         f"paths.log_dir={log_dir}"],
+        limit,
+    )  # fmt: skip
+    (run,) = (log_dir / f"smoke_{name}" / "runs").iterdir()
+    summary = json.loads((run / "summary.json").read_text())
+    expected = "gpu" if args.device == "cuda" else "process_rss"
+    if summary.get("peak_memory_of") != expected:
+        raise RuntimeError(f"summary.json peak_memory_of={summary.get('peak_memory_of')!r}, not {expected!r}")
+    checkpoint = next((run / "checkpoints").glob("epoch_*.ckpt"))
+    left = limit - (time.monotonic() - start)
+    check.run(["src.eval", f"ckpt_path={checkpoint}", "+trainer.limit_test_batches=2", "~callbacks.rich_progress_bar",
+               f"paths.log_dir={log_dir}"], left / 2)  # fmt: skip
+    predicted = check.run(["src.predict", f"ckpt_path={checkpoint}", f"inputs={data / 'images'}", "topk=3",
+                           f"paths.log_dir={log_dir}"], left / 2)  # fmt: skip
+    if "image_0.png" not in predicted:
+        raise RuntimeError("src.predict listed no prediction for image_0.png")
+    keys = ("seconds_per_epoch", "peak_memory_mib", "peak_memory_of")
+    return {key: summary[key] for key in keys if key in summary} | {"test/acc": summary["test"]["test/acc"]}
+
+
+def bench(check: Check, models: str, batch_size: int, args, limit: float) -> dict:
+    options = ["--batch-size", str(batch_size), "--extras", "on"]
+    if (
+        args.tiny
+    ):  # the extras' code is the same for every model: on a CPU, run it (compiling) for the tiny ViT
+        vit = models.startswith("vit")
+        models = "vit:16" if vit else models.replace("deit:224", "deit:32")
+        options = ["--batch-size", "4", "--steps", "4", "--warmup", "1", "--repeats", "1", "--num-workers", "0",
+                   "--extras", "on" if vit else "off", "--epoch-images", "64", "--epoch-batch-size", "32"]  # fmt: skip
+        options += ["--overrides", *TINY_VIT] if vit else []
+    check.run(["src.bench", "--device", args.device, "--models", models, *options,
+               "--out", str(args.out / "benchmarks.md"), "--append"], limit)  # fmt: skip
+    return {}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    parser.add_argument("--tiny", action="store_true", help="tiny data, models and steps: the CPU dry run")
+    parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "gpu_check")
+    parser.add_argument("--budget", type=float, default=540, help="seconds for all steps together")
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    check = Check(args.out, args.budget)
+    slack = 4 if args.tiny else 1  # a CPU dry run compiles on 2 cores: its limits are looser
+    import torch  # after the arguments: --help answers without it
+
+    check.results["machine"] = {
+        "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "python": sys.version.split()[0],
+        "tiny": args.tiny,
+    }
+    data = args.out / "data"
+    check.step("data", 120 * slack, lambda limit: write_data(data, args.tiny))
+    for name, overrides in smoke_runs(args.tiny).items():
+        check.step(f"smoke/{name}", (240 if "compile" in name else 150) * slack,
+                   lambda limit, n=name, o=overrides: smoke(check, n, o, args, data, limit))  # fmt: skip
+    for name, (models, batch_size) in BENCH_RUNS.items():
+        check.step(
+            f"bench/{name}",
+            240 * slack,
+            lambda limit, m=models, b=batch_size: bench(check, m, b, args, limit),
+        )
+    statuses = [step["status"] for step in check.results["steps"]]
+    counts = {status: statuses.count(status) for status in ("PASS", "FAIL", "SKIP")}
+    print(f"gpu_check: {counts['PASS']} passed, {counts['FAIL']} failed, {counts['SKIP']} skipped")
+    return 0 if counts["PASS"] == len(statuses) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

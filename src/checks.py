@@ -1,0 +1,128 @@
+"""Checks of what a run is about to use, each failing with one line that names the key, its value and what is
+allowed: the values users set most (before Lightning or torch meet them), callbacks that need a logger, and the
+metric a sweep optimises."""
+
+import logging
+import math
+from collections.abc import Callable
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from lightning.pytorch.callbacks import LearningRateMonitor
+from omegaconf import DictConfig, OmegaConf
+
+from src.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+def _number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _whole(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def whole_at_least(low: int) -> tuple[Callable, str]:
+    return (lambda v: _whole(v) and v >= low), f"a whole number of at least {low}"
+
+
+def fraction(upper_open: bool = True) -> tuple[Callable, str]:
+    if upper_open:
+        return (lambda v: _number(v) and 0 <= v < 1), "a number in [0, 1)"
+    return (lambda v: _number(v) and 0 <= v <= 1), "a number in [0, 1]"
+
+
+RATE = (lambda v: v is None or (_number(v) and 0 <= v < 1)), "a number in [0, 1) (or null)"
+POSITIVE = (lambda v: _number(v) and v > 0), "a number above 0"
+NON_NEGATIVE = (lambda v: _number(v) and v >= 0), "a number of at least 0"
+OPTIONAL_NON_NEGATIVE = (lambda v: v is None or (_number(v) and v >= 0)), "null or a number of at least 0"
+EPOCHS = (lambda v: _whole(v) and (v >= 1 or v == -1)), "a whole number of at least 1 (or -1: no limit)"
+OPTIONAL_WHOLE_0 = (lambda v: v is None or (_whole(v) and v >= 0)), "null or a whole number of at least 0"
+OPTIONAL_WHOLE_1 = (lambda v: v is None or (_whole(v) and v >= 1)), "null or a whole number of at least 1"
+
+# key -> (test, what is allowed); keys a config does not have are skipped
+RULES: dict[str, tuple[Callable, str]] = {
+    "trainer.max_epochs": EPOCHS,
+    "trainer.min_epochs": whole_at_least(0),
+    "trainer.accumulate_grad_batches": whole_at_least(1),
+    "trainer.log_every_n_steps": whole_at_least(1),
+    "trainer.check_val_every_n_epoch": OPTIONAL_WHOLE_1,
+    "trainer.gradient_clip_val": OPTIONAL_NON_NEGATIVE,
+    "trainer.num_nodes": whole_at_least(1),
+    "data.batch_size": whole_at_least(1),
+    "data.num_workers": whole_at_least(0),
+    "data.image_size": whole_at_least(1),
+    # a count, or (data=imagefolder/csv) a fraction of the images
+    "data.val_size": (
+        (lambda v: _number(v) and (0 < v < 1 or (_whole(v) and v >= 1))),
+        "a fraction in (0, 1) or a whole number of at least 1",
+    ),
+    "data.num_classes": whole_at_least(2),
+    "optimizer.lr": POSITIVE,
+    "optimizer.weight_decay": NON_NEGATIVE,
+    "optimizer.momentum": fraction(),
+    "module.label_smoothing": fraction(),
+    "model.depth": whole_at_least(1),
+    "model.num_heads": whole_at_least(1),
+    "model.embed_dim": whole_at_least(1),
+    "model.mlp_dim": whole_at_least(1),
+    "model.patch_size": OPTIONAL_WHOLE_1,  # null: the timm model's own
+    "freeze.num_blocks": whole_at_least(0),
+    "freeze.unfreeze_at_epoch": OPTIONAL_WHOLE_0,
+    "seed": ((lambda v: v is None or _whole(v)), "null or a whole number"),
+}
+# every dropout / drop-path rate of a model config (model.dropout, model.drop_path, model.attn_dropout, ...)
+RATE_WORDS = ("dropout", "drop_path", "drop_rate")
+
+
+def check_values(cfg: DictConfig) -> None:
+    """Raises a UserError for the first value outside its allowed range (see RULES)."""
+    for key, (test, allowed) in RULES.items():
+        _check(cfg, key, test, allowed)
+    for key in cfg.get("model") or {}:
+        if any(word in str(key) for word in RATE_WORDS):
+            _check(cfg, f"model.{key}", *RATE)
+
+
+def _check(cfg: DictConfig, key: str, test: Callable, allowed: str) -> None:
+    if OmegaConf.select(cfg, key, default="<absent>", throw_on_missing=False) == "<absent>":
+        return
+    value = OmegaConf.select(cfg, key)
+    if not test(value):
+        raise UserError(f"{key}={value!r} is not allowed: it must be {allowed}")
+
+
+def needing_no_logger(callbacks: list, loggers: list) -> list:
+    """The callbacks minus those that need a logger, when there is none (logger=none), with a note for each."""
+    if loggers:
+        return callbacks
+    kept = []
+    for callback in callbacks:
+        if isinstance(callback, LearningRateMonitor):
+            log.info("logger=none: %s has nothing to write to and is left out", type(callback).__name__)
+        else:
+            kept.append(callback)
+    return kept
+
+
+def optimized_value(metrics: dict[str, float], name: str | None) -> float | None:
+    """The value a sweeper optimises: the best epoch's `name` (by the checkpoint callback), else the last one.
+    In a sweep a missing metric is an error that names it and the metrics there are."""
+    value = metrics.get(f"{name}_best", metrics.get(name)) if name else None
+    sweeping = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    if value is None and name and sweeping:
+        raise UserError(
+            f"optimized_metric={name} was not logged by this run; logged: {', '.join(sorted(metrics)) or 'none'}. "
+            f"Set optimized_metric to one of them"
+        )
+    return value
+
+
+def optuna_sweep() -> bool:
+    """Whether this job is a trial of the Optuna sweeper (which records a raised exception as a failed trial)."""
+    if not HydraConfig.initialized():
+        return False
+    sweeper = HydraConfig.get().get("sweeper") or {}
+    return "optuna" in str(sweeper.get("_target_", "")).lower()

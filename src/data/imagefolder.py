@@ -1,0 +1,288 @@
+"""Your own images: class folders (`data=imagefolder`), and what the CSV manifest (manifest.py) shares with them.
+
+Two layouts: `data_dir/{train,val,test}/<class>/<image>` (a missing val or test is split off train) or
+`data_dir/<class>/<image>` (all three splits are made). Splits are seeded and stratified; class names are the
+folder names, sorted. Files are scanned once, at setup, by global rank 0 (the others receive its result):
+hidden files, non-images and unreadable or truncated images are left out with one warning."""
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, WeightedRandomSampler
+
+from src.data.base import ImageDataModule, TransformedSubset, stratified_split
+from src.data.files import IMAGE_EXTENSIONS, is_hidden, open_rgb, unreadable, warn_skipped
+from src.errors import UserError
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class Index:
+    """What the scan found: every usable file with its class index and split ('' = not assigned: carved by
+    data.val_size / data.test_size), the class names, and the files left out ({path: reason})."""
+
+    class_names: list[str]
+    files: list[str] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+    splits: list[str] = field(default_factory=list)
+    # (split, class index) -> where the user put those files (a folder, or the CSV and its class): for errors
+    origin: dict = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    total: int = 0
+
+    def add(self, path: str, label: int, split: str) -> None:
+        self.files.append(path)
+        self.labels.append(label)
+        self.splits.append(split)
+
+    def drop_unreadable(self, where: str) -> None:
+        bad = unreadable(self.files)
+        self.skipped |= bad
+        keep = [i for i, path in enumerate(self.files) if path not in bad]
+        self.files, self.labels, self.splits = (
+            [values[i] for i in keep] for values in (self.files, self.labels, self.splits)
+        )
+        warn_skipped(self.skipped, self.total, where)
+
+
+class ImageFiles(Dataset):
+    """Image files and their labels; `targets` as in torchvision's data sets (no file is read to count them)."""
+
+    def __init__(self, files: list[str], targets: list[int]):
+        # numpy arrays, not lists of str: forked loader workers then share them instead of copying them page by
+        # page as Python's reference counts are touched (PyTorch issue #13246)
+        self.files, self.targets = np.array(files), np.array(targets)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int):
+        return open_rgb(self.files[i]), int(self.targets[i])
+
+
+def _expand(path: str | Path) -> Path:
+    return Path(os.path.expanduser(str(path)))
+
+
+def _layout(data_dir: Path) -> tuple[Path, dict[str, Path]]:
+    """(the folder whose subfolders name the classes, {split: its folder} for the splits given as folders)."""
+    if not data_dir.is_dir():
+        raise UserError(
+            f"data.data_dir={data_dir} is not a folder: point it at a folder of class folders "
+            "(<data_dir>/<class>/<image>) or of train/val/test folders (<data_dir>/train/<class>/<image>)"
+        )
+    if (data_dir / "train").is_dir():
+        return data_dir / "train", {s: data_dir / s for s in SPLITS if (data_dir / s).is_dir()}
+    return data_dir, {}
+
+
+def _class_folders(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def folder_classes(data_dir: str | Path) -> list[str]:
+    """The class names of an image folder (sorted folder names), without reading any image."""
+    if data_dir is None:
+        raise UserError("data.data_dir is not set: pass data.data_dir=<your folder of class folders>")
+    data_dir = _expand(data_dir)
+    classes_dir, _ = _layout(data_dir)
+    names = _class_folders(classes_dir)
+    if not names:
+        raise UserError(
+            f"no class folders in {classes_dir}: put each class's images in a folder named after the class "
+            f"({classes_dir}/<class>/<image>)"
+        )
+    return names
+
+
+def _walk(folder: Path):
+    """Every file below `folder` (followed links included), as paths; hidden folders are not entered."""
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            yield Path(root) / name
+
+
+def scan_folder(data_dir: str | Path) -> Index:
+    """Every image of every class folder, per split folder (layout 1) or unassigned (layout 2)."""
+    data_dir = _expand(data_dir)
+    names = folder_classes(data_dir)
+    classes_dir, split_dirs = _layout(data_dir)
+    index = Index(class_names=names)
+    for split, split_dir in split_dirs.items() or [("", classes_dir)]:
+        found = _class_folders(split_dir)
+        if split and set(found) != set(names):
+            missing, extra = sorted(set(names) - set(found)), sorted(set(found) - set(names))
+            raise UserError(
+                f"the class folders of {split_dir} differ from those of {classes_dir}: "
+                + (f"missing {', '.join(missing)}" if missing else f"not in train: {', '.join(extra)}")
+                + ". Every split needs the same class folders (an empty class is no class: remove it everywhere)"
+            )
+        for label, name in enumerate(names):
+            index.origin[split, label] = str(split_dir / name)
+            for path in _walk(split_dir / name):
+                index.total += 1
+                if is_hidden(path.relative_to(split_dir)):
+                    index.skipped[str(path)] = "hidden file"
+                elif path.suffix.lower() not in IMAGE_EXTENSIONS:
+                    index.skipped[str(path)] = f"not an image: {path.suffix or 'no'} extension"
+                else:
+                    index.add(str(path), label, split)
+    index.drop_unreadable(str(data_dir))
+    return index
+
+
+def _split_count(size: float, n: int, setting: str) -> int:
+    """data.val_size / data.test_size: a fraction (0 < size < 1) of the `n` images, or a number of images."""
+    if isinstance(size, bool) or not isinstance(size, int | float) or size <= 0:
+        raise UserError(f"{setting}={size} must be a fraction (0.1) or a number of images (100)")
+    if size < 1:
+        return max(1, round(size * n))
+    if size != int(size):
+        raise UserError(f"{setting}={size} must be a fraction below 1 (0.1) or a whole number of images")
+    return int(size)
+
+
+def assign_splits(index: Index, val_size: float, test_size: float, seed: int) -> dict[str, np.ndarray]:
+    """{split: indices into index.files}: the splits given, and val/test carved from train (or from all the
+    files, when none is given) with a seeded, stratified split; the same classes in each."""
+    if not index.files:
+        raise UserError(
+            f"no readable images among the {index.total} files found: put images "
+            f"({', '.join(IMAGE_EXTENSIONS)}) in the class folders"
+        )
+    labels, splits = np.array(index.labels), np.array(index.splits)
+    given = {s: np.flatnonzero(splits == s) for s in SPLITS if (splits == s).any()}
+    # what val/test are carved from: the unassigned files (layout 2, empty CSV splits), else train
+    pool_split = "" if "" in index.splits else "train"
+    pool = np.flatnonzero(splits == "") if pool_split == "" else given.pop("train", np.array([], int))
+    carved = [(s, size) for s, size in (("test", test_size), ("val", val_size)) if s not in given]
+    num_classes = len(index.class_names)
+
+    def where(split: str, label: int) -> str:
+        return (
+            index.origin.get((split, label))
+            or index.origin.get((pool_split, label))
+            or index.class_names[label]
+        )
+
+    counts, needed = np.bincount(labels[pool], minlength=num_classes), 1 + len(carved)
+    for label in np.flatnonzero((counts > 0) & (counts < needed)):
+        raise UserError(
+            f"class {where(pool_split, label)} has {counts[label]} image(s): splitting off "
+            f"{' and '.join(s for s, _ in carved)} (stratified) needs at least {needed} per class. Add images, or "
+            "give the splits as folders (or a split column) yourself"
+        )
+    sizes = {split: _split_count(size, len(pool), f"data.{split}_size") for split, size in carved}
+    for split, _ in carved:  # test first, then val from the rest: as the built-in data sets split
+        rest, part = stratified_split(labels[pool], sizes[split], seed, f"data.{split}_size")
+        given[split], pool = pool[part], pool[rest]
+    given["train"] = np.concatenate([given.get("train", np.array([], int)), pool])
+    for split in SPLITS:  # every class in every split: metrics and the report compare them
+        for label in np.flatnonzero(np.bincount(labels[given[split]], minlength=num_classes) == 0):
+            raise UserError(
+                f"class folder {where(split, label)} has no readable images: add images, or remove the class "
+                "(from every split)"
+                if not (labels == label).any()
+                else f"class {index.class_names[label]} has no images in the {split} split "
+                f"({where(split, label)}): add some there"
+            )
+    return {split: np.sort(given[split]) for split in SPLITS}
+
+
+class FileDataModule(ImageDataModule):
+    """Images read from files listed by `scan()` (a folder, a CSV manifest); `style` picks the augmentation
+    recipe of transforms.py ('imagenet' for photos; 'digits'/'cifar' for small images of one size)."""
+
+    def __init__(
+        self,
+        val_size: float = 0.1,
+        test_size: float = 0.1,
+        style: str = "imagenet",
+        sampler: str | None = None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.save_hyperparameters(logger=False)
+        self.style = style
+        self.split_counts: dict[str, dict[str, int]] = {}
+
+    def scan(self) -> Index:
+        raise NotImplementedError
+
+    def _scan_and_split(self) -> tuple[Index, dict[str, np.ndarray]] | UserError:
+        h = self.hparams
+        try:
+            index = self.scan()
+            return index, assign_splits(index, h.val_size, h.test_size, h.seed)
+        except UserError as err:  # handed to every rank, which raises it (instead of waiting for rank 0)
+            return err
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.data_train is not None:
+            return
+        if self.hparams.sampler not in (None, "balanced"):
+            raise UserError(
+                f"data.sampler={self.hparams.sampler} is unknown: use data.sampler=balanced or null"
+            )
+        trainer = self.trainer
+        if trainer is not None and trainer.world_size > 1:
+            # DDP: rank 0 scans (once, not once per rank: a folder of 100 000 files is read once) and sends the
+            # file lists to the other ranks; each then reads only its own shard of them (DistributedSampler)
+            result = trainer.strategy.broadcast(self._scan_and_split() if trainer.is_global_zero else None)
+        else:
+            result = self._scan_and_split()
+        if isinstance(result, UserError):
+            raise result
+        index, splits = result
+        if self.hparams.num_classes != len(index.class_names):
+            raise UserError(
+                f"data.num_classes={self.hparams.num_classes}, but the data have {len(index.class_names)} "
+                f"classes ({', '.join(index.class_names[:10])}): leave data.num_classes unset (it is counted)"
+            )
+        try:
+            self.transform(train=True)
+        except ValueError as err:  # an unknown data.style
+            raise UserError(f"data.style={self.style}: {err}") from None
+        self.class_names = index.class_names
+        full = ImageFiles(index.files, index.labels)
+        labels = np.array(index.labels)
+        for split in SPLITS:
+            subset = TransformedSubset(full, splits[split], self.transform(train=split == "train"))
+            setattr(self, f"data_{split}", subset)
+            counts = np.bincount(labels[splits[split]], minlength=len(self.class_names))
+            self.split_counts[split] = dict(zip(self.class_names, counts.tolist(), strict=True))
+
+    def train_sampler(self, dataset: TransformedSubset) -> WeightedRandomSampler | None:
+        if self.hparams.sampler != "balanced":
+            return None
+        labels = dataset.dataset.targets[dataset.indices]
+        weights = 1.0 / np.bincount(labels)[labels]  # each class drawn equally often, in expectation
+        return EpochSeededSampler(weights, len(labels), self.hparams.seed, self._epoch)
+
+    def _epoch(self) -> int:
+        return self.trainer.current_epoch if self.trainer else 0
+
+
+class EpochSeededSampler(WeightedRandomSampler):
+    """torch's WeightedRandomSampler (with replacement), its draws a function of (seed, epoch) alone. Under DDP,
+    Lightning wraps it in its DistributedSamplerWrapper, which lets every rank draw the whole epoch and keep
+    its own 1/world_size share: the ranks draw the same sequence, so their shares do not overlap. A resumed fit
+    draws what the uninterrupted one would have."""
+
+    def __init__(self, weights, num_samples: int, seed: int, epoch_of):
+        super().__init__(weights, num_samples, replacement=True)
+        self.seed, self.epoch_of = seed, epoch_of
+
+    def __iter__(self):
+        self.generator = torch.Generator().manual_seed(self.seed + self.epoch_of())
+        return super().__iter__()
+
+
+class ImageFolderDataModule(FileDataModule):
+    def scan(self) -> Index:
+        return scan_folder(self.hparams.data_dir)

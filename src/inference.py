@@ -1,0 +1,128 @@
+"""Classifiers for src.predict, each loading as little as it can: an exported .onnx file runs on onnxruntime
+(NumPy and Pillow, no torch); a checkpoint whose backbone is rebuilt from its plain hyper-parameters runs on torch
+alone; other checkpoints go through Lightning's ClassifierModule. Each maps RGB images to class probabilities."""
+
+import importlib
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from src.errors import UserError
+
+# where exported files keep their preprocessing facts and class names (ONNX metadata, TorchScript extra file)
+METADATA_KEY = "vitlab"
+
+
+@dataclass
+class Classifier:
+    class_names: list[str]
+    transform: Callable  # PIL image -> one model input
+    run: Callable[[list], np.ndarray]  # transformed inputs -> (n, classes) probabilities
+
+    def __call__(self, images: Sequence[Image.Image]) -> np.ndarray:
+        return self.run([self.transform(image) for image in images])
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return shifted / shifted.sum(axis=-1, keepdims=True)
+
+
+def import_onnxruntime():
+    try:
+        import onnxruntime
+    except ImportError:
+        raise UserError(
+            "onnxruntime is not installed: pip install -c constraints.txt -e '.[export]'"
+        ) from None
+    return onnxruntime
+
+
+def onnx_classifier(path: Path) -> Classifier:
+    onnxruntime = import_onnxruntime()
+
+    from src.preprocessing import numpy_eval_transform
+
+    if not path.is_file():
+        raise UserError(f"model not found: {path}. Pass ckpt_path=<export run dir>/model.onnx")
+    try:
+        session = onnxruntime.InferenceSession(str(path), providers=onnxruntime.get_available_providers())
+    except Exception as err:  # onnxruntime raises its own exception types for unreadable models
+        raise UserError(f"{path} is not an ONNX model onnxruntime can load ({err})") from None
+    metadata = session.get_modelmeta().custom_metadata_map
+    if METADATA_KEY not in metadata:
+        raise UserError(f"{path} has no vitlab metadata: export it with python -m src.export format=onnx")
+    facts = json.loads(metadata[METADATA_KEY])
+    input_name = session.get_inputs()[0].name
+
+    def run(inputs: list[np.ndarray]) -> np.ndarray:
+        (logits,) = session.run(None, {input_name: np.stack(inputs)})
+        return _softmax(logits.astype(np.float64))
+
+    return Classifier(facts["class_names"], numpy_eval_transform(facts), run)
+
+
+def plain_backbone(checkpoint: dict):
+    """The checkpoint's backbone, built from its `_target_` and plain arguments without Hydra or Lightning;
+    None when its config needs Hydra (nested targets, Hydra's own keys)."""
+    config = dict(checkpoint.get("hyper_parameters", {}).get("backbone") or {})
+    config.pop("compile", None)  # src.module's speed switches, not the backbone's arguments
+    config.pop("channels_last", None)
+    target = config.pop("_target_", None)
+    nested = any(isinstance(v, dict) and "_target_" in v for v in config.values())
+    if not isinstance(target, str) or nested or any(key.startswith("_") for key in config):
+        return None
+    module_name, _, name = target.rpartition(".")
+    model = getattr(importlib.import_module(module_name), name)(**config)
+    state = {
+        key.removeprefix("backbone."): value
+        for key, value in checkpoint["state_dict"].items()
+        if key.startswith("backbone.")
+    }
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def torch_classifier(path: Path, device) -> Classifier:
+    """From a src.train checkpoint: the plain route when it records its preprocessing facts (checkpoints
+    written since src.export), else Lightning's (which builds the DataModule for its transform)."""
+    import torch
+
+    from src.preprocessing import numpy_eval_transform
+
+    try:
+        checkpoint = torch.load(path, map_location=device, weights_only=True)
+    except Exception:  # missing, or not a checkpoint: load_checkpoint below says so in its own words
+        checkpoint = None
+    model = None
+    if isinstance(checkpoint, dict) and checkpoint.get("preprocessing") and "state_dict" in checkpoint:
+        model = plain_backbone(checkpoint)
+    if model is not None:
+        model = model.to(device)
+        # the ONNX route's Pillow/NumPy preprocessing: torchvision's import alone (it loads torch._dynamo) takes
+        # longer than the rest of a prediction
+        to_array = numpy_eval_transform(checkpoint["preprocessing"])
+
+        def transform(image):
+            return torch.from_numpy(to_array(image))
+
+        names = checkpoint.get("class_names") or []
+        num_classes = checkpoint["hyper_parameters"]["num_classes"]
+    else:
+        from src.module import load_checkpoint  # Lightning: seconds of imports
+        from src.predict import eval_transform
+
+        model = load_checkpoint(path, map_location=device).eval()
+        transform = eval_transform(model)
+        names, num_classes = model.class_names, model.hparams.num_classes
+    names = list(names) or [str(i) for i in range(num_classes)]
+
+    def run(inputs: list) -> np.ndarray:
+        with torch.inference_mode():
+            return model(torch.stack(inputs).to(device)).float().softmax(dim=-1).cpu().numpy()
+
+    return Classifier(names, transform, run)

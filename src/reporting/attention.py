@@ -1,0 +1,89 @@
+"""Heat-map overlays (src/maps.py) as figures: one image with its map, a grid of them, and the test report's
+attention.png (the most confidently wrong test images and a few right ones, each with where the model looked)."""
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import torch
+from matplotlib.figure import Figure
+
+from src import maps
+from src.reporting.artefacts import displayable
+
+# right test images shown after the wrong ones in attention.png
+NUM_RIGHT = 4
+
+
+def plot_overlays(
+    images: torch.Tensor,
+    heat: torch.Tensor,
+    titles: Sequence[str],
+    mean: Sequence[float],
+    std: Sequence[float],
+    path: Path,
+    title: str = "",
+    cols: int = 4,
+) -> Figure:
+    """Normalised (N, C, H, W) images, each under its (N, H, W) map in [0, 1] (jet, half transparent)."""
+    n = len(images)
+    cols = max(1, min(n, cols))
+    rows = max(1, -(-n // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3.3 * rows), squeeze=False, layout="constrained")
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, mask, text in zip(axes.flat, displayable(images, mean, std), heat, titles, strict=False):
+        ax.imshow(image, interpolation="nearest")
+        ax.imshow(mask.numpy(), cmap="jet", alpha=0.45, vmin=0, vmax=1, interpolation="bilinear")
+        ax.set_title(text, fontsize=9)
+    if n == 0:
+        axes[0, 0].text(0.5, 0.5, "no images", ha="center", va="center")
+    if title:
+        fig.suptitle(title)
+    fig.savefig(path, dpi=100)
+    return fig
+
+
+def keep_right(kept: dict | None, images, targets, preds, confidence) -> dict:
+    """The first NUM_RIGHT correctly classified test images (on the CPU), for attention.png."""
+    if kept is not None and len(kept["image"]) >= NUM_RIGHT:
+        return kept
+    right = preds == targets
+    new = {
+        "image": images[right],
+        "target": targets[right],
+        "pred": preds[right],
+        "confidence": confidence[right],
+    }
+    new = {key: value[:NUM_RIGHT].detach().cpu() for key, value in new.items()}
+    if kept is None:
+        return new
+    return {key: torch.cat([kept[key], new[key]])[:NUM_RIGHT] for key in kept}
+
+
+def plot_test_attention(
+    model: torch.nn.Module,
+    wrong: dict[str, torch.Tensor],
+    right: dict[str, torch.Tensor] | None,
+    class_names: Sequence[str],
+    mean: Sequence[float],
+    std: Sequence[float],
+    path: Path,
+) -> Figure:
+    """attention.png: rollout for transformers, Grad-CAM for the others, for the top class of each image."""
+    groups = [wrong] + ([right] if right is not None else [])
+    images = torch.cat([group["image"] for group in groups])
+    method = maps.default_method(model)
+    device = next(model.parameters()).device
+    heat = maps.heatmaps(model, images.to(device), method) if len(images) else torch.zeros(0)
+    titles = [
+        f"{'wrong' if t != p else 'right'} - true: {class_names[t]}\npred: {class_names[p]} ({c:.0%})"
+        for group in groups
+        for t, p, c in zip(
+            group["target"].tolist(), group["pred"].tolist(), group["confidence"].tolist(), strict=True
+        )
+    ]
+    name = {"rollout": "attention rollout", "gradcam": "Grad-CAM"}[method]
+    return plot_overlays(
+        images, heat, titles, mean, std, path, f"Where the model looks ({name}, test images)"
+    )

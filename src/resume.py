@@ -1,0 +1,85 @@
+"""What `src.train ckpt_path=...` checks before it writes anything: that the file is a src.train checkpoint (read
+with weights_only=True and mmap, so checking costs no full read), that its model, data, freezing and optimizer are
+the command's, and that no other process is writing into its run dir (a lock file, see run_guard.py).
+
+The run dir is chosen by a resolver (src/runs.py) before Hydra writes `.hydra/` and the log into it: the resolver
+runs these checks too and, when one fails, gives a fresh run dir, so the error is reported from there and the
+checkpoint's run dir stays untouched (the fresh one is removed again: it holds nothing)."""
+
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from src.errors import UserError
+
+# settings that change no weight: switches of the run, and pretrained weights the checkpoint replaces
+IGNORED_MODEL_KEYS = ("pretrained", "weights_path", "compile", "channels_last")
+# what of the data shapes the model: another data set, class count or image size needs another model
+COMPARED_DATA_KEYS = ("_target_", "num_classes", "image_size")
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """The checkpoint's contents (tensors memory-mapped); anything else is one UserError naming the file."""
+    problem = None
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # not a zip, truncated, a pickle with code in it: all say the same
+        first_line = (str(err).strip().splitlines() or [""])[0]
+        problem = f"{type(err).__name__}: {first_line[:200]}"
+    else:
+        hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
+        if not (isinstance(hparams, dict) and "backbone" in hparams and "state_dict" in checkpoint):
+            problem = "it has no src.train model (hyper_parameters.backbone, state_dict)"
+    if problem:
+        raise UserError(
+            f"{path} is not a checkpoint written by src.train ({problem}). "
+            "Pass ckpt_path=<run dir>/checkpoints/<file>.ckpt, or ckpt_path=last"
+        )
+    return checkpoint
+
+
+def _plain(config) -> dict:
+    if isinstance(config, DictConfig):
+        return OmegaConf.to_container(config, resolve=True)
+    return dict(config or {})
+
+
+def _differences(group: str, trained: dict, given: dict, keys=None, ignored=()) -> list[str]:
+    keys = keys or sorted(set(trained) | set(given), key=str)
+    return [
+        f"{group}.{key}={trained.get(key)!r} in the checkpoint but {given.get(key)!r} here"
+        for key in keys
+        if key not in ignored and trained.get(key) != given.get(key)
+    ]
+
+
+def check_fits(checkpoint: dict, path: str | Path, model, data, freeze, optimizer) -> None:
+    """A UserError naming both sides of every difference between the checkpoint's configs and the command's."""
+    trained = checkpoint["hyper_parameters"]
+    differences = [
+        *_differences("model", trained.get("backbone") or {}, _plain(model), ignored=IGNORED_MODEL_KEYS),
+        *_differences("data", trained.get("data") or {}, _plain(data), keys=COMPARED_DATA_KEYS),
+        *_differences(
+            "freeze", trained.get("freeze") or {"mode": "none"}, _plain(freeze) or {"mode": "none"}
+        ),
+        *_differences("optimizer", trained.get("optimizer") or {}, _plain(optimizer), keys=["_target_"]),
+    ]
+    if differences:
+        raise UserError(
+            f"ckpt_path={path} does not fit this command: {'; '.join(differences)}. Resume with the options "
+            "the run was started with (its .hydra/overrides.yaml)"
+        )
+
+
+def check_resume(path: str | Path, model, data, freeze, optimizer, run_dir_free: bool = True) -> None:
+    """All checks of the module; `run_dir_free`: also that no process holds the checkpoint's run dir."""
+    from src.run_guard import run_dir_in_use
+
+    check_fits(read_checkpoint(path), path, model, data, freeze, optimizer)
+    run_dir = Path(path).parent.parent
+    holder = run_dir_in_use(run_dir) if run_dir_free and Path(path).parent.name == "checkpoints" else None
+    if holder:
+        raise UserError(
+            f"{run_dir} is being written by {holder}: wait for it to end (or stop it) before resuming this run"
+        )

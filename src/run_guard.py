@@ -1,0 +1,104 @@
+"""What a training run does around its work: it holds a lock on its run dir (a second process resuming the same
+run is refused), and when it fails, a run dir it left without anything useful (no checkpoint, no summary.json) is
+removed after a user error (the `error:` line says all) and renamed `<name>_failed` after a crash (its `.log` keeps
+the traceback)."""
+
+import fcntl
+import os
+import shutil
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+from src.errors import UserError, log_traceback_to_files
+
+LOCK_FILE = ".lock"
+# what Hydra and a run's first moments put into a run dir: such a folder holds nothing of value
+BOOKKEEPING = {".hydra", LOCK_FILE, "tensorboard"}
+
+
+def _rank() -> int:
+    return max(int(os.environ.get(name, 0)) for name in ("RANK", "SLURM_PROCID", "LOCAL_RANK", "NODE_RANK"))
+
+
+def _holder(lock_path: Path) -> str:
+    try:
+        return lock_path.read_text().strip() or "another process"
+    except OSError:
+        return "another process"
+
+
+def run_dir_in_use(run_dir: str | Path) -> str | None:
+    """Who holds the run dir's lock ('pid 123 on host'), or None when no process does."""
+    lock_path = Path(run_dir) / LOCK_FILE
+    if not lock_path.is_file():
+        return None
+    with open(lock_path) as file:
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return _holder(lock_path)
+        fcntl.flock(file, fcntl.LOCK_UN)
+    return None
+
+
+@contextmanager
+def locked(run_dir: Path):
+    """flock on <run dir>/.lock for the run's life (the kernel drops it when the process dies, even by kill -9)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock_path = run_dir / LOCK_FILE
+    with open(lock_path, "a+") as file:
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise UserError(
+                f"{run_dir} is being written by {_holder(lock_path)}: wait for it to end (or stop it) before "
+                "resuming this run"
+            ) from None
+        file.truncate(0)
+        file.write(f"pid {os.getpid()} on {os.uname().nodename}\n")
+        file.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(file, fcntl.LOCK_UN)
+
+
+def _nothing_useful(run_dir: Path) -> bool:
+    if any(run_dir.rglob("*.ckpt")) or (run_dir / "summary.json").exists():
+        return False
+    return all(entry.name in BOOKKEEPING or entry.suffix == ".log" for entry in run_dir.iterdir())
+
+
+def _tidy_failed(run_dir: Path, user_error: bool) -> None:
+    if not run_dir.is_dir() or not _nothing_useful(run_dir):
+        return
+    if user_error:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    else:
+        run_dir.rename(run_dir.with_name(f"{run_dir.name}_failed"))
+
+
+@contextmanager
+def guarded_run(run_dir: str | Path):
+    """Rank 0 of a run: the lock, the full traceback of any failure in the run's .log, and a failed run's dir
+    tidied as the module says. Other ranks share rank 0's dir and leave all of this to it."""
+    if _rank() > 0:
+        yield
+        return
+    run_dir = Path(run_dir)
+    failure = None
+    try:
+        with locked(run_dir):
+            yield
+    except SystemExit as exit_:  # exit_on_user_error has reported a user error (and logged its traceback)
+        failure = exit_
+        raise
+    except BaseException as err:
+        failure = err
+        log_traceback_to_files(sys.exc_info())
+        raise
+    finally:
+        if failure is not None and not (isinstance(failure, SystemExit) and failure.code in (0, None)):
+            user_error = isinstance(failure, SystemExit | UserError)
+            _tidy_failed(run_dir, user_error)

@@ -1,0 +1,196 @@
+"""Nothing lost, nothing silent (issue 11): diverged runs stop, resumes are checked before anything is written,
+bad values and files get one `error:` line, logger=none works, checkpoints load weights_only even when torch is
+told otherwise, failed runs leave no empty folder, and a run being written cannot be resumed twice."""
+
+import fcntl
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from src.checks import check_values
+from src.errors import UserError
+from src.reporting.artefacts import write_summary
+from tests.conftest import QUICK, TINY_VIT, compose_config, run_cli
+
+DIGITS = ["data=digits", *TINY_VIT, *QUICK, "+trainer.limit_train_batches=3", "+trainer.limit_val_batches=2",
+          "+trainer.limit_test_batches=2", "data.batch_size=8"]  # fmt: skip
+
+
+def files_below(folder):
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+def one_error_line(result, *words):
+    assert result.returncode == 2, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr and "\x1b[" not in errors[0]
+    for word in words:
+        assert word in errors[0], errors[0]
+    return errors[0]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One tiny digits run: its log dir and run dir."""
+    log_dir = tmp_path_factory.mktemp("trained")
+    result = run_cli("src.train", *DIGITS, f"paths.log_dir={log_dir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run_dir,) = (log_dir / "train" / "runs").iterdir()
+    return log_dir, run_dir
+
+
+def test_a_diverged_run_stops_with_one_line_and_keeps_no_checkpoint(tmp_path):
+    result = run_cli(
+        "src.train", *DIGITS, "optimizer.lr=1e6", "trainer.max_epochs=3", f"paths.log_dir={tmp_path}"
+    )
+    line = one_error_line(result, "training loss was nan at step", "learning rate", "optimizer.lr")
+    assert "epoch 0" in line
+    assert not list(tmp_path.rglob("*.ckpt")), "no checkpoint of the diverged weights"
+    assert not (tmp_path / "train" / "runs").exists() or not list((tmp_path / "train" / "runs").iterdir())
+
+
+def test_summary_json_writes_non_finite_numbers_as_null(tmp_path):
+    write_summary({"test": {"test/loss": math.nan, "test/acc": 0.5}, "x": [math.inf]}, tmp_path / "s.json")
+    assert json.loads((tmp_path / "s.json").read_text()) == {
+        "test": {"test/loss": None, "test/acc": 0.5},
+        "x": [None],
+    }
+    assert "NaN" not in (tmp_path / "s.json").read_text()
+
+
+@pytest.mark.slow
+def test_an_optuna_search_records_a_diverged_trial_as_failed_and_goes_on(tmp_path):
+    result = run_cli(
+        # with this search space, sampler seed 0 draws lr 1e-3 and then 1e6: a sound trial and a diverging one
+        "src.train", "hparams_search=vit_optuna", *DIGITS, f"paths.log_dir={tmp_path}", "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.sampler.seed=0", "hydra.sweeper.params={optimizer.lr: 'choice(1e6, 1e-3)'}",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    launched = [line for line in result.stdout.splitlines() if "Launching" not in line and "#" in line]
+    assert {"optimizer.lr=1000000.0" in line for line in launched} == {True, False}, (
+        "seed 0 no longer draws both learning rates (the search space changed?): pick another seed\n"
+        + "\n".join(launched)
+    )
+    assert "Optuna records this trial as failed" in result.stderr + result.stdout
+    (sweep,) = (tmp_path / "train" / "multiruns").iterdir()
+    best = (sweep / "optimization_results.yaml").read_text()
+    assert "1000000" not in best and "1e6" not in best.lower()
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("trainer.max_epochs=abc", "trainer.max_epochs='abc'"),
+        ("data.batch_size=-1", "data.batch_size=-1"),
+        ("optimizer.lr=-1", "optimizer.lr=-1"),
+        ("model.dropout=1.5", "model.dropout=1.5"),
+        ("trainer.gradient_clip_val=-2", "trainer.gradient_clip_val=-2"),
+        ("module.label_smoothing=1", "module.label_smoothing=1"),
+    ],
+)
+def test_bad_values_name_the_key_the_value_and_the_range(override, key, tmp_path):
+    cfg = compose_config("train", ["data=digits", override], tmp_path)
+    with pytest.raises(UserError, match="must be") as error:
+        check_values(cfg)
+    assert str(error.value).startswith(key)
+
+
+def test_a_bad_value_on_the_command_line_is_one_line_and_leaves_no_run_folder(tmp_path):
+    result = run_cli("src.train", *DIGITS, "trainer.max_epochs=abc", f"paths.log_dir={tmp_path}")
+    one_error_line(result, "trainer.max_epochs", "abc", "at least 1")
+    assert not list(tmp_path.rglob("*.yaml")), files_below(tmp_path)
+
+
+def test_weights_path_that_is_no_weights_file_names_the_key(tmp_path):
+    text = tmp_path / "weights.pth"
+    text.write_text("hello")
+    result = run_cli("src.train", "model=vit_tiny", "data=digits", f"model.weights_path={text}", *QUICK,
+                     f"paths.log_dir={tmp_path}")  # fmt: skip
+    one_error_line(result, "model.weights_path")
+
+
+def test_logger_none_trains_with_the_default_callbacks(tmp_path):
+    result = run_cli("src.train", *DIGITS, "logger=none", f"paths.log_dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert list(tmp_path.rglob("summary.json"))
+
+
+def test_a_sweep_optimizing_an_unlogged_metric_names_it_and_the_logged_ones(tmp_path):
+    result = run_cli("src.train", "-m", *DIGITS, "optimized_metric=val/nope", f"paths.log_dir={tmp_path}")
+    one_error_line(result, "optimized_metric=val/nope", "val/acc", "test/acc")
+
+
+class Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("entry", ["src.eval", "src.predict", "src.train"])
+def test_a_malicious_pickle_runs_no_code_even_when_torch_is_told_to_unpickle(entry, trained, tmp_path):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "checkpoints" / "evil.ckpt"
+    evil.parent.mkdir()
+    torch.save({"state_dict": Payload(marker)}, evil)
+    extra = {"src.predict": [f"inputs={evil}"], "src.train": DIGITS}[entry] if entry != "src.eval" else []
+    env = {**os.environ, "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", entry, f"ckpt_path={evil}", *extra, f"paths.log_dir={tmp_path}"],
+        capture_output=True, text=True, env=env,
+    )  # fmt: skip
+    one_error_line(result, str(evil), "not a checkpoint")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("kind", ["text", "other_program", "truncated"])
+def test_resuming_a_file_that_is_no_src_train_checkpoint_is_one_line(kind, trained, tmp_path):
+    path = tmp_path / "x.ckpt"
+    if kind == "text":
+        path.write_text("hello")
+    elif kind == "other_program":
+        torch.save({"weights": torch.ones(3)}, path)
+    else:
+        path.write_bytes((trained[1] / "checkpoints" / "last.ckpt").read_bytes()[:5000])
+    result = run_cli("src.train", *DIGITS, f"ckpt_path={path}", f"paths.log_dir={tmp_path}")
+    one_error_line(result, str(path), "not a checkpoint written by src.train")
+
+
+def test_resuming_with_another_model_names_both_and_writes_nothing_into_the_run(trained, tmp_path):
+    log_dir, run_dir = trained
+    before = files_below(run_dir)
+    result = run_cli("src.train", *DIGITS, "model.depth=2", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}",
+                     f"paths.log_dir={tmp_path}")  # fmt: skip
+    one_error_line(result, "model.depth=1 in the checkpoint but 2 here")
+    assert files_below(run_dir) == before
+    assert not (tmp_path / "train").exists() or not list((tmp_path / "train" / "runs").iterdir())
+
+
+def test_a_run_being_written_is_not_resumed_by_a_second_process(trained, tmp_path):
+    log_dir, run_dir = trained
+    before = files_below(run_dir)
+    with open(run_dir / ".lock", "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running src.train holds it
+        lock.write("pid 1 on elsewhere\n")
+        lock.flush()
+        result = run_cli("src.train", *DIGITS, "ckpt_path=last", f"paths.log_dir={log_dir}")
+        fcntl.flock(lock, fcntl.LOCK_UN)
+    one_error_line(result, str(run_dir), "is being written by")
+    assert files_below(run_dir) == before
+    assert len(list((log_dir / "train" / "runs").iterdir())) == 1, "the refused run leaves no folder"
+
+
+def test_a_failed_run_logs_its_traceback_in_the_run_log(trained, tmp_path):
+    log_dir, run_dir = trained
+    result = run_cli("src.train", *DIGITS, f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", "train=false",
+                     f"paths.log_dir={log_dir}")  # fmt: skip
+    one_error_line(result, "src.eval")
+    log = (run_dir / "train.log").read_text()
+    assert "Traceback" in log and "UserError" in log
