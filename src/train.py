@@ -18,6 +18,7 @@ from src.nonfinite import DivergedTrial, NonFiniteLossError
 from src.resume import check_resume
 from src.run_guard import guarded_run
 from src.runs import find_checkpoint, one_job
+from src.upstream_fixes import RequeueAtBatchEnd
 from src.utils import instantiate_group, log_hyperparameters, metrics_to_floats
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     loggers = instantiate_loggers(cfg.get("logger"))
     trainer: L.Trainer = instantiate(
         cfg.trainer,
-        callbacks=needing_no_logger(instantiate_group(cfg.get("callbacks")), loggers),
+        callbacks=[*needing_no_logger(instantiate_group(cfg.get("callbacks")), loggers), RequeueAtBatchEnd()],
         logger=loggers,
     )
     log_hyperparameters(trainer, cfg, model)

@@ -1,3 +1,5 @@
+import getpass
+
 import pytest
 
 from tests.slurm import cluster
@@ -12,3 +14,12 @@ def slurm():
     running = cluster.start()
     yield running
     running.stop()
+
+
+@pytest.fixture(autouse=True)
+def cancel_leftover_jobs(request):
+    """A test that failed mid-job leaves its job running on the node's 2 CPUs: cancelled, so that the next test
+    does not wait behind it."""
+    yield
+    if "slurm" in request.fixturenames:
+        request.getfixturevalue("slurm").run("scancel", f"--user={getpass.getuser()}")

@@ -96,7 +96,7 @@ def signal_mid_epoch(cluster: Cluster, job_id: str, run_dir: Path) -> None:
 def wait_for_state(cluster: Cluster, job_id: str, state: str, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while (info := job_info(cluster, job_id))["JobState"] != state:
-        assert time.monotonic() < deadline, info
+        assert time.monotonic() < deadline, {key: info.get(key) for key in ("JobState", "Reason", "Restarts")}
         time.sleep(0.5)
 
 
