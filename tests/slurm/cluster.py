@@ -62,6 +62,7 @@ class Cluster:
         )
 
     def stop(self) -> None:
+        self._end_jobs()
         # newest first (slurmd, slurmctld, slurmdbd, mariadbd, munged), each by its pid
         for process in reversed(self.processes):
             process.terminate()
@@ -71,6 +72,23 @@ class Cluster:
                 process.kill()
                 process.wait()
         shutil.rmtree(self.root, ignore_errors=True)
+
+    def _end_jobs(self, timeout: float = 60) -> None:
+        """Cancels the jobs still queued, running or completing and waits until they are gone: a job's slurmstepd
+        outlives slurmd and, once slurmctld is gone too, hangs on with its processes (a test that failed midway,
+        a sweep job still exiting)."""
+        if not any(process.args[0] == "slurmctld" and process.poll() is None for process in self.processes):
+            return
+        deadline = time.monotonic() + timeout
+        try:
+            while jobs := self.run("squeue", "--noheader", "--format=%A", timeout=10).split():
+                if time.monotonic() > deadline:
+                    return
+                # not checked: scancel fails on a job that is already completing, which is only waited for
+                subprocess.run(["scancel", *jobs], env=self.env, capture_output=True, timeout=10)
+                time.sleep(1)
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
+            return
 
 
 def start(timeout: float = 60) -> Cluster:
