@@ -1,6 +1,7 @@
-"""The README's SLURM paths on a real one-node cluster (CPU, gloo): sbatch + srun with two ranks, the submitit
-launcher, preemption (SIGUSR1 -> hpc checkpoint -> requeue) with one and two ranks, and a cancelled job resumed
-by hand. `make slurm-test` runs them; they need root and Debian's SLURM packages (tests/slurm/cluster.py)."""
+"""The README's SLURM paths on a real one-node cluster with accounting (CPU, gloo): sbatch + srun with two ranks,
+the submitit launcher (without sacct errors), preemption (SIGUSR1 -> hpc checkpoint -> requeue) with one and two
+ranks, and a cancelled job resumed by hand; `sacct` reports the jobs of the first two. `make slurm-test` runs
+them; they need root and Debian's SLURM and MariaDB packages (tests/slurm/cluster.py)."""
 
 import json
 import pickle
@@ -15,7 +16,7 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tests.conftest import ROOT, TINY_VIT
-from tests.slurm.cluster import Cluster, job_info, wait_for_job
+from tests.slurm.cluster import Cluster, accounted_job, job_info, wait_for_job
 
 pytestmark = pytest.mark.slow
 
@@ -128,6 +129,7 @@ def test_sbatch_with_two_ranks_makes_one_run(slurm, tmp_path):
     info = wait_for_job(slurm, job, JOB_TIMEOUT)
     output = (tmp_path / "job.out").read_text()
     assert (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0"), output[-3000:]
+    assert accounted_job(slurm, job) == {"JobID": job, "State": "COMPLETED", "ExitCode": "0:0"}
     assert [p.name for p in (tmp_path / "train" / "runs").iterdir()] == [f"slurm_{job}"]
     run_dir = tmp_path / "train" / "runs" / f"slurm_{job}"
     assert "MEMBER: 2/2" in output and output.count("Classification report (test)") == 1
@@ -147,12 +149,19 @@ def test_submitit_launcher_sweep(slurm, tmp_path):
     result = subprocess.run(command, cwd=ROOT, env=job_env(slurm), capture_output=True, text=True,
                             timeout=JOB_TIMEOUT)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
-    # no assertion on submitit's "Bypassing sacct error" warnings: this cluster has no accounting (README)
     (sweep,) = (tmp_path / "train" / "multiruns").iterdir()
+    # submitit polls sacct for its jobs' states; with accounting it no longer warns on every poll that sacct failed
+    logs = [result.stdout, result.stderr]
+    logs += [path.read_text() for path in sweep.rglob("*") if path.suffix in (".log", ".out", ".err")]
+    bypassed = [line for log in logs for line in log.splitlines() if "Bypassing sacct error" in line]
+    assert not bypassed, bypassed[:3]
     for job in ("0", "1"):
         assert_full_report(sweep / job, epochs=2)
         # what the job returned to the sweep: its best epoch's val/acc (optimized_metric)
         (result_file,) = (sweep / ".submitit").glob(f"*_{job}/*_result.pkl")
+        array_task = result_file.parent.name  # <array job>_<task>
+        accounted = accounted_job(slurm, array_task)
+        assert accounted == {"JobID": array_task, "State": "COMPLETED", "ExitCode": "0:0"}
         outcome, job_return = pickle.loads(result_file.read_bytes())
         assert outcome == "success"
         best = torch.load(sweep / job / "checkpoints" / "last.ckpt", weights_only=True)["callbacks"]
