@@ -1,7 +1,7 @@
 """A sweep's TensorBoard HParams view as a PNG, from a real run, so the README's picture stays true:
 
-    .venv/bin/python scripts/tensorboard_view.py       # runs the README's sweep (into outputs/), writes docs/
-    .venv/bin/python scripts/tensorboard_view.py --logdir outputs/train/multiruns/<time> --out hparams.png
+    .venv/bin/python scripts/tensorboard_view.py    # the README's sweep (in outputs/quickstart/) -> docs/
+    .venv/bin/python scripts/tensorboard_view.py --logdir outputs/quickstart/multiruns/<time> --out hparams.png
 
 Starts `tensorboard --logdir` on a free loopback port and photographs it with headless Chromium (Debian's
 `chromium` package: `apt-get install chromium`). The tests use serve() and the JSON API helpers below."""
