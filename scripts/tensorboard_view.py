@@ -93,12 +93,16 @@ def session_groups(url: str) -> list[dict]:
     return _post(f"{url}/data/plugin/hparams/session_groups", body)["sessionGroups"]
 
 
+def find_chromium() -> str | None:
+    """Debian's package, or the Chrome that GitHub's Ubuntu runners carry (Ubuntu's chromium is a snap stub)."""
+    return next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
+
+
 def screenshot(url: str, out: Path, size: str = "2600,560", scale: float = 0.7, timeout: float = 120) -> None:
     """Headless Chromium's picture of the HParams view (after 15 s of page time: the view loads its data); `size`
     in CSS pixels, the PNG is `scale` times that. TensorBoard 2.21 sizes the table to the whole window, not to
     the space beside its filter pane, so its last column stays out of sight (the page scrolls it sideways)."""
-    # Debian's package, or the Chrome that GitHub's Ubuntu runners carry (Ubuntu's chromium is a snap stub)
-    browser = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
+    browser = find_chromium()
     if browser is None:
         raise SystemExit("error: no chromium on PATH: apt-get install chromium")
     with tempfile.TemporaryDirectory() as profile:  # a fresh profile: nothing from an earlier session
