@@ -1,7 +1,7 @@
 """A sweep's TensorBoard HParams view as a PNG, from a real run, so the README's picture stays true:
 
-    .venv/bin/python scripts/tensorboard_view.py       # runs the README's sweep (into outputs/), writes docs/
-    .venv/bin/python scripts/tensorboard_view.py --logdir outputs/train/multiruns/<time> --out hparams.png
+    .venv/bin/python scripts/tensorboard_view.py    # the README's sweep (in outputs/quickstart/) -> docs/
+    .venv/bin/python scripts/tensorboard_view.py --logdir outputs/quickstart/multiruns/<time> --out hparams.png
 
 Starts `tensorboard --logdir` on a free loopback port and photographs it with headless Chromium (Debian's
 `chromium` package: `apt-get install chromium`). The tests use serve() and the JSON API helpers below."""
@@ -93,12 +93,16 @@ def session_groups(url: str) -> list[dict]:
     return _post(f"{url}/data/plugin/hparams/session_groups", body)["sessionGroups"]
 
 
+def find_chromium() -> str | None:
+    """Debian's package, or the Chrome that GitHub's Ubuntu runners carry (Ubuntu's chromium is a snap stub)."""
+    return next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
+
+
 def screenshot(url: str, out: Path, size: str = "2600,560", scale: float = 0.7, timeout: float = 120) -> None:
     """Headless Chromium's picture of the HParams view (after 15 s of page time: the view loads its data); `size`
     in CSS pixels, the PNG is `scale` times that. TensorBoard 2.21 sizes the table to the whole window, not to
     the space beside its filter pane, so its last column stays out of sight (the page scrolls it sideways)."""
-    # Debian's package, or the Chrome that GitHub's Ubuntu runners carry (Ubuntu's chromium is a snap stub)
-    browser = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
+    browser = find_chromium()
     if browser is None:
         raise SystemExit("error: no chromium on PATH: apt-get install chromium")
     with tempfile.TemporaryDirectory() as profile:  # a fresh profile: nothing from an earlier session

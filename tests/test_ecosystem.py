@@ -1,6 +1,7 @@
 """What users arriving from lightning-hydra-template, timm or the Lightning docs expect: a clean first screen with
 the config tree, a --help page that explains every group, shell completion, and the profiler debug modes."""
 
+import json
 import os
 import re
 import subprocess
@@ -63,13 +64,31 @@ def test_print_config_false_prints_no_tree_but_saves_it(tmp_path, capsys):
     assert "├── trainer" in (tmp_path / "config_tree.log").read_text()
 
 
-@pytest.mark.parametrize(
-    ("mode", "written"), [("profiler", "fit-profile.txt"), ("profiler_pytorch", "*.pt.trace.json")]
-)
-def test_profiler_debug_modes_write_a_profile(mode, written, tmp_path):
-    overrides = [f"debug={mode}", "data=digits", "~callbacks.rich_progress_bar", *TINY_VIT,
-                 "+trainer.limit_train_batches=6", "+trainer.limit_val_batches=6", "+trainer.limit_test_batches=6"]  # fmt: skip
+# what the <run dir>/profiler/fit-profile.txt of each profiler debug mode shows its reader: the simple profiler's
+# time per hook, cProfile's statistics per hook, the PyTorch profiler's operator table
+PROFILE_TEXT = {
+    "profiler": ["Action", "Mean duration (s)", "Num calls", "run_training_batch"],
+    "profiler_advanced": [
+        "Profile stats for: [Strategy]SingleDeviceStrategy.training_step",
+        "ncalls",
+        "cumtime",
+    ],
+    "profiler_pytorch": ["Self CPU", "CPU total", "aten::"],
+}
+
+
+@pytest.mark.parametrize("mode", PROFILE_TEXT)
+def test_profiler_debug_modes_write_a_readable_profile(mode, tmp_path):
+    # the PyTorch profiler records steps 3-5 of each stage (wait 1, warm-up 1, active 3): it needs 5 batches
+    batches = 5 if mode == "profiler_pytorch" else 2
+    limits = [f"+trainer.limit_{stage}_batches={batches}" for stage in ("train", "val", "test")]
+    overrides = [f"debug={mode}", "data=digits", "~callbacks.rich_progress_bar", *TINY_VIT, *limits]
     train(compose_config("train", overrides, tmp_path))
-    assert list((tmp_path / "profiler").glob(written)), sorted(
-        p.name for p in (tmp_path / "profiler").iterdir()
-    )
+    profiles = tmp_path / "profiler"
+    text = (profiles / "fit-profile.txt").read_text()
+    assert [shown for shown in PROFILE_TEXT[mode] if shown not in text] == [], text[:2000]
+    if mode == "profiler_pytorch":
+        # the Chrome trace that TensorBoard's profiler plugin and Perfetto open: the training step's operators
+        (trace,) = profiles.glob("fit-profile-*training_step*.pt.trace.json")
+        events = json.loads(trace.read_text())["traceEvents"]
+        assert any(event.get("cat") == "cpu_op" and event["name"].startswith("aten::") for event in events)

@@ -94,14 +94,16 @@ def test_multirun_gives_one_complete_run_dir_per_job(tiny_sweep):
 
 
 def test_a_sweep_writes_below_the_folder_it_was_started_from(tmp_path):
-    """The README's sweep command as typed (no paths.log_dir): the sweep's folder is resolved before Hydra's
-    ${hydra:runtime.cwd} works, so conf/paths uses our own ${cwd:}."""
+    """The README's sweep command as typed (no paths.log_dir), shortened: the sweep's folder is resolved before
+    Hydra's ${hydra:runtime.cwd} works, so conf/paths uses our own ${cwd:}; the experiment's task_name names it,
+    as the README says (outputs/quickstart/multiruns/<time>/<job number>)."""
     result = run_cli(
-        "src.train", "-m", "data=digits", "seed=1,2", *TINY_VIT, *QUICK, "+trainer.limit_train_batches=2",
-        "+trainer.limit_val_batches=1", "test=false", cwd=tmp_path,
+        "src.train", "-m", "experiment=quickstart", "seed=1,2", *TINY_VIT, *QUICK,
+        "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1", "test=false", cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
-    (sweep,) = (tmp_path / "outputs" / "train" / "multiruns").iterdir()
+    assert [p.name for p in (tmp_path / "outputs").iterdir()] == ["quickstart"]
+    (sweep,) = (tmp_path / "outputs" / "quickstart" / "multiruns").iterdir()
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]
 
 

@@ -3,6 +3,8 @@ learning-rate sweep: the HParams view lists the curated hyper-parameters and the
 src.compare; the scalars have the documented curves."""
 
 import json
+import subprocess
+import sys
 import urllib.parse
 from pathlib import Path
 
@@ -10,10 +12,10 @@ import matplotlib.image
 import pytest
 from hydra.utils import instantiate
 
-from scripts.tensorboard_view import get, hparams_experiment, screenshot, serve, session_groups
+from scripts.tensorboard_view import find_chromium, get, hparams_experiment, screenshot, serve, session_groups
 from src.compare import comparison_rows
 from src.hparams_table import curated_hparams
-from tests.conftest import QUICK, TINY_VIT, compose_config, run_cli
+from tests.conftest import QUICK, ROOT, TINY_VIT, compose_config, run_cli
 
 CURATED = {
     "model": "vit", "data": "digits", "freeze": "none", "optimizer": "adamw", "scheduler": "warmup_cosine",
@@ -21,6 +23,10 @@ CURATED = {
     "optimizer/weight_decay": 0.05, "module/label_smoothing": 0.0, "seed": 42,
 }  # fmt: skip
 CURVES = {"train/loss_step", "train/loss_epoch", "train/acc", "val/loss", "val/acc"}
+needs_chromium = pytest.mark.skipif(
+    find_chromium() is None,
+    reason="needs headless Chromium to photograph TensorBoard: apt-get install chromium",
+)
 
 
 @pytest.fixture(scope="module")
@@ -94,12 +100,33 @@ def test_hparams_view_of_a_sweep_reads_at_a_glance(lr_sweep):
 
 
 @pytest.mark.slow
+@needs_chromium
 def test_screenshot_of_the_hparams_view(lr_sweep, tmp_path):
     with serve(lr_sweep, runs=2) as url:
         screenshot(url, tmp_path / "hparams.png", size="1200,500", scale=1)
     image = matplotlib.image.imread(tmp_path / "hparams.png")
     assert image.shape[:2] == (500, 1200)
     assert image[..., :3].std() > 0.1  # a page was drawn, not a blank one
+
+
+@pytest.mark.slow
+@needs_chromium
+def test_tensorboard_view_script_photographs_a_sweep_as_the_readme_shows(lr_sweep, tmp_path):
+    """`scripts/tensorboard_view.py --logdir <dir> --out <png>`, as the README shows it: a picture of the sweep
+    in <png>, and the README's own picture (the default --out) untouched."""
+    readme_picture = (ROOT / "docs" / "tensorboard_hparams.png").read_bytes()
+    out = tmp_path / "hparams.png"
+    result = subprocess.run(
+        [sys.executable, "scripts/tensorboard_view.py", "--logdir", str(lr_sweep), "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"wrote {out}" in result.stdout
+    assert out.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    image = matplotlib.image.imread(out)
+    assert image.shape[:2] == (392, 1820)  # the default 2600x560 CSS pixels at scale 0.7
+    assert image[..., :3].std() > 0.1  # a page was drawn, not a blank one
+    assert (ROOT / "docs" / "tensorboard_hparams.png").read_bytes() == readme_picture
 
 
 def test_curated_hparams_of_an_experiment_with_command_line_values(tmp_path):
