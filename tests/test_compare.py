@@ -10,6 +10,7 @@ from src.compare import main
 from tests.conftest import run_cli
 
 
+@pytest.mark.slow
 def test_compare_a_multirun_dir(tiny_sweep):
     result = run_cli("src.compare", str(tiny_sweep))
     assert result.returncode == 0, result.stderr[-3000:]

@@ -55,6 +55,7 @@ def test_image_size_and_classes_flow_from_data_to_model(tmp_path):
     assert instantiate(cfg.module).backbone.head.out_features == 102
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("optimizer", options("optimizer"))
 @pytest.mark.parametrize("scheduler", options("scheduler"))
 def test_optimizer_and_scheduler_train_a_step(optimizer, scheduler, tmp_path):
@@ -74,6 +75,7 @@ def test_optimizer_and_scheduler_train_a_step(optimizer, scheduler, tmp_path):
     assert {"train/loss_step", "val/acc", "test/acc"} <= metrics.keys()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("debug", ["fdr", "limit", "overfit"])
 def test_every_debug_mode_runs(debug, tmp_path):
     overrides = [f"debug={debug}", "data=digits", "~callbacks.rich_progress_bar", *TINY_VIT]

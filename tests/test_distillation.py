@@ -214,6 +214,7 @@ def test_ddp_on_two_cpu_processes_gives_every_rank_its_teacher(tmp_path):
     assert "test/teacher_agreement" in result.stdout
 
 
+@pytest.mark.slow
 def test_missing_teacher_checkpoint_is_one_error_line(tmp_path):
     result = run_cli(
         "src.train", "data=digits", *TINY_VIT, "distill=hard", f"distill.teacher_ckpt={tmp_path / 'none.ckpt'}",

@@ -15,6 +15,7 @@ from tests.conftest import CONF, ROOT, TINY_VIT, compose_config, run_cli, run_di
 GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name != "hydra") + ["hydra/launcher"]
 
 
+@pytest.mark.slow
 def test_help_explains_every_group_in_one_line():
     result = run_cli("src.train", "--help")
     assert result.returncode == 0, result.stderr[-2000:]
@@ -24,6 +25,7 @@ def test_help_explains_every_group_in_one_line():
     assert "logger: csv, many, mlflow, none, tensorboard, wandb" in result.stdout  # options listed by Hydra
 
 
+@pytest.mark.slow
 def test_shell_completion_offers_the_options_of_a_group():
     env = {**os.environ, "PYTHONPATH": str(ROOT), "COMP_LINE": "python src/train.py logger="}
     result = subprocess.run(
@@ -36,6 +38,7 @@ def test_shell_completion_offers_the_options_of_a_group():
     assert set(result.stdout.split()) >= {"logger=csv", "logger=mlflow", "logger=wandb", "logger=tensorboard"}
 
 
+@pytest.mark.slow
 def test_first_screen_shows_config_and_summary_without_adverts_or_warnings(tmp_path):
     # as a user runs it: Python's default warning filters (run_cli would silence them), the default callbacks
     env = {key: value for key, value in os.environ.items() if key != "PYTHONWARNINGS"}
@@ -77,6 +80,7 @@ PROFILE_TEXT = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", PROFILE_TEXT)
 def test_profiler_debug_modes_write_a_readable_profile(mode, tmp_path):
     # the PyTorch profiler records steps 3-5 of each stage (wait 1, warm-up 1, active 3): it needs 5 batches

@@ -12,6 +12,7 @@ from tests.conftest import compose_config
 from tests.test_configs import options
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("experiment", options("experiment"))
 def test_every_experiment_builds_and_trains_a_step(experiment, tmp_path, digits_png):
     cfg = compose_config("train", [f"experiment={experiment}", f"paths.data_dir={digits_png}"], tmp_path)

@@ -45,6 +45,7 @@ def trained(tmp_path_factory):
     return log_dir, run_dir
 
 
+@pytest.mark.slow
 def test_a_diverged_run_stops_with_one_line_and_keeps_no_checkpoint(tmp_path):
     result = run_cli(
         "src.train", *DIGITS, "optimizer.lr=1e6", "trainer.max_epochs=3", f"paths.log_dir={tmp_path}"
@@ -101,12 +102,14 @@ def test_bad_values_name_the_key_the_value_and_the_range(override, key, tmp_path
     assert str(error.value).startswith(key)
 
 
+@pytest.mark.slow
 def test_a_bad_value_on_the_command_line_is_one_line_and_leaves_no_run_folder(tmp_path):
     result = run_cli("src.train", *DIGITS, "trainer.max_epochs=abc", f"paths.log_dir={tmp_path}")
     one_error_line(result, "trainer.max_epochs", "abc", "at least 1")
     assert not list(tmp_path.rglob("*.yaml")), files_below(tmp_path)
 
 
+@pytest.mark.slow
 def test_weights_path_that_is_no_weights_file_names_the_key(tmp_path):
     text = tmp_path / "weights.pth"
     text.write_text("hello")
@@ -115,12 +118,14 @@ def test_weights_path_that_is_no_weights_file_names_the_key(tmp_path):
     one_error_line(result, "model.weights_path")
 
 
+@pytest.mark.slow
 def test_logger_none_trains_with_the_default_callbacks(tmp_path):
     result = run_cli("src.train", *DIGITS, "logger=none", f"paths.log_dir={tmp_path}")
     assert result.returncode == 0, result.stderr[-3000:]
     assert list(tmp_path.rglob("summary.json"))
 
 
+@pytest.mark.slow
 def test_a_sweep_optimizing_an_unlogged_metric_names_it_and_the_logged_ones(tmp_path):
     result = run_cli("src.train", "-m", *DIGITS, "optimized_metric=val/nope", f"paths.log_dir={tmp_path}")
     one_error_line(result, "optimized_metric=val/nope", "val/acc", "test/acc")
@@ -134,6 +139,7 @@ class Payload:
         return (os.system, (f"touch {self.marker}",))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("entry", ["src.eval", "src.predict", "src.train"])
 def test_a_malicious_pickle_runs_no_code_even_when_torch_is_told_to_unpickle(entry, trained, tmp_path):
     marker = tmp_path / "pwned"
@@ -150,6 +156,7 @@ def test_a_malicious_pickle_runs_no_code_even_when_torch_is_told_to_unpickle(ent
     assert not marker.exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["text", "other_program", "truncated"])
 def test_resuming_a_file_that_is_no_src_train_checkpoint_is_one_line(kind, trained, tmp_path):
     path = tmp_path / "x.ckpt"
@@ -163,6 +170,7 @@ def test_resuming_a_file_that_is_no_src_train_checkpoint_is_one_line(kind, train
     one_error_line(result, str(path), "not a checkpoint written by src.train")
 
 
+@pytest.mark.slow
 def test_resuming_with_another_model_names_both_and_writes_nothing_into_the_run(trained, tmp_path):
     log_dir, run_dir = trained
     before = files_below(run_dir)
@@ -173,6 +181,7 @@ def test_resuming_with_another_model_names_both_and_writes_nothing_into_the_run(
     assert not (tmp_path / "train").exists() or not list((tmp_path / "train" / "runs").iterdir())
 
 
+@pytest.mark.slow
 def test_a_run_being_written_is_not_resumed_by_a_second_process(trained, tmp_path):
     log_dir, run_dir = trained
     before = files_below(run_dir)
@@ -187,6 +196,7 @@ def test_a_run_being_written_is_not_resumed_by_a_second_process(trained, tmp_pat
     assert len(list((log_dir / "train" / "runs").iterdir())) == 1, "the refused run leaves no folder"
 
 
+@pytest.mark.slow
 def test_a_failed_run_logs_its_traceback_in_the_run_log(trained, tmp_path):
     log_dir, run_dir = trained
     result = run_cli("src.train", *DIGITS, f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", "train=false",

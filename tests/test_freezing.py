@@ -168,6 +168,7 @@ def test_unfreezing_at_an_epoch_trains_the_whole_backbone(tmp_path):
     assert not torch.equal(patch_embed, start)  # it trained in the second epoch
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scheduler", ["warmup_cosine", "onecycle", "exponential"])
 def test_unfrozen_groups_keep_a_tenth_of_the_lr_and_resume_exactly(scheduler, tmp_path):
     """Unfreezing at epoch 1 of 3 (3 steps each) under each scheduler: the unfrozen groups run at a tenth of the

@@ -234,6 +234,7 @@ def test_data_errors_name_the_folder_and_the_fix(tmp_path, case, message):
     assert str(error.value).startswith(message.format(root=tmp_path))
 
 
+@pytest.mark.slow
 def test_a_data_error_is_one_line_with_exit_code_2(tmp_path):
     data_dir = write_case(tmp_path / "data", "one image")
     result = run_cli("src.train", "data=imagefolder", f"data.data_dir={data_dir}", *TINY_VIT, *QUICK,
@@ -243,6 +244,7 @@ def test_a_data_error_is_one_line_with_exit_code_2(tmp_path):
     assert result.stderr.count("error:") == 1 and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_num_classes_is_counted_and_shown_by_cfg_job(tmp_path):
     for name in ("x", "y", "z", "w"):
         (tmp_path / name).mkdir()

@@ -31,6 +31,7 @@ def train_with(logger: str, log_dir: Path) -> Path:
     return run_dir
 
 
+@pytest.mark.slow
 def test_csv_logger_writes_metrics_hyperparameters_and_tags(tmp_path):
     run_dir = train_with("csv", tmp_path)
     with open(run_dir / "csv" / "metrics.csv", newline="") as file:

@@ -19,6 +19,7 @@ from tests.test_configs import options
 TIMM_MODELS = ["vit_timm", "vit_tiny", "deit", "deit_tiny", "vgg19", "densenet121", "densenet201"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", options("model"))
 def test_every_model_config_trains_a_step_at_32_px(model, tmp_path):
     cfg = compose_config("train", [f"model={model}", "data=cifar10", "data.image_size=32"], tmp_path)
@@ -104,6 +105,7 @@ def test_missing_weights_file_is_a_user_error(tmp_path):
         create_timm_model("vit_tiny_patch16_224", weights_path=str(tmp_path / "nope.safetensors"))
 
 
+@pytest.mark.slow
 def test_pretrained_offline_fails_fast_naming_both_options(tmp_path):
     start = time.monotonic()
     result = run_cli(  # run_cli sets HF_HUB_OFFLINE=1

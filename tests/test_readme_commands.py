@@ -132,6 +132,7 @@ def config_name(entry: str) -> str:
     ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", [c for c in readme_commands() if plan(c) == "compose"])
 def test_readme_command_composes(command, tmp_path):
     """Every option and key of the command exists (what `--cfg job` checks, in this process: a fraction of a

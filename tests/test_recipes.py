@@ -26,6 +26,7 @@ def _batches(cfg, stage: str) -> list[torch.Tensor]:
     return [images for images, _ in getattr(datamodule, f"{stage}_dataloader")()]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("augment", ["randaugment", "autoaugment", "trivialaugment"])
 def test_augmentation_changes_training_images_only(augment, tmp_path):
     plain = compose_config("train", DIGITS, tmp_path)
@@ -128,6 +129,7 @@ def test_conv_tokenizer_with_every_pooling_trains(pool, conv_layers):
     assert all(p.grad is not None for p in model.parameters())
 
 
+@pytest.mark.slow
 def test_ema_is_what_validation_the_best_checkpoint_and_test_see(tmp_path):
     args = [*DIGITS, "trainer.max_epochs=2", "+trainer.limit_train_batches=4", "callbacks=[default,ema]",
             "callbacks.ema.decay=0.9", "mixup=mixup_cutmix",
@@ -192,12 +194,14 @@ def test_ema_resumed_mid_epoch_ends_bit_identical(tmp_path):
         ),
     ],
 )
+@pytest.mark.slow
 def test_bad_recipe_values_stop_with_one_error_line(overrides, message, tmp_path):
     result = run_cli("src.train", *DIGITS, *overrides, f"paths.log_dir={tmp_path}")
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
     assert message in result.stderr
 
 
+@pytest.mark.slow
 def test_optuna_searches_the_recipe_toolkit_and_the_ema_decay(tmp_path):
     result = run_cli(
         "src.train", "hparams_search=vit_optuna", "hydra.sweeper.n_trials=1", *DIGITS, "callbacks=[default,ema]",

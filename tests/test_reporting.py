@@ -105,6 +105,7 @@ def test_checkpoints_carry_the_class_names_and_curves(run_dir):
     assert state["choices"] == {"model": "vit", "data": "digits", "freeze": "none"}
 
 
+@pytest.mark.slow
 def test_eval_reproduces_the_training_runs_report(run_dir, tmp_path):
     summary = json.loads((run_dir / "summary.json").read_text())
     result = run_cli("src.eval", f"ckpt_path={summary['best_checkpoint']}", f"paths.log_dir={tmp_path}")

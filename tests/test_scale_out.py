@@ -58,6 +58,7 @@ def best_val_acc(run_dir: Path) -> float:
     return float(state["best_model_score"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loader", ["torch", "gpu"])
 def test_ddp_on_two_cpu_processes_makes_one_run(loader, tmp_path):
     result = run_cli(
@@ -76,6 +77,7 @@ def test_ddp_on_two_cpu_processes_makes_one_run(loader, tmp_path):
     assert hparams["data/effective_batch_size"] == 2 * 64 and hparams["trainer"] == "ddp"
 
 
+@pytest.mark.slow
 def test_ddp_refuses_unfreezing_at_an_epoch(tmp_path):
     result = run_cli(
         "src.train", "data=digits", "trainer=ddp", "trainer.devices=2", "freeze=head_only",
@@ -93,6 +95,7 @@ def test_multirun_gives_one_complete_run_dir_per_job(tiny_sweep):
     assert [p.name for p in (tiny_sweep.parents[1]).iterdir()] == ["multiruns"]  # no stray run dirs
 
 
+@pytest.mark.slow
 def test_a_sweep_writes_below_the_folder_it_was_started_from(tmp_path):
     """The README's sweep command as typed (no paths.log_dir), shortened: the sweep's folder is resolved before
     Hydra's ${hydra:runtime.cwd} works, so conf/paths uses our own ${cwd:}; the experiment's task_name names it,
@@ -107,6 +110,7 @@ def test_a_sweep_writes_below_the_folder_it_was_started_from(tmp_path):
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]
 
 
+@pytest.mark.slow
 def test_optuna_sweep_reports_the_best_validation_accuracy(tmp_path):
     result = run_cli(
         "src.train", "hparams_search=vit_optuna", "hydra.sweeper.n_trials=2", "data=digits", *TINY_VIT, *QUICK,
@@ -125,6 +129,7 @@ def test_optuna_sweep_reports_the_best_validation_accuracy(tmp_path):
     assert results["best_value"] == pytest.approx(max(best_val_acc(job) for job in jobs))
 
 
+@pytest.mark.slow
 def test_optuna_sweep_of_ddp_jobs_makes_one_sweep(tmp_path):
     """hparams_search sets hydra.mode=MULTIRUN in the config: the DDP rank Lightning starts for a trial must run
     that trial, not a sweep of its own."""
@@ -139,6 +144,7 @@ def test_optuna_sweep_of_ddp_jobs_makes_one_sweep(tmp_path):
     assert_complete_job(sweep / "0")
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_from_last_checkpoint_in_its_run_dir(tmp_path):
     args = ["data=digits", *TINY_VIT, *QUICK, "trainer.max_epochs=6", "+trainer.limit_train_batches=6",
             "+trainer.limit_val_batches=1", "trainer.log_every_n_steps=1", "test=false",
@@ -218,6 +224,7 @@ def test_gpu_loader_fit_resumed_mid_epoch_ends_with_the_uninterrupted_weights(sc
     assert all(torch.equal(whole[key], resumed[key]) for key in whole)
 
 
+@pytest.mark.slow
 def test_missing_checkpoint_file_says_so(tmp_path):
     missing = tmp_path / "nope.ckpt"
     result = run_cli("src.train", "data=digits", f"ckpt_path={missing}", f"paths.log_dir={tmp_path}", *QUICK)
@@ -226,6 +233,7 @@ def test_missing_checkpoint_file_says_so(tmp_path):
     assert "ckpt_path=last" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_testing_a_checkpoint_without_training_points_to_eval(tmp_path):
     result = run_cli("src.train", "data=digits", "train=false", "ckpt_path=last", f"paths.log_dir={tmp_path}")
     assert result.returncode == 2 and "Traceback" not in result.stderr
@@ -233,6 +241,7 @@ def test_testing_a_checkpoint_without_training_points_to_eval(tmp_path):
     assert "python -m src.eval ckpt_path=<file>" in result.stderr and not list(tmp_path.glob("**/*.ckpt"))
 
 
+@pytest.mark.slow
 def test_a_sweep_refuses_to_resume_one_checkpoint_in_every_job(tmp_path):
     result = run_cli(
         "src.train", "-m", "data=digits", "ckpt_path=last", "seed=1,2", f"paths.log_dir={tmp_path}", *QUICK

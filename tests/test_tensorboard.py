@@ -49,6 +49,7 @@ def scalars(url: str, run: str, tag: str) -> list[tuple[int, float]]:
     return [(step, value) for _, step, value in get(f"{url}/data/plugin/scalars/scalars?{query}")]
 
 
+@pytest.mark.slow
 def test_hparams_view_of_a_sweep_reads_at_a_glance(lr_sweep):
     with serve(lr_sweep, runs=2) as url:
         experiment = hparams_experiment(url)

@@ -176,6 +176,7 @@ TINY = ["data=digits", "data.image_size=16", "model.embed_dim=32", "model.depth=
         ("model.downsample=[{after:1,size:6}]", "error: model.downsample entry"),
     ],
 )
+@pytest.mark.slow
 def test_bad_settings_give_one_error_line(override, message, tmp_path):
     defaults = ["model.token_learner.num_tokens=4", "model.token_learner.layer=1"]
     result = run_cli("src.train", *TINY, *QUICK, *defaults, override, f"paths.log_dir={tmp_path}")

@@ -28,6 +28,7 @@ def assert_complete_run(run_dir: Path) -> None:
     assert "params_trainable" in hparams
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("data", "extra"), [("cifar10", ["data.val_size=20"]), ("flowers102", [])])
 def test_train_on_generated_files_in_torchvision_format(data, extra, request, tmp_path):
     data_dir = request.getfixturevalue(f"fake_{data}")
@@ -41,6 +42,7 @@ def test_train_on_generated_files_in_torchvision_format(data, extra, request, tm
     assert_complete_run(run_dir)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("data", ["cifar10", "flowers102"])
 def test_missing_data_offline_gives_one_clear_message(data, tmp_path):
     empty = tmp_path / "nothing-here"
@@ -59,6 +61,7 @@ def test_missing_data_offline_gives_one_clear_message(data, tmp_path):
     assert f"into {empty}" in result.stderr  # where to put the files: the data dir, which can be written
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("data", ["cifar10", "flowers102"])
 def test_a_read_only_data_dir_is_not_offered_as_the_place_to_put_the_data(data, tmp_path):
     """A shared, read-only data set folder (root: a read-only bind mount in a mount namespace of its own, as
@@ -87,6 +90,7 @@ def test_a_read_only_data_dir_is_not_offered_as_the_place_to_put_the_data(data, 
         ("src.eval", "trainer=gpus", "error: trainer=gpus: no such option (did you mean trainer=gpu?)"),
     ],
 )  # fmt: skip
+@pytest.mark.slow
 def test_an_unknown_option_is_one_line_with_the_options(entry, option, line, tmp_path):
     result = run_cli(entry, option, f"paths.log_dir={tmp_path}")
     assert result.returncode == 2
@@ -94,6 +98,7 @@ def test_an_unknown_option_is_one_line_with_the_options(entry, option, line, tmp
     assert len(result.stderr.splitlines()) == 1 and not list(tmp_path.iterdir())
 
 
+@pytest.mark.slow
 def test_quickstart_trains_then_eval_reproduces_test_accuracy(tmp_path):
     """`make train`: the scratch ViT on digits reaches >= 95 % test accuracy; src.eval on its best
     checkpoint gives the same test/acc."""
@@ -126,6 +131,7 @@ def test_quickstart_trains_then_eval_reproduces_test_accuracy(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_eval_on_a_chosen_data_set_feeds_it_as_the_model_was_trained(tmp_path):
     """data=<option> brings that group's defaults (16 px digits, split seed unset in eval); the model was trained
     at 32 px on the split of seed 1: eval keeps both from the checkpoint, so it reproduces train's test/acc."""
@@ -143,12 +149,14 @@ def test_eval_on_a_chosen_data_set_feeds_it_as_the_model_was_trained(tmp_path):
     assert json.loads((eval_dir / "summary.json").read_text())["test"]["test/acc"] == trained
 
 
+@pytest.mark.slow
 def test_eval_with_a_missing_checkpoint_says_so(tmp_path):
     result = run_cli("src.eval", f"ckpt_path={tmp_path}/nope.ckpt", f"paths.log_dir={tmp_path}")
     assert result.returncode == 2
     assert "checkpoint not found" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_eval_of_a_file_that_is_no_checkpoint_says_so(tmp_path):
     not_a_checkpoint = tmp_path / "weights.ckpt"
     torch.save({"weight": torch.zeros(2)}, not_a_checkpoint)  # a plain state dict, as torch.save writes one
