@@ -1,6 +1,7 @@
 """Test a checkpoint: python -m src.eval ckpt_path=<run>/checkpoints/<file>.ckpt [data=<option> ...]"""
 
 import logging
+import sys
 from pathlib import Path
 
 import hydra
@@ -19,20 +20,33 @@ log = logging.getLogger(__name__)
 
 # what the model expects of its inputs, and the seed of the split it was trained on (digits' test split depends on it)
 KEPT_FROM_CHECKPOINT = ("image_size", "mean", "std", "interpolation", "seed")
+# ... and the eval transform's recipe, for the data sets that take one (data=imagefolder, csv: data.style)
+KEPT_WHERE_TAKEN = ("style",)
 
 
 def data_config(chosen: DictConfig | None, trained: dict) -> DictConfig:
-    """The checkpoint's data config; with data=<option>, that data set, fed as the model was trained (the keys
-    above from the checkpoint, unless given as data.<key>=... on the command line)."""
+    """The checkpoint's data config, with any data.<key>=... of the command line (data.data_dir=<another folder>);
+    with data=<option>, that data set, fed as the model was trained (the keys above from the checkpoint, unless
+    given as data.<key>=... on the command line)."""
     if chosen is None:
         return OmegaConf.create(trained)
+    if "_target_" not in chosen:  # data.<key>=... without data=<option> (see checkpoint_data_overrides)
+        return OmegaConf.merge(trained, OmegaConf.to_container(chosen, resolve=True))
     given = HydraConfig.get().overrides.task if HydraConfig.initialized() else []
     chosen = chosen.copy()
     with open_dict(chosen):
-        for key in KEPT_FROM_CHECKPOINT:
+        for key in (*KEPT_FROM_CHECKPOINT, *(key for key in KEPT_WHERE_TAKEN if key in chosen)):
             if key in trained and not any(item.lstrip("+").startswith(f"data.{key}=") for item in given):
                 chosen[key] = trained[key]
     return chosen
+
+
+def checkpoint_data_overrides(args: list[str]) -> list[str]:
+    """Without data=<option>, data.<key>=... changes the checkpoint's data config, of which the composed config
+    has nothing (Hydra would stop at the unknown key): passed to Hydra as an addition, +data.<key>=..."""
+    if any(arg.startswith("data=") for arg in args):
+        return args
+    return [f"+{arg}" if arg.startswith("data.") else arg for arg in args]
 
 
 @exit_on_user_error
@@ -69,4 +83,5 @@ def main(cfg: DictConfig) -> None:
 
 if __name__ == "__main__":
     exit_on_unknown_option()
+    sys.argv = checkpoint_data_overrides(sys.argv)
     main()

@@ -22,6 +22,7 @@ from src.data.files import open_rgb
 from src.data.imagefolder import EpochSeededSampler, ImageFolderDataModule
 from src.data.manifest import CSVDataModule
 from src.errors import UserError
+from src.eval import checkpoint_data_overrides, data_config
 from src.module import ClassifierModule
 from tests.conftest import QUICK, TINY_VIT, compose_config, run_cli, run_dirs
 
@@ -301,6 +302,40 @@ def test_train_eval_predict_and_resume_on_a_folder(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     (summary,) = logs.glob("eval/**/summary.json")
     assert json.loads(summary.read_text())["test_images"] == 16
+    # eval on another folder, without data=: its images, prepared by the checkpoint's data config
+    other, other_logs = tmp_path / "more_fruit", tmp_path / "other_logs"
+    for split, n in (("train", 2), ("val", 1), ("test", 3)):
+        for name, start in (("apple", 300), ("banana", 400), ("cherry", 500)):
+            write_images(other / split / name, n, start=start)
+    result = run_cli("src.eval", f"ckpt_path={last}", f"data.data_dir={other}", "data.num_workers=0",
+                     f"paths.log_dir={other_logs}", "~callbacks.rich_progress_bar")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    (summary,) = other_logs.glob("eval/**/summary.json")
+    assert json.loads(summary.read_text())["class_counts"]["test"] == {"apple": 3, "banana": 3, "cherry": 3}
+
+
+# a checkpoint's data config, as src.train saves it (hparams.data) for data=imagefolder
+TRAINED_ON_A_FOLDER = dict(
+    _target_="src.data.imagefolder.ImageFolderDataModule", _convert_="all", data_dir="/trained/on", num_classes=2,
+    val_size=2, test_size=2, style="digits", image_size=16, mean=[0.5] * 3, std=[0.25] * 3, seed=7,
+    batch_size=8, num_workers=4,
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("choice", [[], ["data=imagefolder"]])
+def test_eval_reads_another_folder_as_the_checkpoint_was_trained(choice, tmp_path):
+    """src.eval ckpt_path=... data.data_dir=<folder>, with or without data=imagefolder: the other folder's images,
+    prepared as the model was trained (its style, size, normalisation and split seed)."""
+    for name in ("cat", "dog"):
+        (tmp_path / name).mkdir()
+    args = checkpoint_data_overrides(
+        ["ckpt_path=x.ckpt", *choice, f"data.data_dir={tmp_path}", "data.num_workers=0"]
+    )
+    cfg = compose_config("eval", args, tmp_path / "logs")
+    data = data_config(cfg.get("data"), TRAINED_ON_A_FOLDER)
+    kept = {key: TRAINED_ON_A_FOLDER[key] for key in ("style", "image_size", "mean", "std", "seed")}
+    assert {key: data[key] for key in kept} == kept
+    assert data.data_dir == str(tmp_path) and data.num_workers == 0 and data.num_classes == 2
 
 
 @pytest.mark.slow

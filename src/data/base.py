@@ -6,6 +6,7 @@ from collections.abc import Sequence
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, Dataset, Sampler
 
@@ -123,6 +124,11 @@ class ImageDataModule(L.LightningDataModule):
         # a last training batch of one image would stop BatchNorm ("expected more than 1 value per channel"):
         # dropped, and only then, so that every other run sees all of its images every epoch
         drop_last = shuffle and math.ceil(len(dataset) / world_size) % h.batch_size == 1
+        if not shuffle and len(dataset) < world_size:  # a rank without a batch would wait for the others
+            raise UserError(
+                f"a validation or test split of {len(dataset)} images cannot give each of the {world_size} "
+                "processes one: make data.val_size / data.test_size larger, or use fewer trainer.devices"
+            )
         if h.loader == "gpu":
             images, labels = self.in_memory(dataset)
             # the recipe of transforms.py ('cifar': pad-crop + flip, 'digits': pad-crop), on whole batches
@@ -145,7 +151,16 @@ class ImageDataModule(L.LightningDataModule):
                 epoch_of=(lambda: self.trainer.current_epoch) if self.trainer else None,
             )
         workers = h.num_workers > 0
-        sampler = self.train_sampler(dataset) if shuffle else None
+        if shuffle:
+            sampler = self.train_sampler(dataset)
+        elif world_size > 1:
+            # DDP: each rank evaluates its own part of val/test and no image twice (Lightning's DistributedSampler
+            # repeats images to even the parts out: the test metrics and the report would count them twice). A rank
+            # may then run one batch fewer, which evaluation allows: DDP syncs its buffers on the first batch only
+            # and the metrics sync at the epoch's end. Lightning keeps a DistributedSampler as it is
+            sampler = UnrepeatedDistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=False)
+        else:
+            sampler = None
         return DataLoader(
             dataset,
             batch_size=h.batch_size,

@@ -88,13 +88,18 @@ class GPUBatches:
             if self.train
             else torch.arange(n, device=self.device)
         )
-        # as DistributedSampler does: wrap around so that every rank gets as many samples (DDP steps in lockstep)
-        per_rank = math.ceil(n / self.world_size)
-        order = torch.cat([order, order[: per_rank * self.world_size - n]])
+        if self.train:
+            # as DistributedSampler does: wrap around so that every rank gets as many samples (DDP steps in
+            # lockstep); evaluation sees each image once (see data/base.py)
+            order = torch.cat([order, order[: self._per_rank() * self.world_size - n]])
         return order[self.rank :: self.world_size]
 
+    def _per_rank(self) -> int:
+        n = len(self.images)
+        return math.ceil(n / self.world_size) if self.train else len(range(self.rank, n, self.world_size))
+
     def __len__(self) -> int:
-        per_rank = math.ceil(len(self.images) / self.world_size)
+        per_rank = self._per_rank()
         return per_rank // self.batch_size if self.drop_last else math.ceil(per_rank / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

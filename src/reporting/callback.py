@@ -14,6 +14,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.loggers import TensorBoardLogger
 from rich.console import Console
+from torchmetrics.utilities.distributed import gather_all_tensors
 
 from src.loggers import log_report_files
 from src.reporting import artefacts, attention, resumed_fit
@@ -137,10 +138,7 @@ class ReportCallback(L.Callback):
         test_seconds = time.perf_counter() - self._test_start
         # every rank takes part in the gathers; only rank 0 writes
         local = {"target": torch.cat(self._targets), "pred": torch.cat(self._preds), **self._wrong}
-        gathered = pl_module.all_gather(local)
-        # (ranks, n, ...) -> (ranks * n, ...). Not only when world_size > 1: DDP with one process (srun with
-        # one task, trainer=ddp trainer.devices=1) gathers into (1, n, ...) too, which made 2-D targets
-        gathered = {key: value.reshape(-1, *local[key].shape[1:]) for key, value in gathered.items()}
+        gathered = {key: _gather(value) for key, value in local.items()}
         peak = pl_module.all_gather(torch.tensor(_peak_memory_mib(pl_module.device), device=pl_module.device))
         if trainer.is_global_zero:
             self._write(
@@ -237,6 +235,14 @@ class ReportCallback(L.Callback):
         log.info(
             "Report, confusion matrix, curves, misclassified images and summary.json in %s", self.output_dir
         )
+
+
+def _gather(tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor` of every DDP rank, one after the other. Ranks may hold different numbers of rows: each tests its
+    own part of the test split, and the parts differ by one image when the split does not divide evenly."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return tensor
+    return torch.cat(gather_all_tensors(tensor))
 
 
 def _most_confident(kept: dict, new: dict, n: int) -> dict:
