@@ -22,6 +22,11 @@ log = logging.getLogger(__name__)
 KEPT_FROM_CHECKPOINT = ("image_size", "mean", "std", "interpolation", "seed")
 # ... and the eval transform's recipe, for the data sets that take one (data=imagefolder, csv: data.style)
 KEPT_WHERE_TAKEN = ("style",)
+# data sets whose data.num_classes is counted from the data (conf/data): counted again for another folder or manifest
+COUNTED_CLASSES = {
+    "src.data.imagefolder.ImageFolderDataModule": "${folder_num_classes:${data_dir}}",
+    "src.data.manifest.CSVDataModule": "${csv_num_classes:${csv_path},${label_column}}",
+}
 
 
 def data_config(chosen: DictConfig | None, trained: dict) -> DictConfig:
@@ -31,7 +36,10 @@ def data_config(chosen: DictConfig | None, trained: dict) -> DictConfig:
     if chosen is None:
         return OmegaConf.create(trained)
     if "_target_" not in chosen:  # data.<key>=... without data=<option> (see checkpoint_data_overrides)
-        return OmegaConf.merge(trained, OmegaConf.to_container(chosen, resolve=True))
+        merged = OmegaConf.merge(trained, OmegaConf.to_container(chosen, resolve=True))
+        if merged.get("_target_") in COUNTED_CLASSES and "num_classes" not in chosen:
+            merged.num_classes = COUNTED_CLASSES[merged._target_]
+        return merged
     given = HydraConfig.get().overrides.task if HydraConfig.initialized() else []
     chosen = chosen.copy()
     with open_dict(chosen):
@@ -49,6 +57,22 @@ def checkpoint_data_overrides(args: list[str]) -> list[str]:
     return [f"+{arg}" if arg.startswith("data.") else arg for arg in args]
 
 
+class SameClassesAsTrained(L.Callback):
+    """Another folder with as many classes under other names (or with one missing) would be scored against the
+    wrong labels: stopped before the first batch."""
+
+    def __init__(self, trained: list[str]):
+        self.trained = trained
+
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        found = list(getattr(trainer.datamodule, "class_names", None) or [])
+        if self.trained and found and found != self.trained:
+            raise UserError(
+                f"the data's classes ({', '.join(found[:10])}) are not the ones the checkpoint was trained on "
+                f"({', '.join(self.trained[:10])}): evaluate on data with the same class names"
+            )
+
+
 @exit_on_user_error
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     if OmegaConf.is_missing(cfg, "ckpt_path"):
@@ -61,12 +85,12 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     if datamodule.hparams.num_classes != model.hparams.num_classes:
         raise UserError(
             f"the checkpoint predicts {model.hparams.num_classes} classes but the data set has "
-            f"{datamodule.hparams.num_classes}: pick the data=... it was trained on"
+            f"{datamodule.hparams.num_classes}: evaluate on the data set (data=...) or folder it was trained on"
         )
     trainer: L.Trainer = instantiate(
         cfg.trainer,
         enable_checkpointing=False,  # nothing to save; and the report would take its state for the training run's
-        callbacks=instantiate_group(cfg.get("callbacks")),
+        callbacks=[*instantiate_group(cfg.get("callbacks")), SameClassesAsTrained(model.class_names)],
         logger=instantiate_loggers(cfg.get("logger")),
     )
     # with ckpt_path, callbacks get their state back too (the report callback: the training curves)

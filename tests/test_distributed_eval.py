@@ -55,6 +55,7 @@ def test_a_split_smaller_than_the_number_of_processes_is_a_user_error(loader):
         on_rank(digits(loader), rank=0, world_size=130).test_dataloader()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loader", ["torch", "gpu"])
 def test_ddp_report_counts_each_image_of_an_odd_test_split_once(loader, tmp_path):
     result = run_cli(

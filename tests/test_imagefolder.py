@@ -5,6 +5,7 @@ class imbalance (class weights, the balanced sampler) and the errors a user can 
 import csv
 import json
 import logging
+import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -312,6 +313,25 @@ def test_train_eval_predict_and_resume_on_a_folder(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     (summary,) = other_logs.glob("eval/**/summary.json")
     assert json.loads(summary.read_text())["class_counts"]["test"] == {"apple": 3, "banana": 3, "cherry": 3}
+    # a folder of other classes: one line, whether their number differs or only their names
+    (other / "test" / "cherry").rename(other / "test" / "plum")
+    for split in ("train", "val"):
+        (other / split / "cherry").rename(other / split / "plum")
+    shutil.copytree(other / "test" / "plum", other / "test" / "quince")
+    for split in ("train", "val"):
+        shutil.copytree(other / split / "plum", other / split / "quince")
+    wrong = run_cli("src.eval", f"ckpt_path={last}", f"data.data_dir={other}", f"paths.log_dir={other_logs}")
+    assert wrong.returncode == 2 and wrong.stderr.strip().splitlines()[-1] == (
+        "error: the checkpoint predicts 3 classes but the data set has 4: evaluate on the data set (data=...) or "
+        "folder it was trained on"
+    )
+    for split in ("train", "val", "test"):
+        shutil.rmtree(other / split / "quince")
+    wrong = run_cli("src.eval", f"ckpt_path={last}", f"data.data_dir={other}", f"paths.log_dir={other_logs}")
+    assert wrong.returncode == 2 and wrong.stderr.strip().splitlines()[-1] == (
+        "error: the data's classes (apple, banana, plum) are not the ones the checkpoint was trained on "
+        "(apple, banana, cherry): evaluate on data with the same class names"
+    )
 
 
 # a checkpoint's data config, as src.train saves it (hparams.data) for data=imagefolder
