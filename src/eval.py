@@ -11,9 +11,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from src.errors import UserError, exit_on_unknown_option, exit_on_user_error
-from src.loggers import instantiate_loggers
 from src.module import load_checkpoint
-from src.utils import instantiate_group, log_hyperparameters, metrics_to_floats
+from src.trainer import build_trainer
+from src.utils import log_hyperparameters, metrics_to_floats
 
 log = logging.getLogger(__name__)
 
@@ -87,12 +87,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
             f"the checkpoint predicts {model.hparams.num_classes} classes but the data set has "
             f"{datamodule.hparams.num_classes}: evaluate on the data set (data=...) or folder it was trained on"
         )
-    trainer: L.Trainer = instantiate(
-        cfg.trainer,
-        enable_checkpointing=False,  # nothing to save; and the report would take its state for the training run's
-        callbacks=[*instantiate_group(cfg.get("callbacks")), SameClassesAsTrained(model.class_names)],
-        logger=instantiate_loggers(cfg.get("logger")),
-    )
+    # nothing to save; and the report would take its state for the training run's
+    trainer = build_trainer(cfg, SameClassesAsTrained(model.class_names), enable_checkpointing=False)
     # with ckpt_path, callbacks get their state back too (the report callback: the training curves)
     trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = metrics_to_floats(trainer.callback_metrics)

@@ -10,16 +10,15 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from src.checks import check_values, needing_no_logger, optimized_value, optuna_sweep
+from src.checks import check_values, optimized_value, optuna_sweep
 from src.config_tree import show_config
 from src.errors import UserError, exit_on_unknown_option, exit_on_user_error
-from src.loggers import instantiate_loggers
 from src.nonfinite import DivergedTrial, NonFiniteLossError
 from src.resume import check_resume
 from src.run_guard import guarded_run
 from src.runs import find_checkpoint, one_job
-from src.upstream_fixes import RequeueAtBatchEnd
-from src.utils import instantiate_group, log_hyperparameters, metrics_to_floats
+from src.trainer import build_trainer
+from src.utils import log_hyperparameters, metrics_to_floats
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +50,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         L.seed_everything(cfg.seed, workers=True)
     datamodule: L.LightningDataModule = instantiate(cfg.data)
     model: L.LightningModule = instantiate(cfg.module)
-    loggers = instantiate_loggers(cfg.get("logger"))
-    trainer: L.Trainer = instantiate(
-        cfg.trainer,
-        callbacks=[*needing_no_logger(instantiate_group(cfg.get("callbacks")), loggers), RequeueAtBatchEnd()],
-        logger=loggers,
-    )
+    trainer = build_trainer(cfg)
     log_hyperparameters(trainer, cfg, model)
 
     if cfg.train:

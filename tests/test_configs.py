@@ -5,9 +5,8 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from src.loggers import instantiate_loggers
 from src.train import train
-from src.utils import instantiate_group
+from src.trainer import build_trainer
 from tests.conftest import CONF, TINY_VIT, compose_config
 
 
@@ -41,12 +40,7 @@ def test_every_option_composes_and_instantiates(group, option, tmp_path, request
     assert isinstance(instantiate(cfg.data), L.LightningDataModule)
     model = instantiate(cfg.module)
     assert model.hparams.num_classes == cfg.data.num_classes
-    trainer = instantiate(
-        cfg.trainer,
-        callbacks=instantiate_group(cfg.get("callbacks")),
-        logger=instantiate_loggers(cfg.get("logger")),
-    )
-    assert isinstance(trainer, L.Trainer)
+    assert isinstance(build_trainer(cfg), L.Trainer)
 
 
 def test_image_size_and_classes_flow_from_data_to_model(tmp_path):

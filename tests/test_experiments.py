@@ -7,7 +7,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from src.utils import instantiate_group
+from src.trainer import build_trainer
 from tests.conftest import compose_config
 from tests.test_configs import options
 
@@ -26,10 +26,7 @@ def test_every_experiment_builds_and_trains_a_step(experiment, tmp_path, digits_
     ):  # its teacher is a checkpoint to pass; tests/test_distillation.py trains with one
         cfg.distill = {"mode": "none"}
     assert isinstance(instantiate(cfg.data), L.LightningDataModule)
-    trainer = instantiate(
-        cfg.trainer, callbacks=instantiate_group(cfg.callbacks), logger=instantiate_group(cfg.logger)
-    )
-    assert isinstance(trainer, L.Trainer)
+    assert isinstance(build_trainer(cfg), L.Trainer)
     module = instantiate(cfg.module).train()
     trainable = [p for p in module.parameters() if p.requires_grad]
     optimizer = instantiate(cfg.optimizer)(params=trainable)

@@ -1,0 +1,21 @@
+"""The one place a Trainer is built from a run's config: src.train, src.eval and the tests that build a config's
+Trainer all come here (src.bench builds its own, without validation or checkpoints: `bench_trainer`)."""
+
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from src.checks import needing_no_logger
+from src.loggers import instantiate_loggers
+from src.upstream_fixes import RequeueAtBatchEnd
+from src.utils import instantiate_group
+
+
+def build_trainer(cfg: DictConfig, *callbacks: L.Callback, **settings) -> L.Trainer:
+    """conf/trainer with the run's `callbacks` and `logger` groups (a callback that needs a logger is left out
+    when there is none), the entry point's own `callbacks` and the upstream workarounds (src/upstream_fixes.py);
+    `settings` override conf/trainer's keys."""
+    loggers = instantiate_loggers(cfg.get("logger"))
+    configured = needing_no_logger(instantiate_group(cfg.get("callbacks")), loggers)
+    built = {"callbacks": [*configured, *callbacks, RequeueAtBatchEnd()], "logger": loggers}
+    return instantiate(cfg.trainer, **(built | settings))
