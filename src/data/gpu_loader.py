@@ -46,6 +46,7 @@ class GPUBatches:
         world_size: int = 1,
         drop_last: bool = False,
         epoch_of: Callable[[], int] | None = None,
+        resized_cache_bytes: int = 256 * 2**20,
     ):
         if images.dtype != torch.uint8 or images.ndim != 4 or len(images) != len(labels):
             raise ValueError(
@@ -64,6 +65,13 @@ class GPUBatches:
         self.epoch_of, self._passes = epoch_of, 0
         self._progress = {"epoch": 0, "batches": 0}  # of the epoch being served: what state_dict() returns
         self._resume: dict | None = None
+        # images that need resizing (digits' 8 px to 16) are resized and normalised once, as a hand-written loop
+        # would, when the floats fit `resized_cache_bytes`; larger sets (CIFAR at 224 px) are resized per batch
+        resized_bytes = len(images) * images.shape[1] * image_size**2 * 4
+        needs_resize = images.shape[-2:] != (image_size, image_size)
+        self._resized = (
+            self._normalised(images) if needs_resize and resized_bytes <= resized_cache_bytes else None
+        )
 
     def state_dict(self) -> dict:
         return dict(self._progress)
@@ -116,16 +124,21 @@ class GPUBatches:
             self._progress = {"epoch": epoch, "batches": i + 1}
             if self.train:
                 self._reseed(epoch, self.rank, i)
-            yield self.transform(self.images[batch]), self.labels[batch]
+            normalised = (
+                self._resized[batch] if self._resized is not None else self._normalised(self.images[batch])
+            )
+            yield self._augmented(normalised), self.labels[batch]
 
-    def transform(self, images: torch.Tensor) -> torch.Tensor:
+    def _normalised(self, images: torch.Tensor) -> torch.Tensor:
         x = images.float().div_(255)
         if x.shape[-2:] != (self.image_size, self.image_size):
             x = F.interpolate(
                 x, size=(self.image_size,) * 2, mode=self.interpolation, antialias=True, align_corners=False
             )
             x = x.clamp_(0, 1)  # bicubic overshoots; the uint8 images of the DataLoader path are clamped too
-        x = (x - self.mean) / self.std
+        return (x - self.mean) / self.std
+
+    def _augmented(self, x: torch.Tensor) -> torch.Tensor:
         if not self.train:
             return x
         if self.crop_padding:
