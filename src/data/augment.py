@@ -68,18 +68,19 @@ def erasing_transform(augment: dict) -> list:
     return [RandomErasing(p, mode="pixel", device="cpu")] if p > 0 else []
 
 
-def check_gpu_loader(augment: dict | None) -> None:
-    """data.loader=gpu augments whole batches on the device with its own pad-crop/flip/cutout: the per-image
-    policies (PIL/uint8 ops in the DataLoader) cannot run there, so they are refused rather than ignored."""
+def gpu_loader_refusal(augment: dict | None) -> str | None:
+    """Why data.loader=gpu cannot run `augment` (None: it can). It augments whole batches on the device with its
+    own pad-crop/flip/cutout: the per-image policies (PIL/uint8 ops in the DataLoader) cannot run there."""
     if not augment:
-        return
+        return None
     if augment.get("policy", "basic") != "basic":
-        raise UserError(
+        return (
             f"augment={augment['policy']} runs per image in the DataLoader: use data.loader=torch with it "
             "(data.loader=gpu does pad-crop, flip and data.cutout only)"
         )
     if augment.get("random_erasing", 0.0) > 0:
-        raise UserError(
+        return (
             f"augment.random_erasing={augment['random_erasing']} runs in the DataLoader: use data.loader=torch, "
             "or data.cutout=<side> with data.loader=gpu"
         )
+    return None

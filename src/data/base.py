@@ -10,7 +10,7 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from src.data.augment import check_augment, check_gpu_loader
+from src.data.augment import check_augment, gpu_loader_refusal
 from src.data.gpu_loader import GPUBatches
 from src.data.transforms import build_transforms
 from src.errors import UserError
@@ -93,24 +93,39 @@ class ImageDataModule(L.LightningDataModule):
         Data sets small enough for that override it."""
         raise NotImplementedError
 
+    @classmethod
+    def fits_in_memory(cls) -> bool:
+        """Whether the data set can be one uint8 tensor (it implements in_memory), as data.loader=gpu needs."""
+        return cls.in_memory is not ImageDataModule.in_memory
+
+    def loader_kind(self) -> str:
+        """data.loader, with `auto` decided: gpu (the GPU-resident loader, also on a CPU) when the data set fits in
+        memory and its augmentation runs on whole batches, else torch (a DataLoader)."""
+        h = self.hparams
+        if h.loader != "auto":
+            return h.loader
+        return "gpu" if self.fits_in_memory() and gpu_loader_refusal(h.augment) is None else "torch"
+
     def _check_loader(self) -> None:
         # here, not in __init__: Hydra would wrap the error of a constructor in its own
         h = self.hparams
-        if h.loader not in ("torch", "gpu"):
+        if h.loader not in ("torch", "gpu", "auto"):
             raise UserError(
-                f"data.loader={h.loader} is unknown: use data.loader=torch (DataLoader) or data.loader=gpu"
+                f"data.loader={h.loader} is unknown: use data.loader=torch (DataLoader), data.loader=gpu or "
+                "data.loader=auto (gpu where the data set and its augmentation allow it)"
             )
+        loader = self.loader_kind()
         if not 0 <= h.cutout < h.image_size:
             raise UserError(
                 f"data.cutout={h.cutout} must be between 0 (off) and data.image_size={h.image_size}"
             )
-        if h.cutout and h.loader != "gpu":
+        if h.cutout and loader != "gpu":
             raise UserError(
                 f"data.cutout={h.cutout} is applied by the GPU-resident loader only: add data.loader=gpu"
             )
-        if h.loader == "gpu":
-            check_gpu_loader(h.augment)
-        if h.loader == "gpu" and type(self).in_memory is ImageDataModule.in_memory:
+        if loader == "gpu" and (refusal := gpu_loader_refusal(h.augment)):
+            raise UserError(refusal)
+        if loader == "gpu" and not self.fits_in_memory():
             raise UserError(
                 f"data.loader=gpu needs a data set that fits in memory as one uint8 tensor (cifar10, digits); "
                 f"{type(self).__name__} reads images of varying sizes from disk: use data.loader=torch"
@@ -129,7 +144,7 @@ class ImageDataModule(L.LightningDataModule):
                 f"a validation or test split of {len(dataset)} images cannot give each of the {world_size} "
                 "processes one: make data.val_size / data.test_size larger, or use fewer trainer.devices"
             )
-        if h.loader == "gpu":
+        if self.loader_kind() == "gpu":
             images, labels = self.in_memory(dataset)
             # the recipe of transforms.py ('cifar': pad-crop + flip, 'digits': pad-crop), on whole batches
             return GPUBatches(
