@@ -1,0 +1,290 @@
+"""The quickstart (`make train`) against a hand-written PyTorch loop doing the same work: what the framework costs
+on the job a new user runs first, whole process included (imports, data, 60 epochs, validation, test, files).
+
+    python -m src.bench_quickstart --repeats 3                  # make train's command vs the loop, whole process
+    python -m src.bench_quickstart --repeats 3 trainer.max_epochs=1   # short runs, where start-up dominates
+    python -m src.bench_quickstart --growth                     # s/epoch against training-set and batch size
+
+The hand-written loop is what a careful user writes in a notebook: the same VisionTransformer and settings, read
+from the composed quickstart config; scikit-learn's digits, the same seeded split, upscaled to the image size once
+and normalised; a reflect-padded random crop per image done on each batch tensor; AdamW without weight decay on
+biases, norms and embeddings; warm-up + cosine per step; validation every epoch; the best epoch's weights saved
+and tested. No logger, checkpoint of the last epoch, report or pictures: those are what the framework adds.
+Runs alternate (framework, loop, framework, ...) and the table shows medians of wall and CPU seconds.
+"""
+
+import argparse
+import json
+import math
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+QUICKSTART = ["experiment=quickstart"]
+
+
+def quickstart_config(overrides: list[str]):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("train", overrides=[*QUICKSTART, *overrides], return_hydra_config=True)
+
+
+def loop_settings(cfg) -> dict:
+    """What the hand-written loop needs of the composed config, as plain values (it imports no Hydra)."""
+    from omegaconf import OmegaConf
+
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+    for key in ("_target_", "compile", "channels_last"):
+        model.pop(key, None)
+    data, optimizer, schedule = cfg.data, cfg.optimizer, cfg.scheduler.schedule
+    return {
+        "model": model,
+        **{key: data[key] for key in ("image_size", "batch_size", "val_size", "test_size")},
+        "mean": list(data.mean), "std": list(data.std), "seed": cfg.seed,
+        "lr": optimizer.lr, "weight_decay": optimizer.weight_decay, "betas": list(optimizer.betas),
+        "warmup_fraction": schedule.warmup_fraction, "min_lr_ratio": schedule.min_lr_ratio,
+        "epochs": cfg.trainer.max_epochs,
+    }  # fmt: skip
+
+
+def random_crop(images: torch.Tensor, padding: int) -> torch.Tensor:
+    """Each image's own window of the reflect-padded batch."""
+    n, _, h, w = images.shape
+    padded = F.pad(images, (padding,) * 4, mode="reflect")
+    top = torch.randint(0, 2 * padding + 1, (n, 1, 1, 1))
+    left = torch.randint(0, 2 * padding + 1, (n, 1, 1, 1))
+    rows = (top + torch.arange(h).view(1, 1, h, 1)).expand(-1, padded.shape[1], -1, padded.shape[3])
+    windows = padded.gather(2, rows)
+    cols = (left + torch.arange(w).view(1, 1, 1, w)).expand(-1, windows.shape[1], h, -1)
+    return windows.gather(3, cols)
+
+
+def hand_written_fit(settings: dict, train_repeats: int = 1) -> dict:
+    """Trains, validates every epoch, keeps the best epoch's weights on disk, tests them."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    from src.models.vit import VisionTransformer
+
+    s = settings
+    torch.manual_seed(s["seed"])
+    digits = load_digits()
+    images = torch.from_numpy(digits.images).float().div(16).unsqueeze(1).expand(-1, 3, -1, -1)
+    images = F.interpolate(images, size=(s["image_size"],) * 2, mode="bilinear", antialias=True).clamp(0, 1)
+    images = (images - torch.tensor(s["mean"]).view(1, 3, 1, 1)) / torch.tensor(s["std"]).view(1, 3, 1, 1)
+    labels = torch.from_numpy(digits.target)
+    indices = range(len(labels))
+    rest, test = train_test_split(indices, test_size=s["test_size"], stratify=labels, random_state=s["seed"])
+    train, val = train_test_split(
+        rest, test_size=s["val_size"], stratify=labels[rest], random_state=s["seed"]
+    )
+    train = torch.tensor(train).repeat(train_repeats)
+
+    model = VisionTransformer(**s["model"])
+    no_decay = model.no_weight_decay()
+    params = {name: p for name, p in model.named_parameters()}
+    decay = [p for name, p in params.items() if p.ndim > 1 and name not in no_decay]
+    rest_params = [p for name, p in params.items() if p.ndim <= 1 or name in no_decay]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay}, {"params": rest_params, "weight_decay": 0.0}],
+        lr=s["lr"], weight_decay=s["weight_decay"], betas=s["betas"],
+    )  # fmt: skip
+    batch_size, epochs = s["batch_size"], s["epochs"]
+    total = epochs * math.ceil(len(train) / batch_size)
+    warmup = max(1, int(s["warmup_fraction"] * total))
+
+    def lr_factor(step: int) -> float:
+        if step < warmup:
+            return 1e-3 + (1 - 1e-3) * step / warmup
+        cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+        return s["min_lr_ratio"] + (1 - s["min_lr_ratio"]) * cosine
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    padding = max(1, s["image_size"] // 8)  # the digits recipe of src/data/transforms.py
+
+    @torch.no_grad()
+    def accuracy(split) -> float:
+        model.eval()
+        correct = sum(
+            (model(images[batch]).argmax(1) == labels[batch]).sum().item()
+            for batch in torch.tensor(split).split(batch_size)
+        )
+        return correct / len(split)
+
+    best_acc, epoch_seconds = -1.0, []
+    with tempfile.TemporaryDirectory() as folder:
+        best_path = Path(folder) / "best.pt"
+        for _ in range(epochs):
+            start = time.perf_counter()
+            model.train()
+            for batch in train[torch.randperm(len(train))].split(batch_size):
+                loss = F.cross_entropy(model(random_crop(images[batch], padding)), labels[batch])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+            val_acc = accuracy(val)
+            if val_acc > best_acc:
+                best_acc = val_acc
+                torch.save(model.state_dict(), best_path)
+            epoch_seconds.append(time.perf_counter() - start)
+        model.load_state_dict(torch.load(best_path))
+        return {"test_acc": accuracy(test), "best_val_acc": best_acc, "epoch_seconds": epoch_seconds}
+
+
+class EpochTimer:
+    """Wall seconds of each training epoch, its validation included (as the loop's epoch_seconds)."""
+
+    def __init__(self):
+        import lightning as L
+
+        class Timer(L.Callback):
+            def on_train_epoch_start(timer, *args):
+                timer.start = time.perf_counter()
+
+            def on_validation_end(timer, trainer, *args):
+                if not trainer.sanity_checking:
+                    self.seconds.append(time.perf_counter() - timer.start)
+
+        self.seconds: list[float] = []
+        self.callback = Timer()
+
+
+def framework_fit(overrides: list[str], train_repeats: int = 1) -> list[float]:
+    """The quickstart's Trainer (its callbacks and logger, as src.train builds it) fitting the quickstart's
+    module, with the training set repeated `train_repeats` times: seconds of each epoch."""
+    from hydra.utils import instantiate
+
+    from src.data.base import TransformedSubset
+    from src.trainer import build_trainer
+
+    with tempfile.TemporaryDirectory() as folder:
+        cfg = quickstart_config([*overrides, f"paths.output_dir={folder}", f"paths.log_dir={folder}"])
+        torch.manual_seed(cfg.seed)
+        datamodule = instantiate(cfg.data)
+        datamodule.setup("fit")
+        train = datamodule.data_train
+        datamodule.data_train = TransformedSubset(
+            train.dataset, list(train.indices) * train_repeats, train.transform
+        )
+        timer = EpochTimer()
+        trainer = build_trainer(cfg, timer.callback)
+        trainer.fit(instantiate(cfg.module), datamodule=datamodule)
+    return timer.seconds
+
+
+def timed_process(command: list[str]) -> tuple[float, float, str]:
+    """Wall and CPU seconds (its own and its children's) of a command, and what it printed."""
+    before, start = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True)
+    wall, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_CHILDREN)
+    if done.returncode:
+        sys.exit(f"error: {' '.join(command)} failed:\n{done.stderr[-3000:]}")
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return wall, cpu, done.stdout
+
+
+def framework_process(overrides: list[str]) -> dict:
+    with tempfile.TemporaryDirectory() as folder:
+        command = [sys.executable, "-m", "src.train", *QUICKSTART, f"paths.log_dir={folder}", *overrides]
+        wall, cpu, _ = timed_process(command)
+        summary = json.loads(next(Path(folder).glob("**/summary.json")).read_text())
+    return {
+        "wall": wall,
+        "cpu": cpu,
+        "test_acc": summary["test"]["test/acc"],
+        "epoch": summary["seconds_per_epoch"],
+    }
+
+
+def loop_process(settings: dict) -> dict:
+    wall, cpu, printed = timed_process(
+        [sys.executable, "-m", "src.bench_quickstart", "--hand-written", json.dumps(settings)]
+    )
+    result = json.loads(printed.splitlines()[-1])
+    return {
+        "wall": wall,
+        "cpu": cpu,
+        "test_acc": result["test_acc"],
+        "epoch": statistics.mean(result["epoch_seconds"]),
+    }
+
+
+def median_of(runs: list[dict], key: str) -> float:
+    return statistics.median(run[key] for run in runs)
+
+
+def whole_process(overrides: list[str], repeats: int) -> None:
+    settings = loop_settings(quickstart_config(overrides))
+    ours, loop = [], []
+    for repeat in range(repeats):
+        ours.append(framework_process(overrides))
+        loop.append(loop_process(settings))
+        print(f"# run {repeat + 1}: vitlab {ours[-1]}, hand-written {loop[-1]}", file=sys.stderr, flush=True)
+    print(
+        f"{settings['epochs']} epochs, batch {settings['batch_size']}, {repeats} runs each, alternating; medians"
+    )
+    print("| | wall s | CPU s | s/epoch | test acc (each run) |\n|---|---|---|---|---|")
+    for name, runs in (
+        ("vitlab: python -m src.train experiment=quickstart", ours),
+        ("hand-written loop", loop),
+    ):
+        accs = ", ".join(f"{run['test_acc']:.4f}" for run in runs)
+        print(f"| {name} | {median_of(runs, 'wall'):.1f} | {median_of(runs, 'cpu'):.1f} | "
+              f"{median_of(runs, 'epoch'):.3f} | {accs} |")  # fmt: skip
+    ratios = [median_of(ours, key) / median_of(loop, key) for key in ("wall", "cpu", "epoch")]
+    print("| ratio | {:.3f} | {:.3f} | {:.3f} | |".format(*ratios))
+
+
+def growth(extra: list[str], epochs: int) -> None:
+    """Seconds per epoch (median of epochs after the first) against the training set's size and the batch size."""
+    settings = loop_settings(quickstart_config([*extra, f"trainer.max_epochs={epochs}"]))
+    rows = []
+    for repeats, batch in ((1, 64), (4, 64), (16, 64), (1, 16), (1, 256)):
+        overrides = [*extra, f"trainer.max_epochs={epochs}", f"data.batch_size={batch}"]
+        ours = statistics.median(framework_fit(overrides, repeats)[1:])
+        loop = statistics.median(
+            hand_written_fit({**settings, "batch_size": batch}, repeats)["epoch_seconds"][1:]
+        )
+        steps = math.ceil(1257 * repeats / batch)  # the quickstart's training split: 1 257 images
+        rows.append(f"| {repeats}x digits | {batch} | {ours:.3f} | {loop:.3f} | {ours / loop:.3f} | "
+                    f"{(ours - loop) / steps * 1000:.2f} |")  # fmt: skip
+    print(f"s/epoch (median of epochs 2..{epochs}, validation included)")
+    print("| training set | batch | vitlab | hand-written | ratio | vitlab - hand-written per step (ms) |")
+    print("|---|---|---|---|---|---|")
+    print("\n".join(rows))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "overrides", nargs="*", help="Hydra overrides for both sides, e.g. trainer.max_epochs=1"
+    )
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each, alternating")
+    parser.add_argument("--growth", action="store_true", help="s/epoch against training-set and batch size")
+    parser.add_argument("--growth-epochs", type=int, default=4)
+    parser.add_argument(
+        "--hand-written", metavar="SETTINGS", help=argparse.SUPPRESS
+    )  # the loop's own process
+    args = parser.parse_args()
+    if args.hand_written:
+        print(json.dumps(hand_written_fit(json.loads(args.hand_written))))
+    elif args.growth:
+        growth(args.overrides, args.growth_epochs)
+    else:
+        whole_process(args.overrides, args.repeats)
+
+
+if __name__ == "__main__":
+    main()
