@@ -28,7 +28,9 @@ import torch
 import torch.nn.functional as F
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-QUICKSTART = ["experiment=quickstart"]
+QUICKSTART = ["experiment=quickstart", "~callbacks.rich_progress_bar"]
+# --growth: (times the training set is repeated, batch size)
+GROWTH_POINTS = ((1, 64), (4, 64), (16, 64), (1, 16), (1, 256))
 
 
 def quickstart_config(overrides: list[str]):
@@ -249,7 +251,7 @@ def growth(extra: list[str], epochs: int) -> None:
     """Seconds per epoch (median of epochs after the first) against the training set's size and the batch size."""
     settings = loop_settings(quickstart_config([*extra, f"trainer.max_epochs={epochs}"]))
     rows = []
-    for repeats, batch in ((1, 64), (4, 64), (16, 64), (1, 16), (1, 256)):
+    for repeats, batch in GROWTH_POINTS:
         overrides = [*extra, f"trainer.max_epochs={epochs}", f"data.batch_size={batch}"]
         ours = statistics.median(framework_fit(overrides, repeats)[1:])
         loop = statistics.median(
