@@ -11,6 +11,7 @@ from src.maps import attention_layers, gradcam_layer, heatmaps, rollout, split_t
 from src.models.keras_cnn import KerasCNN
 from src.models.timm_models import vision_transformer
 from src.models.vit import VisionTransformer
+from src.reporting.artefacts import displayable
 from src.reporting.attention import plot_test_attention
 from src.train import train
 from tests.conftest import QUICK, TINY_VIT, compose_config
@@ -145,6 +146,9 @@ def test_the_reports_attention_grid_runs_gradcam_inside_lightnings_inference_mod
         fig = plot_test_attention(
             model, wrong, right, ["a", "b", "c"], [0.5] * 3, [0.5] * 3, tmp_path / "a.png"
         )
-    assert "Grad-CAM" in fig.texts[0].get_text() and len(fig.axes[0].images) == 2  # image + heat map
+    assert "Grad-CAM" in fig.texts[0].get_text()
+    (picture,) = fig.axes[0].images  # the image with its heat map blended in
+    plain = displayable(images[:1], [0.5] * 3, [0.5] * 3)[0]
+    assert picture.get_array().shape == plain.shape and not np.allclose(picture.get_array(), plain, atol=0.05)
     assert [ax.get_title().split(" - ")[0] for ax in fig.axes[:3]] == ["wrong", "wrong", "right"]
     assert (tmp_path / "a.png").is_file()

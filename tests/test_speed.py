@@ -162,12 +162,6 @@ def test_loader_auto_batches_in_memory_unless_the_augmentation_runs_per_image(
     assert isinstance(dm.train_dataloader(), expected) and isinstance(dm.val_dataloader(), expected)
 
 
-def test_the_quickstart_batches_in_memory_and_falls_back_for_per_image_policies(tmp_path):
-    for overrides, expected in (([], "gpu"), (["augment=randaugment"], "torch")):
-        cfg = compose_config("train", ["experiment=quickstart", *overrides], tmp_path)
-        assert instantiate(cfg.data).loader_kind() == expected
-
-
 @pytest.mark.parametrize("loader", ["torch", "gpu"])
 def test_a_last_training_batch_of_one_image_is_dropped(loader):
     """BatchNorm cannot train on one image: 1 257 training digits at batch 8 would leave one in the last batch."""

@@ -140,6 +140,19 @@ def displayable(images: torch.Tensor, mean: Sequence[float], std: Sequence[float
     return shown.clamp(0, 1).permute(0, 2, 3, 1).numpy()
 
 
+def image_grid(n: int, cols: int = 4) -> tuple[Figure, np.ndarray]:
+    """A figure of `n` image panels, 3 inches each with room for a two-line title, axes off. Fixed margins
+    rather than a layout engine: constrained layout made drawing a 20-image grid half again as slow."""
+    cols = max(1, min(n, cols))
+    rows = max(1, -(-n // cols))
+    height = 3.3 * rows + 0.7  # inches: the panels, and the figure's title above the first row's
+    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, height), squeeze=False)
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - 1.0 / height, wspace=0.05, hspace=0.25)
+    for ax in axes.flat:
+        ax.axis("off")
+    return fig, axes
+
+
 def plot_misclassified(
     images: torch.Tensor,
     y_true: Sequence[int],
@@ -151,17 +164,12 @@ def plot_misclassified(
     path: Path,
 ) -> Figure:
     """A grid of normalised (N, C, H, W) images, un-normalised with the data set's mean/std for display."""
-    n = len(images)
-    cols = min(n, 4) or 1
-    rows = max(1, -(-n // cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3.3 * rows), squeeze=False, layout="constrained")
+    fig, axes = image_grid(len(images))
     shown = displayable(images, mean, std)
-    for ax in axes.flat:
-        ax.axis("off")
     for ax, image, true, pred, p in zip(axes.flat, shown, y_true, y_pred, confidence, strict=False):
         ax.imshow(image, interpolation="nearest")
         ax.set_title(f"true: {class_names[true]}\npred: {class_names[pred]} ({p:.0%})", fontsize=9)
-    if n == 0:
+    if len(images) == 0:
         axes[0, 0].text(0.5, 0.5, "no misclassified test images", ha="center", va="center")
     fig.suptitle("Most confidently wrong test images")
     fig.savefig(path, dpi=100)

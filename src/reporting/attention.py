@@ -4,15 +4,17 @@ attention.png (the most confidently wrong test images and a few right ones, each
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import torch
+from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from src import maps
-from src.reporting.artefacts import displayable
+from src.reporting.artefacts import displayable, image_grid
 
 # right test images shown after the wrong ones in attention.png
 NUM_RIGHT = 4
+# the heat map's weight over the image
+HEAT_ALPHA = 0.45
 
 
 def plot_overlays(
@@ -26,17 +28,14 @@ def plot_overlays(
     cols: int = 4,
 ) -> Figure:
     """Normalised (N, C, H, W) images, each under its (N, H, W) map in [0, 1] (jet, half transparent)."""
-    n = len(images)
-    cols = max(1, min(n, cols))
-    rows = max(1, -(-n // cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3.3 * rows), squeeze=False, layout="constrained")
-    for ax in axes.flat:
-        ax.axis("off")
+    fig, axes = image_grid(len(images), cols)
+    jet = colormaps["jet"]
     for ax, image, mask, text in zip(axes.flat, displayable(images, mean, std), heat, titles, strict=False):
-        ax.imshow(image, interpolation="nearest")
-        ax.imshow(mask.numpy(), cmap="jet", alpha=0.45, vmin=0, vmax=1, interpolation="bilinear")
+        # blended here, one picture per panel: two layers with alpha took matplotlib twice as long to draw
+        blended = (1 - HEAT_ALPHA) * image + HEAT_ALPHA * jet(mask.numpy())[..., :3]
+        ax.imshow(blended.clip(0, 1), interpolation="nearest")
         ax.set_title(text, fontsize=9)
-    if n == 0:
+    if len(images) == 0:
         axes[0, 0].text(0.5, 0.5, "no images", ha="center", va="center")
     if title:
         fig.suptitle(title)
