@@ -25,8 +25,8 @@ from PIL import Image
 PACKAGES = ("torch", "torchvision", "timm", "lightning", "hydra", "onnxruntime", "numpy", "PIL", "rich")
 
 
-def run(args: list[str], env: dict) -> tuple[float, float, str]:
-    """Wall and CPU seconds of one child process, and its stderr."""
+def run(args: list[str], env: dict | None = None) -> tuple[float, float, subprocess.CompletedProcess]:
+    """Wall and CPU seconds of one child process (`python <args>`), and what it printed."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     result = subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True)
@@ -35,7 +35,7 @@ def run(args: list[str], env: dict) -> tuple[float, float, str]:
     if result.returncode:
         sys.exit(f"error: {' '.join(args)} failed:\n{result.stderr[-2000:]}")
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return wall, cpu, result.stderr
+    return wall, cpu, result
 
 
 def import_seconds(stderr: str) -> dict[str, float]:
@@ -90,7 +90,7 @@ def main() -> None:
             wall, cpu, _ = run(command, env)
             walls.append(wall)
             cpus.append(cpu)
-        imports = import_seconds(run(["-X", "importtime", *command], env)[2])
+        imports = import_seconds(run(["-X", "importtime", *command], env)[2].stderr)
         shown = ", ".join(f"{name} {imports[name]:.2f}" for name in PACKAGES if name in imports)
         print(
             f"| {label} | {statistics.median(walls):.2f} ({min(walls):.2f}-{max(walls):.2f}) "

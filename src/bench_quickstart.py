@@ -16,9 +16,8 @@ Runs alternate (framework, loop, framework, ...) and the table shows medians of 
 import argparse
 import json
 import math
-import resource
+import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -184,21 +183,11 @@ def framework_fit(overrides: list[str], train_repeats: int = 1) -> list[float]:
     return timer.seconds
 
 
-def timed_process(command: list[str]) -> tuple[float, float, str]:
-    """Wall and CPU seconds (its own and its children's) of a command, and what it printed."""
-    before, start = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True)
-    wall, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_CHILDREN)
-    if done.returncode:
-        sys.exit(f"error: {' '.join(command)} failed:\n{done.stderr[-3000:]}")
-    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
-    return wall, cpu, done.stdout
-
-
 def framework_process(overrides: list[str]) -> dict:
+    from src.bench_predict import run  # here: the loop's own process imports only what the loop needs
+
     with tempfile.TemporaryDirectory() as folder:
-        command = [sys.executable, "-m", "src.train", *QUICKSTART, f"paths.log_dir={folder}", *overrides]
-        wall, cpu, _ = timed_process(command)
+        wall, cpu, _ = run(["-m", "src.train", *QUICKSTART, f"paths.log_dir={folder}", *overrides])
         summary = json.loads(next(Path(folder).glob("**/summary.json")).read_text())
     return {
         "wall": wall,
@@ -209,10 +198,10 @@ def framework_process(overrides: list[str]) -> dict:
 
 
 def loop_process(settings: dict) -> dict:
-    wall, cpu, printed = timed_process(
-        [sys.executable, "-m", "src.bench_quickstart", "--hand-written", json.dumps(settings)]
-    )
-    result = json.loads(printed.splitlines()[-1])
+    from src.bench_predict import run
+
+    wall, cpu, done = run(["-m", "src.bench_quickstart", "--hand-written", json.dumps(settings)])
+    result = json.loads(done.stdout.splitlines()[-1])
     return {
         "wall": wall,
         "cpu": cpu,
@@ -225,32 +214,41 @@ def median_of(runs: list[dict], key: str) -> float:
     return statistics.median(run[key] for run in runs)
 
 
-def whole_process(overrides: list[str], repeats: int) -> None:
+def whole_process(overrides: list[str], repeats: int) -> list[str]:
+    """The markdown table of `repeats` alternating whole-process runs of each side."""
     settings = loop_settings(quickstart_config(overrides))
     ours, loop = [], []
     for repeat in range(repeats):
         ours.append(framework_process(overrides))
         loop.append(loop_process(settings))
         print(f"# run {repeat + 1}: vitlab {ours[-1]}, hand-written {loop[-1]}", file=sys.stderr, flush=True)
-    print(
-        f"{settings['epochs']} epochs, batch {settings['batch_size']}, {repeats} runs each, alternating; medians"
-    )
-    print("| | wall s | CPU s | s/epoch | test acc (each run) |\n|---|---|---|---|---|")
+    lines = [
+        f"{settings['epochs']} epochs, batch {settings['batch_size']}, {repeats} runs each, alternating; medians",
+        "",
+        "| | wall s | CPU s | s/epoch | test acc (each run) |",
+        "|---|---|---|---|---|",
+    ]
     for name, runs in (
         ("vitlab: python -m src.train experiment=quickstart", ours),
         ("hand-written loop", loop),
     ):
         accs = ", ".join(f"{run['test_acc']:.4f}" for run in runs)
-        print(f"| {name} | {median_of(runs, 'wall'):.1f} | {median_of(runs, 'cpu'):.1f} | "
-              f"{median_of(runs, 'epoch'):.3f} | {accs} |")  # fmt: skip
+        lines.append(f"| {name} | {median_of(runs, 'wall'):.1f} | {median_of(runs, 'cpu'):.1f} | "
+                     f"{median_of(runs, 'epoch'):.3f} | {accs} |")  # fmt: skip
     ratios = [median_of(ours, key) / median_of(loop, key) for key in ("wall", "cpu", "epoch")]
-    print("| ratio | {:.3f} | {:.3f} | {:.3f} | |".format(*ratios))
+    return [*lines, "| ratio | {:.3f} | {:.3f} | {:.3f} | |".format(*ratios)]
 
 
-def growth(extra: list[str], epochs: int) -> None:
-    """Seconds per epoch (median of epochs after the first) against the training set's size and the batch size."""
+def growth(extra: list[str], epochs: int) -> list[str]:
+    """The markdown table of seconds per epoch (median of epochs after the first) against the training set's size
+    and the batch size, in one process."""
     settings = loop_settings(quickstart_config([*extra, f"trainer.max_epochs={epochs}"]))
-    rows = []
+    lines = [
+        f"s/epoch (median of epochs 2..{epochs}, validation included)",
+        "",
+        "| training set | batch | vitlab | hand-written | ratio | vitlab - hand-written per step (ms) |",
+        "|---|---|---|---|---|---|",
+    ]
     for repeats, batch in GROWTH_POINTS:
         overrides = [*extra, f"trainer.max_epochs={epochs}", f"data.batch_size={batch}"]
         ours = statistics.median(framework_fit(overrides, repeats)[1:])
@@ -258,12 +256,9 @@ def growth(extra: list[str], epochs: int) -> None:
             hand_written_fit({**settings, "batch_size": batch}, repeats)["epoch_seconds"][1:]
         )
         steps = math.ceil(1257 * repeats / batch)  # the quickstart's training split: 1 257 images
-        rows.append(f"| {repeats}x digits | {batch} | {ours:.3f} | {loop:.3f} | {ours / loop:.3f} | "
-                    f"{(ours - loop) / steps * 1000:.2f} |")  # fmt: skip
-    print(f"s/epoch (median of epochs 2..{epochs}, validation included)")
-    print("| training set | batch | vitlab | hand-written | ratio | vitlab - hand-written per step (ms) |")
-    print("|---|---|---|---|---|---|")
-    print("\n".join(rows))
+        lines.append(f"| {repeats}x digits | {batch} | {ours:.3f} | {loop:.3f} | {ours / loop:.3f} | "
+                     f"{(ours - loop) / steps * 1000:.2f} |")  # fmt: skip
+    return lines
 
 
 def main() -> None:
@@ -276,16 +271,29 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="runs of each, alternating")
     parser.add_argument("--growth", action="store_true", help="s/epoch against training-set and batch size")
     parser.add_argument("--growth-epochs", type=int, default=4)
+    parser.add_argument("--out", type=Path, help="append the table, with the command and the machine's load")
     parser.add_argument(
         "--hand-written", metavar="SETTINGS", help=argparse.SUPPRESS
     )  # the loop's own process
     args = parser.parse_args()
     if args.hand_written:
         print(json.dumps(hand_written_fit(json.loads(args.hand_written))))
-    elif args.growth:
+        return
+    load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
+    table = (
         growth(args.overrides, args.growth_epochs)
-    else:
-        whole_process(args.overrides, args.repeats)
+        if args.growth
+        else whole_process(args.overrides, args.repeats)
+    )
+    print("\n".join(table))
+    if args.out:
+        command = " ".join(["python -m src.bench_quickstart", *sys.argv[1:]])
+        ending = ", ".join(f"{value:.2f}" for value in os.getloadavg())
+        section = [f"### {command}", "", f"- {os.cpu_count()} CPU cores; load average (1, 5, 15 min) at the start "
+                   f"{load}, at the end {ending}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
+                   f"torch {torch.__version__}", "", *table, ""]  # fmt: skip
+        with args.out.open("a") as file:
+            file.write("\n".join(section) + "\n")
 
 
 if __name__ == "__main__":
