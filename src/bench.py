@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from src.data.base import TransformedSubset
 from src.data.gpu_loader import GPUBatches
 from src.data.transforms import build_transforms
-from src.flops import flop_counter
+from src.flops import measure_flops
 from src.module import ClassifierModule
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -249,11 +249,11 @@ class PeakMemory:
 
 
 def train_flops(module, images, labels, cfg, device: str) -> int:
-    """Model FLOPs of one training step (forward + backward), counted by torch.utils.flop_counter."""
-    with flop_counter() as counter, autocast(cfg, device):
-        module.criterion(module(images), labels).backward()
+    """Model FLOPs of one training step (forward + backward) on `images`, in the config's precision."""
+    with autocast(cfg, device):
+        flops = measure_flops(module, lambda: module(images), lambda logits: module.criterion(logits, labels))
     module.zero_grad(set_to_none=True)
-    return counter.get_total_flops()
+    return flops
 
 
 def bench_model(name: str, image_size: int, args) -> dict | None:
