@@ -16,7 +16,9 @@ import statistics
 
 import torch
 
-from src.bench import build_module, gpu_batches, markdown, model_config, raw_rate, synthetic
+from src.bench.fit_vs_raw import raw_rate
+from src.bench.report import markdown
+from src.bench.workload import build_module, gpu_batches, model_config, synthetic
 from src.errors import exit_on_user_error
 from src.flops import measure_flops
 
