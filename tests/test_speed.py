@@ -7,6 +7,8 @@ import re
 import pytest
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.loggers import TensorBoardLogger
+from omegaconf import OmegaConf
 
 import src.module
 from src import bench
@@ -15,6 +17,7 @@ from src.data.cifar10 import CIFAR10DataModule
 from src.data.digits import DigitsDataModule
 from src.data.gpu_loader import GPUBatches
 from src.train import train
+from src.trainer import build_trainer
 from tests.conftest import QUICK, TINY_VIT, compose_config
 
 PLAIN = dict(mean=[0.0] * 3, std=[1.0] * 3)  # normalised value = pixel / 255
@@ -242,6 +245,20 @@ def test_fused_optimizer_setting(fused, device, expected, tmp_path, monkeypatch)
         monkeypatch.undo()
         assert bool(module.configure_optimizers().defaults["fused"]) is expected
     assert isinstance(optimizer, torch.optim.AdamW)
+
+
+def test_the_bench_times_the_trainer_a_user_run_gets(tmp_path):
+    """src.bench's Trainer is src.train's (src/trainer.py): conf/trainer, the logger group and the upstream
+    workarounds, only without validation, checkpoints or progress bar."""
+    cfg = workload.model_config("vit", 16, "cpu", TINY_VIT)
+    timed = workload.bench_trainer(cfg, "cpu", str(tmp_path), max_epochs=1)
+    user_run = build_trainer(OmegaConf.merge(cfg, {"paths": {"output_dir": str(tmp_path)}}))
+    ours = [type(c) for c in timed.callbacks if type(c).__module__.startswith("src.")]
+    assert ours and ours == [type(c) for c in user_run.callbacks if type(c).__module__.startswith("src.")]
+    assert isinstance(timed.logger, TensorBoardLogger) and timed.logger.save_dir == f"{tmp_path}/tensorboard"
+    assert timed.log_every_n_steps == cfg.trainer.log_every_n_steps and timed.precision == "32-true"
+    assert timed.limit_val_batches == 0 and timed.checkpoint_callback is None
+    assert timed.progress_bar_callback is None
 
 
 def test_bench_runs_end_to_end(tmp_path, capsys):

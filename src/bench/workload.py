@@ -1,5 +1,5 @@
 """What every measurement runs: a conf/model config as src.train composes it, its module, synthetic CIFAR-shaped
-data, and the Trainer or the autocast a raw loop needs."""
+data, and the Trainer (src/trainer.py's `build_trainer`, as a user run's) or the autocast a raw loop needs."""
 
 from contextlib import nullcontext
 from pathlib import Path
@@ -7,26 +7,26 @@ from pathlib import Path
 import lightning as L
 import torch
 from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
-from lightning.pytorch.loggers import TensorBoardLogger
-from omegaconf import open_dict
+from omegaconf import OmegaConf, open_dict
 
 from src.data.gpu_loader import GPUBatches
 from src.module import ClassifierModule
+from src.trainer import build_trainer
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 MEAN, STD = [0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616]
 
 
 def model_config(name: str, image_size: int, device: str, extra: list[str] = ()):
-    """The model's conf/model/<name>.yaml as src.train composes it, with random weights and the conf/trainer of
-    the device (bf16 on a GPU)."""
+    """The model's conf/model/<name>.yaml as src.train composes it, with random weights, the conf/trainer of the
+    device (bf16 on a GPU), its TensorBoard logger and no callbacks (no checkpoints or progress bar to time)."""
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         overrides = [
             f"model={name}",
             "data=cifar10",
             f"data.image_size={image_size}",
             "scheduler=none",
+            "callbacks=none",
             *extra,
         ]
         cfg = compose("train", overrides=overrides + [f"trainer={'gpu' if device == 'cuda' else 'cpu'}"])
@@ -42,12 +42,13 @@ def build_module(cfg, compile_backbone: bool = False) -> ClassifierModule:
 
 
 def bench_trainer(cfg, device: str, log_dir: str, *callbacks: L.Callback, **settings) -> L.Trainer:
-    """conf/trainer as a user run gets it (precision, log_every_n_steps, ...), without validation and
-    checkpoints; it logs to TensorBoard as a user run does. Every Trainer of the benchmark comes from here."""
-    return instantiate(
-        cfg.trainer, accelerator=device, default_root_dir=log_dir, limit_val_batches=0, num_sanity_val_steps=0,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        logger=TensorBoardLogger(log_dir, name="", version=""), callbacks=list(callbacks), **settings,
+    """The Trainer a user run gets (src/trainer.py: conf/trainer, the logger group, the upstream workarounds),
+    writing to `log_dir`, without validation and checkpoints. Every Trainer of the benchmark comes from here."""
+    # paths.output_dir (Hydra's run dir in a user run) is default_root_dir's and the logger's folder
+    cfg = OmegaConf.merge(cfg, {"paths": {"output_dir": log_dir}})
+    return build_trainer(
+        cfg, *callbacks, accelerator=device, limit_val_batches=0, num_sanity_val_steps=0,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, **settings,
     )  # fmt: skip
 
 
