@@ -13,7 +13,7 @@ from PIL import Image
 from timm.loss import SoftTargetCrossEntropy
 from torch.optim.swa_utils import AveragedModel, get_ema_avg_fn
 
-from src.bench import median_seconds
+from src.bench.timing import median_seconds
 from src.data.transforms import build_transforms
 from src.mixing import BatchMixup
 from src.models.vit import VisionTransformer

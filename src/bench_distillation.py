@@ -15,7 +15,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from src.bench import median_seconds
+from src.bench.timing import median_seconds
 from src.errors import UserError, exit_on_user_error
 
 

@@ -4,10 +4,11 @@
         --variant "S=8 @4" model.token_learner.num_tokens=8 model.token_learner.layer=4
 
 Each `--variant LABEL [OVERRIDE ...]` is one row: conf/model/<model>.yaml as src.train composes it, plus the
-Hydra overrides. FLOPs are counted by torch.utils.flop_counter (matrix multiplies, convolutions and attention,
-the latter on the CPU too: src/flops.py; not normalisations, activations or softmax) on one image in eval mode. Training images/s is the median of
-`--repeats` timings of src.bench's hand-written training loop on synthetic CIFAR-shaped images; on a shared CPU
-it moves with the other jobs' load, the FLOP count does not.
+Hydra overrides. FLOPs are counted by Lightning's measure_flops (torch.utils.flop_counter: matrix multiplies,
+convolutions and attention, the latter on the CPU too: src/flops.py; not normalisations, activations or softmax)
+on one image in eval mode. Training images/s is the median of `--repeats` timings of src.bench's hand-written
+training loop on synthetic CIFAR-shaped images; on a shared CPU it moves with the other jobs' load, the FLOP
+count does not.
 """
 
 import argparse
@@ -15,17 +16,19 @@ import statistics
 
 import torch
 
-from src.bench import build_module, gpu_batches, markdown, model_config, raw_rate, synthetic
+from src.bench.fit_vs_raw import raw_rate
+from src.bench.report import markdown
+from src.bench.workload import build_module, gpu_batches, model_config, synthetic
 from src.errors import exit_on_user_error
-from src.flops import flop_counter
+from src.flops import measure_flops
 
 
 def forward_flops(backbone: torch.nn.Module, image_size: int, in_chans: int = 3) -> int:
     """FLOPs of one image through the model, as torch.utils.flop_counter counts them."""
     backbone.eval()
-    with torch.no_grad(), flop_counter() as counter:
-        backbone(torch.zeros(1, in_chans, image_size, image_size))
-    return counter.get_total_flops()
+    image = torch.zeros(1, in_chans, image_size, image_size)
+    with torch.no_grad():
+        return measure_flops(backbone, lambda: backbone(image))
 
 
 def cost_row(label: str, model: str, image_size: int, overrides: list[str], args) -> dict:

@@ -1,5 +1,5 @@
-"""The one place a Trainer is built from a run's config: src.train, src.eval and the tests that build a config's
-Trainer all come here (src.bench builds its own, without validation or checkpoints: `bench_trainer`)."""
+"""The one place a Trainer is built from a run's config: src.train, src.eval, src.bench (through `bench_trainer`:
+without validation or checkpoints) and the tests that build a config's Trainer all come here."""
 
 import lightning as L
 from hydra.utils import instantiate

@@ -7,14 +7,17 @@ import re
 import pytest
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import OmegaConf
 
 import src.module
 from src import bench, bench_quickstart
+from src.bench import gpu, workload
 from src.data.cifar10 import CIFAR10DataModule
 from src.data.digits import DigitsDataModule
 from src.data.gpu_loader import GPUBatches
 from src.train import train
+from src.trainer import build_trainer
 from tests.conftest import CONF, QUICK, TINY_VIT, compose_config
 
 PLAIN = dict(mean=[0.0] * 3, std=[1.0] * 3)  # normalised value = pixel / 255
@@ -298,13 +301,31 @@ def test_fused_optimizer_setting(fused, device, expected, tmp_path, monkeypatch)
     assert isinstance(optimizer, torch.optim.AdamW)
 
 
+def test_the_bench_times_the_trainer_a_user_run_gets(tmp_path):
+    """src.bench's Trainer is src.train's (src/trainer.py): conf/trainer, the logger group and the upstream
+    workarounds, only without validation, checkpoints or progress bar."""
+    cfg = workload.model_config("vit", 16, "cpu", TINY_VIT)
+    timed = workload.bench_trainer(cfg, "cpu", str(tmp_path), max_epochs=1)
+    user_run = build_trainer(OmegaConf.merge(cfg, {"paths": {"output_dir": str(tmp_path)}}))
+    ours = [type(c) for c in timed.callbacks if type(c).__module__.startswith("src.")]
+    assert ours and ours == [type(c) for c in user_run.callbacks if type(c).__module__.startswith("src.")]
+    assert isinstance(timed.logger, TensorBoardLogger) and timed.logger.save_dir == f"{tmp_path}/tensorboard"
+    assert timed.log_every_n_steps == cfg.trainer.log_every_n_steps and timed.precision == "32-true"
+    assert timed.limit_val_batches == 0 and timed.checkpoint_callback is None
+    assert timed.progress_bar_callback is None
+
+
 def test_bench_runs_end_to_end(tmp_path, capsys):
     out = tmp_path / "benchmarks.md"
     argv = ["--device", "cpu", "--models", "vit:16,no_such_model", "--batch-size", "8", "--steps", "4",
             "--warmup", "1", "--repeats", "1", "--num-workers", "0", "--out", str(out)]  # fmt: skip
-    (row,) = bench.main(argv)
-    assert row["model"] == "vit" and row["train img/s (ours)"] > 0 and row["train img/s (raw)"] > 0
-    assert row["infer img/s"] > 0 and row["peak train MiB"] > 0 and row["GPU loader img/s"] > 0
+    results = bench.main(argv)
+    (result,) = results.models
+    training, loaders = result.fit_vs_raw, result.loaders
+    assert (result.model, result.image_size, result.precision) == ("vit", 16, "32-true")
+    assert training.ours_img_s > 0 and training.raw_img_s > 0 and training.ratio_per_cpu_second > 0
+    assert training.infer_img_s > 0 and training.peak_train_mib > 0 and loaders.gpu_loader_img_s > 0
+    assert result.gpu is None and results.epoch is None  # the GPU measurements: on CUDA or with --extras on
     assert "skipping no_such_model: there is no conf/model/no_such_model.yaml" in capsys.readouterr().err
     doc = out.read_text()
     assert "| vit | 16 | 32-true |" in doc and "python -m src.bench --device cpu" in doc
@@ -344,15 +365,15 @@ def test_the_gpu_only_measurements_run_end_to_end_on_the_cpu():
     """What `src.bench --device cuda` adds (never run here for want of a GPU) must not fail on its first GPU."""
     args = bench.parse_args(["--device", "cpu", "--batch-size", "8", "--steps", "3", "--warmup", "1",
                              "--epoch-images", "64", "--epoch-batch-size", "32", "--overrides", *TINY_VIT])  # fmt: skip
-    cfg = bench.model_config("vit", 16, "cpu", args.overrides)
-    module = bench.build_module(cfg)
-    loader = bench.gpu_batches(*bench.synthetic(3 * 8), batch_size=8, image_size=16, device="cpu")
-    extras = bench.gpu_extras(cfg, module, loader, args)
+    cfg = workload.model_config("vit", 16, "cpu", args.overrides)
+    module = workload.build_module(cfg)
+    loader = workload.gpu_batches(*workload.synthetic(3 * 8), batch_size=8, image_size=16, device="cpu")
+    extras = gpu.gpu_extras(cfg, module, loader, args)
     # a 1-block ViT of width 32 on 16 px (17 tokens): ~6 x 11 k parameters x 17 tokens, less the patch
-    # embedding's input gradient, plus attention (counted: 0.94 MFLOP; the scratch ViT-Lite-7/4 at 32 px: 1.43 GFLOP)
-    assert 0.0008 < extras["train GFLOP/image"] < 0.0011
-    assert extras["train img/s compiled (ours)"] > 0 and "MFU (raw loop)" not in extras  # no bf16 peak known
-    assert bench.epoch_seconds(args) > 0
+    # embedding's input gradient, plus attention (counted: 0.94 MFLOP; the scratch ViT-Lite-7/4 at 32 px: 1.54 GFLOP)
+    assert 0.0008 < extras.train_gflop_per_image < 0.0011
+    assert extras.compiled_ours_img_s > 0 and extras.mfu_raw is None  # no bf16 peak known for a CPU
+    assert gpu.epoch_seconds(args) > 0
 
 
 @pytest.mark.slow  # four short training runs, each evaluated and predicted, and four benchmarks: minutes on 2 cores
