@@ -27,6 +27,7 @@ from src.freezing import (
 )
 from src.mixing import build_mixup
 from src.preprocessing import preprocessing_facts
+from src.resume import read_checkpoint
 from src.schedulers import build_lr_scheduler
 
 
@@ -250,16 +251,12 @@ class ClassifierModule(L.LightningModule):
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> ClassifierModule:
-    """The model of a src.train checkpoint; a missing file, or one that is not such a checkpoint, is the user's
-    error (one line naming the file) rather than an unpickling traceback."""
+    """The model of a src.train checkpoint. A missing file, or one that is no such checkpoint, is the user's error
+    (one line naming the file); an error while the model is built from a readable checkpoint is a bug, and keeps
+    its traceback."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}. Pass ckpt_path=<run dir>/checkpoints/<file>.ckpt")
-    try:
-        return ClassifierModule.load_from_checkpoint(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # unpickling, missing keys, another model's hyper-parameters: all say the same
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        raise UserError(
-            f"{path} is not a checkpoint written by src.train ({type(err).__name__}: {first_line[:200]}). "
-            "Pass ckpt_path=<run dir>/checkpoints/<file>.ckpt"
-        ) from err
+    # memory-mapped, so checking costs no full read of the weights
+    read_checkpoint(path, how_to_pass="Pass ckpt_path=<run dir>/checkpoints/<file>.ckpt")
+    return ClassifierModule.load_from_checkpoint(path, map_location=map_location, weights_only=True)
