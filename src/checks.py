@@ -2,6 +2,7 @@
 allowed: the values users set most (before Lightning or torch meet them), callbacks that need a logger, and the
 metric a sweep optimises."""
 
+import inspect
 import logging
 import math
 from collections.abc import Callable
@@ -78,12 +79,47 @@ RATE_WORDS = ("dropout", "drop_path", "drop_rate")
 
 
 def check_values(cfg: DictConfig) -> None:
-    """Raises a UserError for the first value outside its allowed range (see RULES)."""
+    """Raises a UserError for the first value outside its allowed range (see RULES), or that does not fit the
+    scratch ViT (check_scratch_vit)."""
     for key, (test, allowed) in RULES.items():
         _check(cfg, key, test, allowed)
     for key in cfg.get("model") or {}:
         if any(word in str(key) for word in RATE_WORDS):
             _check(cfg, f"model.{key}", *RATE)
+    check_scratch_vit(cfg)
+
+
+def check_scratch_vit(cfg: DictConfig) -> None:
+    """The scratch ViT's settings (model=vit, cct) in config keys, before the model meets them: the model's own
+    ValueErrors name its arguments (img_size, not data.image_size)."""
+    model = cfg.get("model") or {}
+    if model.get("_target_") != "src.models.vit.VisionTransformer":
+        return
+    from src.models.vit import VisionTransformer
+
+    defaults = {name: p.default for name, p in inspect.signature(VisionTransformer).parameters.items()}
+    setting = lambda name: model.get(name, defaults[name])  # noqa: E731
+    if setting("pool") not in ("cls", "mean", "seq"):
+        raise UserError(f"model.pool={setting('pool')!r} is not a pooling: use model.pool=cls, mean or seq")
+    if setting("tokenizer") not in ("patch", "conv"):
+        raise UserError(
+            f"model.tokenizer={setting('tokenizer')!r} is unknown: use model.tokenizer=patch or conv"
+        )
+    if setting("tokenizer") == "conv" and (setting("conv_kernel") < 1 or setting("conv_layers") < 1):
+        raise UserError(
+            f"model.conv_kernel={setting('conv_kernel')} / model.conv_layers={setting('conv_layers')}: both "
+            "must be at least 1"
+        )
+    if setting("tokenizer") == "patch" and setting("img_size") % setting("patch_size"):
+        raise UserError(  # model.img_size is ${data.image_size}
+            f"data.image_size={setting('img_size')} is not a multiple of model.patch_size="
+            f"{setting('patch_size')}: change one of them"
+        )
+    if setting("embed_dim") % setting("num_heads"):
+        raise UserError(
+            f"model.embed_dim={setting('embed_dim')} is not divisible by model.num_heads="
+            f"{setting('num_heads')}: change one of them"
+        )
 
 
 def _check(cfg: DictConfig, key: str, test: Callable, allowed: str) -> None:
