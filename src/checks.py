@@ -2,6 +2,7 @@
 allowed: the values users set most (before Lightning or torch meet them), callbacks that need a logger, and the
 metric a sweep optimises."""
 
+import inspect
 import logging
 import math
 from collections.abc import Callable
@@ -78,12 +79,71 @@ RATE_WORDS = ("dropout", "drop_path", "drop_rate")
 
 
 def check_values(cfg: DictConfig) -> None:
-    """Raises a UserError for the first value outside its allowed range (see RULES)."""
+    """Raises a UserError for the first value outside its allowed range (see RULES), or that its model does not
+    take (check_model_settings)."""
     for key, (test, allowed) in RULES.items():
         _check(cfg, key, test, allowed)
     for key in cfg.get("model") or {}:
         if any(word in str(key) for word in RATE_WORDS):
             _check(cfg, f"model.{key}", *RATE)
+    check_model_settings(cfg)
+
+
+def check_model_settings(cfg: DictConfig) -> None:
+    """The model's settings in config keys, before the model meets them: the models' own ValueErrors name their
+    arguments (img_size, where the config says data.image_size, which model.img_size interpolates)."""
+    model = cfg.get("model") or {}
+    target = model.get("_target_")
+    if target == "src.models.vit.VisionTransformer":
+        _check_scratch_vit(model)
+    elif target == "src.models.keras_cnn.KerasCNN":
+        _check_keras_cnn(model)
+    elif target == "src.models.timm_models.vision_transformer" and model.get("head", "linear") not in (
+        "linear",
+        "keras_mlp",
+    ):
+        raise UserError(f"model.head={model.head!r} is not a head; use 'linear' or 'keras_mlp'")
+
+
+def _check_scratch_vit(model: DictConfig) -> None:
+    from src.models.vit import VisionTransformer
+
+    defaults = {name: p.default for name, p in inspect.signature(VisionTransformer).parameters.items()}
+    setting = lambda name: model.get(name, defaults[name])  # noqa: E731
+    if setting("pool") not in ("cls", "mean", "seq"):
+        raise UserError(f"model.pool={setting('pool')!r} is not a pooling: use model.pool=cls, mean or seq")
+    if setting("tokenizer") not in ("patch", "conv"):
+        raise UserError(
+            f"model.tokenizer={setting('tokenizer')!r} is unknown: use model.tokenizer=patch or conv"
+        )
+    if setting("tokenizer") == "conv" and (setting("conv_kernel") < 1 or setting("conv_layers") < 1):
+        raise UserError(
+            f"model.conv_kernel={setting('conv_kernel')} / model.conv_layers={setting('conv_layers')}: both "
+            "must be at least 1"
+        )
+    if setting("tokenizer") == "patch" and setting("img_size") % setting("patch_size"):
+        raise UserError(  # model.img_size is ${data.image_size}
+            f"data.image_size={setting('img_size')} is not a multiple of model.patch_size="
+            f"{setting('patch_size')}: change one of them"
+        )
+    if setting("embed_dim") % setting("num_heads"):
+        raise UserError(
+            f"model.embed_dim={setting('embed_dim')} is not divisible by model.num_heads="
+            f"{setting('num_heads')}: change one of them"
+        )
+
+
+def _check_keras_cnn(model: DictConfig) -> None:
+    import timm
+
+    name, size = model.model_name, model.img_size  # model.img_size is ${data.image_size}
+    if size < 32:  # five halvings (VGG's pools, DenseNet's stem and transitions) need 32 px
+        raise UserError(f"data.image_size={size}: {name} needs at least 32 px (data.image_size=32)")
+    # a name timm does not know is left to timm's own error
+    if name in timm.list_models() and name not in timm.list_models(module=["vgg", "densenet"]):
+        raise UserError(f"model.model_name={name!r}: KerasCNN knows timm's VGG and DenseNet models")
+    if model.get("head", "keras_mlp") not in ("keras_mlp", "linear"):
+        raise UserError(f"model.head={model.head!r} is not a head; use 'keras_mlp' or 'linear'")
 
 
 def _check(cfg: DictConfig, key: str, test: Callable, allowed: str) -> None:

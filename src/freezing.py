@@ -1,9 +1,11 @@
 """Freezing a backbone up to a named layer (Keras style): name → module resolution (Keras aliases included),
-frozen BatchNorm kept in eval mode, and unfreezing at an epoch."""
+frozen BatchNorm kept in eval mode, and unfreezing at an epoch (the callback and the optimizer's groups for it)."""
 
 import difflib
+from contextlib import contextmanager
 
 from lightning.pytorch.callbacks import Callback
+from timm.optim import param_groups_weight_decay
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
@@ -80,11 +82,44 @@ def frozen_batchnorm_to_eval(model: nn.Module) -> None:
             module.eval()
 
 
+def optimizer_param_groups(
+    model: nn.Module, weight_decay: float, lr: float, with_frozen_at_a_tenth: bool
+) -> list[dict]:
+    """The optimizer's parameter groups for `model`'s trainable parameters: with and without weight decay (none
+    on biases, norms and embeddings: timm's rule, honouring `model.no_weight_decay()`).
+
+    `with_frozen_at_a_tenth` (freeze.unfreeze_at_epoch): the frozen parameters join from the start too, as the
+    same two groups at a tenth of `lr`. The scheduler then drives them like the others, and unfreezing them later
+    needs no new groups (which torch's schedulers and checkpoints could not take); while frozen they get no
+    gradients, and the optimizer skips them."""
+    no_decay_names = getattr(model, "no_weight_decay", set)()
+    if not with_frozen_at_a_tenth:
+        return param_groups_weight_decay(model, weight_decay, no_weight_decay_list=no_decay_names)
+    frozen = {id(p) for p in model.parameters() if not p.requires_grad}
+    with _all_trainable(model):  # timm's helper groups trainable parameters only
+        groups = param_groups_weight_decay(model, weight_decay, no_weight_decay_list=no_decay_names)
+    trainable = [{**g, "params": [p for p in g["params"] if id(p) not in frozen]} for g in groups]
+    frozen_at_a_tenth = [
+        {**g, "params": [p for p in g["params"] if id(p) in frozen], "lr": lr / 10} for g in groups
+    ]
+    return [group for group in trainable + frozen_at_a_tenth if group["params"]]
+
+
+@contextmanager
+def _all_trainable(model: nn.Module):
+    frozen = [p for p in model.parameters() if not p.requires_grad]
+    model.requires_grad_(True)
+    try:
+        yield
+    finally:
+        for param in frozen:
+            param.requires_grad_(False)
+
+
 class UnfreezeAtEpoch(Callback):
     """Makes the whole backbone trainable from `epoch` (0-based) on. Its frozen parameters are in the optimizer
-    from the start, in groups at a tenth of the learning rate that the scheduler drives like the others
-    (ClassifierModule.configure_optimizers; AdamW skips them while they get no gradients), so unfreezing only
-    switches their gradients on, and a run resumed at any point gets the same optimizer and schedule back."""
+    from the start (optimizer_param_groups, with_frozen_at_a_tenth), so unfreezing only switches their gradients
+    on, and a run resumed at any point gets the same optimizer and schedule back."""
 
     def __init__(self, epoch: int):
         self.epoch = epoch

@@ -4,7 +4,6 @@ It receives the backbone, optimizer and scheduler as configs (`_recursive_: fals
 so a checkpoint alone rebuilds the model: `ClassifierModule.load_from_checkpoint(path)` needs no config.
 """
 
-import inspect
 from pathlib import Path
 
 import lightning as L
@@ -14,16 +13,22 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from sklearn.utils.class_weight import compute_class_weight
 from timm.loss import SoftTargetCrossEntropy
-from timm.optim import param_groups_weight_decay
 from torch import nn
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 from src.distillation import Distillation
 from src.errors import UserError
-from src.freezing import UnfreezeAtEpoch, apply_freezing, frozen_batchnorm_to_eval
+from src.freezing import (
+    UnfreezeAtEpoch,
+    apply_freezing,
+    frozen_batchnorm_to_eval,
+    optimizer_param_groups,
+)
 from src.mixing import build_mixup
 from src.preprocessing import preprocessing_facts
+from src.resume import read_checkpoint
+from src.schedulers import build_lr_scheduler
 
 
 def _plain(config):
@@ -214,66 +219,44 @@ class ClassifierModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.class_names = checkpoint.get("class_names", [])
 
-    def _param_groups(self) -> list[dict]:
-        """No weight decay on biases, norms and embeddings (timm's rule, honouring backbone.no_weight_decay()).
-        With freeze.unfreeze_at_epoch the frozen parameters join from the start, as the same two groups at a
-        tenth of the learning rate: the scheduler then drives them like the others, and unfreezing them later
-        needs no new groups (which torch's schedulers and checkpoints could not take)."""
-        weight_decay = self.hparams.optimizer.get("weight_decay", 0.0)
-        no_decay = getattr(self.backbone, "no_weight_decay", set)()
-        if self.unfreeze_at_epoch is None:
-            return param_groups_weight_decay(self.backbone, weight_decay, no_weight_decay_list=no_decay)
-        frozen = [p for p in self.backbone.parameters() if not p.requires_grad]
-        self.backbone.requires_grad_(True)  # timm's helper groups trainable parameters only
-        try:
-            groups = param_groups_weight_decay(self.backbone, weight_decay, no_weight_decay_list=no_decay)
-        finally:
-            for param in frozen:
-                param.requires_grad_(False)
-        later = {id(p) for p in frozen}
-        lr = self.hparams.optimizer["lr"]
-        now = [{**g, "params": [p for p in g["params"] if id(p) not in later]} for g in groups]
-        after = [{**g, "params": [p for p in g["params"] if id(p) in later], "lr": lr / 10} for g in groups]
-        return [group for group in now + after if group["params"]]
-
     def configure_optimizers(self):
         optimizer_cfg = self.hparams.optimizer
-        groups = self._param_groups()
-        fused = {}
-        if "fused" in optimizer_cfg:  # null: the fused CUDA kernel when the weights are on a GPU
-            auto = optimizer_cfg["fused"] is None
-            fused["fused"] = self.device.type == "cuda" if auto else optimizer_cfg["fused"]
-        optimizer = instantiate(optimizer_cfg, **fused)(params=groups)
+        groups = optimizer_param_groups(
+            self.backbone,
+            optimizer_cfg.get("weight_decay", 0.0),
+            optimizer_cfg["lr"],
+            with_frozen_at_a_tenth=self.unfreeze_at_epoch is not None,
+        )
+        optimizer = instantiate(optimizer_cfg, **self._fused_kernel_choice())(params=groups)
         if self.hparams.scheduler is None:
             return optimizer
-        schedule = instantiate(self.hparams.scheduler["schedule"])
-        # schedules defined over the whole run (OneCycle, warmup-cosine) are told its length
-        kwargs, parameters = {}, inspect.signature(schedule).parameters
-        if "total_steps" in parameters:
-            kwargs["total_steps"] = int(self.trainer.estimated_stepping_batches)
-        if "max_lr" in parameters:  # OneCycle: each group peaks at its share (the unfreeze groups at a tenth)
-            peak = schedule.keywords.get("max_lr", optimizer_cfg["lr"])
-            kwargs["max_lr"] = [peak * group["lr"] / optimizer_cfg["lr"] for group in optimizer.param_groups]
+        scheduler = build_lr_scheduler(
+            self.hparams.scheduler["schedule"],
+            optimizer,
+            base_lr=optimizer_cfg["lr"],
+            run_steps=lambda: int(self.trainer.estimated_stepping_batches),
+        )
         return {
             "optimizer": optimizer,
-            "lr_scheduler": {
-                "scheduler": schedule(optimizer, **kwargs),
-                "interval": self.hparams.scheduler["interval"],
-            },
+            "lr_scheduler": {"scheduler": scheduler, "interval": self.hparams.scheduler["interval"]},
         }
+
+    def _fused_kernel_choice(self) -> dict:
+        """optimizer.fused, when the optimizer has the setting: null picks the fused CUDA kernel when the weights
+        are on a GPU."""
+        if "fused" not in self.hparams.optimizer:
+            return {}
+        fused = self.hparams.optimizer["fused"]
+        return {"fused": self.device.type == "cuda" if fused is None else fused}
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> ClassifierModule:
-    """The model of a src.train checkpoint; a missing file, or one that is not such a checkpoint, is the user's
-    error (one line naming the file) rather than an unpickling traceback."""
+    """The model of a src.train checkpoint. A missing file, or one that is no such checkpoint, is the user's error
+    (one line naming the file); an error while the model is built from a readable checkpoint is a bug, and keeps
+    its traceback."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}. Pass ckpt_path=<run dir>/checkpoints/<file>.ckpt")
-    try:
-        return ClassifierModule.load_from_checkpoint(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # unpickling, missing keys, another model's hyper-parameters: all say the same
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        raise UserError(
-            f"{path} is not a checkpoint written by src.train ({type(err).__name__}: {first_line[:200]}). "
-            "Pass ckpt_path=<run dir>/checkpoints/<file>.ckpt"
-        ) from err
+    # memory-mapped, so checking costs no full read of the weights
+    read_checkpoint(path, how_to_pass="Pass ckpt_path=<run dir>/checkpoints/<file>.ckpt")
+    return ClassifierModule.load_from_checkpoint(path, map_location=map_location, weights_only=True)

@@ -6,6 +6,7 @@ The run dir is chosen by a resolver (src/runs.py) before Hydra writes `.hydra/` 
 runs these checks too and, when one fails, gives a fresh run dir, so the error is reported from there and the
 checkpoint's run dir stays untouched (the fresh one is removed again: it holds nothing)."""
 
+import pickle
 from pathlib import Path
 
 import torch
@@ -19,23 +20,33 @@ IGNORED_MODEL_KEYS = ("pretrained", "weights_path", "compile", "channels_last")
 COMPARED_DATA_KEYS = ("_target_", "num_classes", "image_size")
 
 
-def read_checkpoint(path: str | Path) -> dict:
-    """The checkpoint's contents (tensors memory-mapped); anything else is one UserError naming the file."""
+# what torch.load raises for a file that is no checkpoint: not a zip, truncated, garbled, or a pickle that would
+# run code (weights_only refuses it)
+UNREADABLE = (OSError, EOFError, RuntimeError, ValueError, KeyError, pickle.UnpicklingError)
+
+
+def read_checkpoint(
+    path: str | Path, how_to_pass: str = "Pass ckpt_path=<run dir>/checkpoints/<file>.ckpt, or ckpt_path=last"
+) -> dict:
+    """The checkpoint's contents (tensors memory-mapped); a file that is no src.train checkpoint is one UserError
+    naming it, ending with `how_to_pass`."""
     problem = None
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as err:  # not a zip, truncated, a pickle with code in it: all say the same
+    except UNREADABLE as err:
         first_line = (str(err).strip().splitlines() or [""])[0]
         problem = f"{type(err).__name__}: {first_line[:200]}"
     else:
         hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
-        if not (isinstance(hparams, dict) and "backbone" in hparams and "state_dict" in checkpoint):
-            problem = "it has no src.train model (hyper_parameters.backbone, state_dict)"
-    if problem:
-        raise UserError(
-            f"{path} is not a checkpoint written by src.train ({problem}). "
-            "Pass ckpt_path=<run dir>/checkpoints/<file>.ckpt, or ckpt_path=last"
+        lightning_keys = isinstance(hparams, dict) and {"state_dict", "pytorch-lightning_version"} <= set(
+            checkpoint
         )
+        if not (lightning_keys and "backbone" in hparams):
+            problem = (
+                "it has no src.train model (hyper_parameters.backbone, state_dict, pytorch-lightning_version)"
+            )
+    if problem:
+        raise UserError(f"{path} is not a checkpoint written by src.train ({problem}). {how_to_pass}")
     return checkpoint
 
 

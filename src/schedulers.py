@@ -1,9 +1,31 @@
-"""Learning-rate schedules that torch has no single class for."""
+"""Building the learning-rate scheduler a config names (conf/scheduler/), and the schedules torch has no single
+class for."""
 
+import inspect
 import math
+from collections.abc import Callable
 
+from hydra.utils import instantiate
 from torch.optim import Optimizer
-from torch.optim.lr_scheduler import LambdaLR
+from torch.optim.lr_scheduler import LambdaLR, LRScheduler
+
+
+def build_lr_scheduler(
+    schedule_cfg: dict, optimizer: Optimizer, base_lr: float, run_steps: Callable[[], int]
+) -> LRScheduler:
+    """The scheduler `schedule_cfg` names, driving `optimizer`. Schedules defined over the whole run (OneCycleLR,
+    warmup_cosine) take its length, `run_steps()`, as `total_steps`. OneCycleLR's one peak `max_lr` becomes one
+    per parameter group, at the group's share of `base_lr`, so the groups keep their ratios (the groups of
+    freeze.unfreeze_at_epoch peak at a tenth)."""
+    schedule = instantiate(schedule_cfg)
+    arguments = inspect.signature(schedule).parameters  # what the schedule's class or function takes
+    run_arguments = {}
+    if "total_steps" in arguments:
+        run_arguments["total_steps"] = run_steps()
+    if "max_lr" in arguments:
+        peak = schedule_cfg.get("max_lr", base_lr)
+        run_arguments["max_lr"] = [peak * group["lr"] / base_lr for group in optimizer.param_groups]
+    return schedule(optimizer, **run_arguments)
 
 
 def warmup_cosine(

@@ -9,11 +9,14 @@ import os
 import subprocess
 import sys
 
+import lightning
 import pytest
 import torch
+from hydra.utils import instantiate
 
 from src.checks import check_values
 from src.errors import UserError
+from src.module import ClassifierModule, load_checkpoint
 from src.reporting.artefacts import write_summary
 from tests.conftest import QUICK, TINY_VIT, compose_config, run_cli
 
@@ -204,3 +207,24 @@ def test_a_failed_run_logs_its_traceback_in_the_run_log(trained, tmp_path):
     one_error_line(result, "src.eval")
     log = (run_dir / "train.log").read_text()
     assert "Traceback" in log and "UserError" in log
+
+
+def test_a_bug_while_building_the_model_keeps_its_traceback_and_a_broken_file_is_one_error(
+    tmp_path, monkeypatch
+):
+    cfg = compose_config("train", ["data=digits", *TINY_VIT], tmp_path)
+    module = instantiate(cfg.module)
+    path = tmp_path / "model.ckpt"
+    checkpoint = {"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict()}
+    torch.save({**checkpoint, "pytorch-lightning_version": lightning.__version__}, path)
+    assert torch.equal(load_checkpoint(path).backbone.head.weight, module.backbone.head.weight)
+
+    def buggy_init(self, *args, **kwargs):
+        raise ValueError("a bug in the module")
+
+    monkeypatch.setattr(ClassifierModule, "__init__", buggy_init)
+    with pytest.raises(ValueError, match="a bug in the module"):  # not "is not a checkpoint"
+        load_checkpoint(path)
+    path.write_bytes(path.read_bytes()[:5000])  # truncated
+    with pytest.raises(UserError, match=f"{path} is not a checkpoint written by src.train"):
+        load_checkpoint(path)

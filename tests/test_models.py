@@ -1,6 +1,7 @@
 """The backbone zoo: every model config trains a step at 32 px, states its pretrained input, and loads weights
 from a local file; pretrained weights offline fail fast with one message."""
 
+import re
 import time
 
 import pytest
@@ -10,6 +11,7 @@ import torch
 from huggingface_hub import constants
 from hydra.utils import instantiate
 
+from src.checks import check_values
 from src.errors import UserError
 from src.models.keras_cnn import KerasCNN
 from src.models.timm_models import create_timm_model, vision_transformer
@@ -74,8 +76,32 @@ def test_keras_mlp_head_flattens_the_feature_map():
 
 
 def test_cnns_refuse_images_too_small_for_their_five_halvings():
-    with pytest.raises(UserError, match=r"data.image_size=16: vgg19 needs at least 32 px"):
+    with pytest.raises(ValueError, match=r"^img_size=16: vgg19 needs at least 32 px$"):
         KerasCNN("vgg19", img_size=16, num_classes=3)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "line"),
+    [
+        (
+            ["model=vgg19", "data.image_size=16"],
+            "data.image_size=16: vgg19 needs at least 32 px (data.image_size=32)",
+        ),
+        (
+            ["model=vgg19", "model.model_name=resnet18"],
+            "model.model_name='resnet18': KerasCNN knows timm's VGG and",
+        ),
+        (
+            ["model=densenet121", "model.head=mlp"],
+            "model.head='mlp' is not a head; use 'keras_mlp' or 'linear'",
+        ),
+        (["model=vit_tiny", "model.head=mlp"], "model.head='mlp' is not a head; use 'linear' or 'keras_mlp'"),
+    ],
+)
+def test_bad_model_settings_are_worded_in_config_keys(overrides, line, tmp_path):
+    cfg = compose_config("train", ["data=cifar10", *overrides], tmp_path)
+    with pytest.raises(UserError, match="^" + re.escape(line)):
+        check_values(cfg)
 
 
 def test_weights_path_loads_a_hub_style_safetensors_file(tmp_path):

@@ -1,10 +1,14 @@
 """The scratch ViT: shapes, pooling, its parameter count at the documented size, and input checks."""
 
+import re
+
 import pytest
 import torch
 
+from src.checks import check_values
 from src.errors import UserError
 from src.models.vit import VisionTransformer
+from tests.conftest import compose_config
 
 
 def test_vit_lite_7_4_size_and_output_shape():
@@ -32,12 +36,35 @@ def test_eval_mode_is_deterministic_with_dropout_and_drop_path():
     assert torch.equal(model(x), model(x))
 
 
-def test_bad_sizes_are_reported():
-    with pytest.raises(UserError, match=r"data.image_size=30 is not a multiple of model.patch_size=4"):
+def test_bad_arguments_are_value_errors_in_the_models_own_words():
+    with pytest.raises(ValueError, match=r"^img_size=30 is not a multiple of patch_size=4$"):
         VisionTransformer(img_size=30, patch_size=4)
-    with pytest.raises(UserError, match=r"model.embed_dim=32 is not divisible by model.num_heads=3"):
+    with pytest.raises(ValueError, match=r"^dim=32 is not divisible by num_heads=3$"):
         VisionTransformer(embed_dim=32, num_heads=3)
-    with pytest.raises(
-        UserError, match=r"model.pool='avg' is not a pooling: use model.pool=cls, mean or seq"
-    ):
+    with pytest.raises(ValueError, match=r"^pool='avg' is not a pooling: use cls, mean or seq$"):
         VisionTransformer(pool="avg")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "line"),
+    [
+        (
+            ["data.image_size=30"],
+            "data.image_size=30 is not a multiple of model.patch_size=4: change one of them",
+        ),
+        (
+            ["model.embed_dim=32", "model.num_heads=3"],
+            "model.embed_dim=32 is not divisible by model.num_heads=3",
+        ),
+        (["model.pool=avg"], "model.pool='avg' is not a pooling: use model.pool=cls, mean or seq"),
+        (["+model.tokenizer=convs"], "model.tokenizer='convs' is unknown: use model.tokenizer=patch or conv"),
+        (
+            ["model=cct", "model.conv_layers=0"],
+            "model.conv_kernel=3 / model.conv_layers=0: both must be at least 1",
+        ),
+    ],
+)
+def test_bad_settings_are_worded_in_config_keys(overrides, line, tmp_path):
+    cfg = compose_config("train", ["data=digits", *overrides], tmp_path)
+    with pytest.raises(UserError, match="^" + re.escape(line)):
+        check_values(cfg)

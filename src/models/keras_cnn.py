@@ -7,7 +7,6 @@ from timm.models.densenet import DenseNet
 from timm.models.vgg import VGG
 from torch import nn
 
-from src.errors import UserError
 from src.models.heads import keras_mlp_head
 from src.models.timm_models import create_timm_model
 
@@ -58,9 +57,7 @@ class KerasCNN(nn.Module):
     ):
         super().__init__()
         if img_size < 32:  # five halvings (VGG's pools, DenseNet's stem and transitions) need 32 px
-            raise UserError(
-                f"data.image_size={img_size}: {model_name} needs at least 32 px (data.image_size=32)"
-            )
+            raise ValueError(f"img_size={img_size}: {model_name} needs at least 32 px")
         trunk = create_timm_model(model_name, pretrained, weights_path)
         if isinstance(trunk, VGG):
             self.keras_names = _vgg_names(trunk.features)
@@ -72,7 +69,7 @@ class KerasCNN(nn.Module):
                 f"features.{c}" for c, _ in trunk.features.named_children() if "denseblock" in c
             ]
         else:
-            raise UserError(f"model.model_name={model_name!r}: KerasCNN knows timm's VGG and DenseNet models")
+            raise ValueError(f"model_name={model_name!r}: KerasCNN knows timm's VGG and DenseNet models")
         self.features = trunk.features
         channels = trunk.feature_info[-1]["num_chs"]
         if head == "keras_mlp":
@@ -83,7 +80,7 @@ class KerasCNN(nn.Module):
         elif head == "linear":
             self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, num_classes))
         else:
-            raise UserError(f"model.head={head!r} is not a head; use 'keras_mlp' or 'linear'")
+            raise ValueError(f"head={head!r} is not a head; use 'keras_mlp' or 'linear'")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))

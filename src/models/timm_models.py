@@ -106,5 +106,5 @@ def vision_transformer(
         for name in [classifiers] if isinstance(classifiers, str) else classifiers:
             setattr(model, name, keras_mlp_head(model.num_features, num_classes))
     elif head != "linear":
-        raise UserError(f"model.head={head!r} is not a head; use 'linear' or 'keras_mlp'")
+        raise ValueError(f"head={head!r} is not a head; use 'linear' or 'keras_mlp'")
     return model

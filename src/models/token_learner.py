@@ -98,8 +98,9 @@ class FlexibleDownsample(nn.Module):
 def block_widths(
     depth: int, side: int, embed_dim: int, num_heads: int, token_learner: dict | None, downsample: list | None
 ) -> list[int]:
-    """Each block's width, after checking the TokenLearner and downsampling settings against the network
-    (the messages name the config keys, as the rest of vit.py does)."""
+    """Each block's width, after checking the TokenLearner and downsampling settings against the network.
+    Unlike the rest of src/models, the messages name the config keys: the checks need the token map's side,
+    which only the built tokenizer knows, so the config layer (src/checks.py) cannot make them first."""
     tl = dict(token_learner or {})
     if tl.get("num_tokens") is not None:
         if tl["num_tokens"] <= 0:

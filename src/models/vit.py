@@ -24,7 +24,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from src.errors import UserError
 from src.models.token_learner import FlexibleDownsample, TokenFuser, TokenLearner, block_widths
 
 
@@ -34,9 +33,7 @@ class PatchEmbed(nn.Module):
     def __init__(self, img_size: int, patch_size: int, in_chans: int, dim: int):
         super().__init__()
         if img_size % patch_size:
-            raise UserError(
-                f"data.image_size={img_size} is not a multiple of model.patch_size={patch_size}: change one of them"
-            )
+            raise ValueError(f"img_size={img_size} is not a multiple of patch_size={patch_size}")
         self.num_patches = (img_size // patch_size) ** 2
         self.proj = nn.Conv2d(in_chans, dim, kernel_size=patch_size, stride=patch_size)
 
@@ -55,9 +52,7 @@ class ConvTokenizer(nn.Module):
     ):
         super().__init__()
         if kernel_size < 1 or num_layers < 1:
-            raise UserError(
-                f"model.conv_kernel={kernel_size} / model.conv_layers={num_layers}: both must be at least 1"
-            )
+            raise ValueError(f"kernel_size={kernel_size} / num_layers={num_layers}: both must be at least 1")
         stride, padding = max(1, kernel_size // 2 - 1), max(1, kernel_size // 2)
         channels = [in_chans] + [64] * (num_layers - 1) + [dim]
         self.proj = nn.Sequential(
@@ -84,9 +79,7 @@ class Attention(nn.Module):
     def __init__(self, dim: int, num_heads: int, attn_dropout: float, dropout: float, qkv_bias: bool = True):
         super().__init__()
         if dim % num_heads:
-            raise UserError(
-                f"model.embed_dim={dim} is not divisible by model.num_heads={num_heads}: change one of them"
-            )
+            raise ValueError(f"dim={dim} is not divisible by num_heads={num_heads}")
         self.num_heads = num_heads
         self.attn_dropout = attn_dropout
         # False: the explicit softmax(q k^T / sqrt(d)) path, whose probabilities attn_drop's forward hooks see
@@ -172,9 +165,9 @@ class VisionTransformer(nn.Module):
     ):
         super().__init__()
         if pool not in ("cls", "mean", "seq"):
-            raise UserError(f"model.pool={pool!r} is not a pooling: use model.pool=cls, mean or seq")
+            raise ValueError(f"pool={pool!r} is not a pooling: use cls, mean or seq")
         if tokenizer not in ("patch", "conv"):
-            raise UserError(f"model.tokenizer={tokenizer!r} is unknown: use model.tokenizer=patch or conv")
+            raise ValueError(f"tokenizer={tokenizer!r} is unknown: use patch or conv")
         self.pool = pool
         # one name for either tokenizer, so that checkpoints of the patch model keep their keys
         self.patch_embed = (

@@ -148,14 +148,33 @@ class ReportCallback(L.Callback):
     def _write(
         self, trainer, pl_module, gathered: dict[str, torch.Tensor], test_seconds: float, peak
     ) -> None:
+        """report.md/.csv, the figures (PNG), the same to the loggers, and summary.json."""
         self.output_dir.mkdir(parents=True, exist_ok=True)
         targets, preds = gathered["target"].numpy(), gathered["pred"].numpy()
         names = _class_names(trainer, pl_module)
+        report, markdown = self._write_classification_report(trainer, targets, preds, names)
+        figures = self._draw_figures(trainer, pl_module, gathered, names)
+        self._log_report(trainer, markdown, figures)
+        summary = self._summary(trainer, pl_module, report, names, len(targets), test_seconds, peak)
+        artefacts.write_summary(summary, self.output_dir / "summary.json")
+        self.summary = summary
+        log.info(
+            "Report, confusion matrix, curves, misclassified images and summary.json in %s", self.output_dir
+        )
+
+    def _write_classification_report(self, trainer, targets, preds, names: list[str]) -> tuple[dict, str]:
+        """Per-class precision, recall and F1 into report.md and report.csv, and as a table on the console."""
         report = artefacts.classification_rows(targets, preds, names)
         split_counts = getattr(trainer.datamodule, "split_counts", None)  # data=imagefolder/csv
         markdown = artefacts.write_report(report, self.output_dir, split_counts)
         Console().print(artefacts.report_table(report, "Classification report (test)"))
+        return report, markdown
 
+    def _draw_figures(
+        self, trainer, pl_module, gathered: dict[str, torch.Tensor], names: list[str]
+    ) -> list[str]:
+        """confusion_matrix.png, curves.png (after a fit), misclassified.png and attention.png; their names."""
+        targets, preds = gathered["target"].numpy(), gathered["pred"].numpy()
         figures = {
             "confusion_matrix": artefacts.plot_confusion_matrix(
                 targets, preds, names, self.output_dir / "confusion_matrix.png"
@@ -188,6 +207,10 @@ class ReportCallback(L.Callback):
             )  # fmt: skip
         for figure in figures.values():
             plt.close(figure)
+        return list(figures)
+
+    def _log_report(self, trainer, markdown: str, figures: list[str]) -> None:
+        """The report and figures to each logger: TensorBoard as text and images, the others as files."""
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
                 step = trainer.global_step
@@ -203,16 +226,20 @@ class ReportCallback(L.Callback):
                     logger, self.output_dir, ["report.md", "report.csv", *(f"{n}.png" for n in figures)]
                 )
 
+    def _summary(
+        self, trainer, pl_module, report: dict, names: list[str], test_images: int, test_seconds: float, peak
+    ) -> dict:
+        """What summary.json holds: the run's model, data, scores, sizes, speed and checkpoints."""
         backbone = pl_module.hparams.get("backbone", {})
         checkpoint = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        summary = {
+        return {
             "model": self.choices.get("model") or backbone.get("model_name") or backbone.get("_target_"),
             "data": self.choices.get("data") or type(trainer.datamodule).__name__,
             "freeze": self.choices.get("freeze"),
             "num_classes": len(names),
             # the best epoch's val/acc (what the default checkpoint keeps); the history survives resume and eval
             "best_val_acc": max((row["val/acc"] for row in self.history if "val/acc" in row), default=None),
-            "class_counts": split_counts or None,
+            "class_counts": getattr(trainer.datamodule, "split_counts", None) or None,
             "test": {
                 **metrics_to_floats(
                     {k: v for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
@@ -222,19 +249,14 @@ class ReportCallback(L.Callback):
             },
             **parameter_counts(pl_module),
             "seconds_per_epoch": statistics.fmean(self.epoch_seconds) if self.epoch_seconds else None,
-            "test_images": len(targets),
+            "test_images": test_images,
             "test_seconds": test_seconds,
-            "images_per_second": len(targets) / test_seconds,
+            "images_per_second": test_images / test_seconds,
             "peak_memory_mib": float(peak),
             "peak_memory_of": "gpu" if pl_module.device.type == "cuda" else "process_rss",
             "best_checkpoint": checkpoint or None,
             "tested_checkpoint": str(trainer.ckpt_path) if trainer.ckpt_path else None,
         }
-        artefacts.write_summary(summary, self.output_dir / "summary.json")
-        self.summary = summary
-        log.info(
-            "Report, confusion matrix, curves, misclassified images and summary.json in %s", self.output_dir
-        )
 
 
 def _gather(tensor: torch.Tensor) -> torch.Tensor:
