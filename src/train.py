@@ -16,8 +16,9 @@ from src.errors import UserError, exit_on_unknown_option, exit_on_user_error
 from src.nonfinite import DivergedTrial, NonFiniteLossError
 from src.resume import check_resume
 from src.run_guard import guarded_run
-from src.runs import find_checkpoint, one_job
+from src.runs import find_checkpoint
 from src.trainer import build_trainer
+from src.upstream_fixes.hydra import one_job
 from src.utils import log_hyperparameters, metrics_to_floats
 
 log = logging.getLogger(__name__)
