@@ -40,6 +40,10 @@ from src.data.gpu_loader import GPUBatches
 from src.data.transforms import build_transforms
 from src.flops import flop_counter
 from src.module import ClassifierModule
+from src.resolvers import register_resolvers
+
+# before it composes conf/train.yaml
+register_resolvers()
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 MEAN, STD = [0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616]

@@ -5,8 +5,6 @@ import os
 from datetime import datetime
 from pathlib import Path
 
-from omegaconf import OmegaConf
-
 from src.errors import UserError
 from src.resume import check_resume
 
@@ -51,8 +49,3 @@ def config_subdir(run_dir: str) -> str | None:
     if (Path(run_dir) / ".hydra" / "config.yaml").is_file():
         return f".hydra/resumed_{datetime.now():%Y-%m-%d_%H-%M-%S_%f}"
     return ".hydra"
-
-
-# cached: every look at hydra.run.dir in this process sees the same folder, even once checkpoints are written
-OmegaConf.register_new_resolver("resume_dir", resume_dir, use_cache=True, replace=True)
-OmegaConf.register_new_resolver("config_subdir", config_subdir, use_cache=True, replace=True)
