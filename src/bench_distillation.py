@@ -17,6 +17,10 @@ from hydra.utils import instantiate
 
 from src.bench.timing import median_seconds
 from src.errors import UserError, exit_on_user_error
+from src.resolvers import register_resolvers
+
+# before it composes conf/train.yaml
+register_resolvers()
 
 
 @exit_on_user_error

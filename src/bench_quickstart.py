@@ -35,6 +35,10 @@ GROWTH_POINTS = ((1, 64), (4, 64), (16, 64), (1, 16), (1, 256))
 def quickstart_config(overrides: list[str]):
     from hydra import compose, initialize_config_dir
 
+    from src.resolvers import register_resolvers
+
+    register_resolvers()
+
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return compose("train", overrides=[*QUICKSTART, *overrides], return_hydra_config=True)
 

@@ -12,8 +12,12 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from src.errors import UserError, exit_on_unknown_option, exit_on_user_error
 from src.module import load_checkpoint
+from src.resolvers import register_resolvers
 from src.trainer import build_trainer
 from src.utils import log_hyperparameters, metrics_to_floats
+
+# before Hydra composes the config (on import: the DDP ranks and SLURM jobs import this module again)
+register_resolvers()
 
 log = logging.getLogger(__name__)
 

@@ -16,6 +16,10 @@ from src.maps import METHODS, heatmaps
 from src.module import load_checkpoint
 from src.predict import eval_transform, expand_inputs, load_image, pick_device, write_predictions
 from src.reporting.attention import plot_overlays
+from src.resolvers import register_resolvers
+
+# before Hydra composes the config (on import: the DDP ranks and SLURM jobs import this module again)
+register_resolvers()
 
 log = logging.getLogger(__name__)
 

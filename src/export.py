@@ -21,6 +21,10 @@ from src.inference import METADATA_KEY, import_onnxruntime
 from src.maps import unfused_attention
 from src.module import load_checkpoint
 from src.preprocessing import preprocessing_facts
+from src.resolvers import register_resolvers
+
+# before Hydra composes the config (on import: the DDP ranks and SLURM jobs import this module again)
+register_resolvers()
 
 log = logging.getLogger(__name__)
 

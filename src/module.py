@@ -29,6 +29,7 @@ from src.mixing import build_mixup
 from src.preprocessing import preprocessing_facts
 from src.resume import read_checkpoint
 from src.schedulers import build_lr_scheduler
+from src.upstream_fixes.lightning import MetricsLoggedOncePerEpoch, logger_writes_this_step
 
 
 def _plain(config):
@@ -108,7 +109,8 @@ class ClassifierModule(L.LightningModule):
         self.test_metrics.add_metrics(
             {"balanced_acc": MulticlassAccuracy(num_classes, average="macro", validate_args=False)}
         )
-        self._metrics_handed_over: set[str] = set()  # stages whose metrics Lightning holds this epoch
+        # the epoch's metric objects go to self.log at the first step only (src/upstream_fixes/lightning.py)
+        self.epoch_metrics = MetricsLoggedOncePerEpoch()
 
     def setup(self, stage: str) -> None:
         if self.hparams.get("class_weights") == "balanced":
@@ -131,15 +133,15 @@ class ClassifierModule(L.LightningModule):
         return self
 
     def on_train_epoch_start(self) -> None:
-        self._metrics_handed_over.discard("train")
+        self.epoch_metrics.new_epoch("train")
         if self.mixup is not None:
             self.mixup.set_epoch(self.current_epoch)
 
     def on_validation_epoch_start(self) -> None:
-        self._metrics_handed_over.discard("val")
+        self.epoch_metrics.new_epoch("val")
 
     def on_test_epoch_start(self) -> None:
-        self._metrics_handed_over.discard("test")
+        self.epoch_metrics.new_epoch("test")
 
     def configure_callbacks(self):
         return [] if self.unfreeze_at_epoch is None else [UnfreezeAtEpoch(self.unfreeze_at_epoch)]
@@ -171,16 +173,12 @@ class ClassifierModule(L.LightningModule):
         # on the steps the logger writes (Lightning's own test: every trainer.log_every_n_steps, or fast_dev_run)
         # and at each epoch's start, so that the progress bar shows one from the first step on
         if stage == "train" and (
-            batch_idx == 0 or self.trainer._logger_connector.should_update_logs or self.trainer.fast_dev_run
+            batch_idx == 0 or logger_writes_this_step(self.trainer) or self.trainer.fast_dev_run
         ):
             self.log("train/loss_step", loss.detach(), on_step=True, on_epoch=False, prog_bar=True)
-        if stage not in self._metrics_handed_over:
-            # logging a metric object hands it to Lightning, which computes (and resets) it at the epoch's end:
-            # once per epoch is enough. Not `batch_idx == 0`: a fit resumed mid-epoch starts later
-            epoch_loss = {f"{stage}/loss" + ("_epoch" if stage == "train" else ""): mean_loss}
-            self.log_dict(epoch_loss, on_step=False, on_epoch=True, prog_bar=True)
-            self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=True)
-            self._metrics_handed_over.add(stage)
+        # Lightning computes (and resets) the logged metric objects at the epoch's end
+        epoch_loss = {f"{stage}/loss" + ("_epoch" if stage == "train" else ""): mean_loss}
+        self.epoch_metrics.log(self, stage, epoch_loss, metrics, prog_bar=True)
         return loss, logits
 
     def training_step(self, batch, batch_idx):

@@ -12,6 +12,7 @@ import lightning as L
 import torch
 
 from src.errors import UserError
+from src.upstream_fixes.lightning import logger_writes_this_step
 
 
 class NonFiniteLossError(UserError):
@@ -43,7 +44,7 @@ class NonFiniteLossGuard(L.Callback):
         s["loss"] = torch.where(tripped, loss, s["loss"])
         lrs = [group["lr"] for optimizer in trainer.optimizers for group in optimizer.param_groups]
         s["lr"] = torch.where(tripped, max(lrs, default=math.nan), s["lr"])
-        if loss.device.type == "cpu" or trainer._logger_connector.should_update_logs:
+        if loss.device.type == "cpu" or logger_writes_this_step(trainer):
             self._check(trainer)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:

@@ -20,6 +20,10 @@ from rich.table import Table
 from src.data.files import READ_ERRORS, open_rgb
 from src.errors import UserError, exit_on_unknown_option, exit_on_user_error
 from src.inference import onnx_classifier, torch_classifier
+from src.resolvers import register_resolvers
+
+# before Hydra composes the config (on import: the DDP ranks and SLURM jobs import this module again)
+register_resolvers()
 
 log = logging.getLogger(__name__)
 

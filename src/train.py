@@ -14,11 +14,16 @@ from src.checks import check_values, optimized_value, optuna_sweep
 from src.config_tree import show_config
 from src.errors import UserError, exit_on_unknown_option, exit_on_user_error
 from src.nonfinite import DivergedTrial, NonFiniteLossError
+from src.resolvers import register_resolvers
 from src.resume import check_resume
 from src.run_guard import guarded_run
-from src.runs import find_checkpoint, one_job
+from src.runs import find_checkpoint
 from src.trainer import build_trainer
+from src.upstream_fixes.hydra import one_job
 from src.utils import log_hyperparameters, metrics_to_floats
+
+# before Hydra composes the config (on import: the DDP ranks and SLURM jobs import this module again)
+register_resolvers()
 
 log = logging.getLogger(__name__)
 

@@ -7,13 +7,13 @@ from omegaconf import DictConfig
 
 from src.checks import needing_no_logger
 from src.loggers import instantiate_loggers
-from src.upstream_fixes import RequeueAtBatchEnd
+from src.upstream_fixes.lightning import RequeueAtBatchEnd
 from src.utils import instantiate_group
 
 
 def build_trainer(cfg: DictConfig, *callbacks: L.Callback, **settings) -> L.Trainer:
     """conf/trainer with the run's `callbacks` and `logger` groups (a callback that needs a logger is left out
-    when there is none), the entry point's own `callbacks` and the upstream workarounds (src/upstream_fixes.py);
+    when there is none), the entry point's own `callbacks` and the upstream workarounds (src/upstream_fixes/);
     `settings` override conf/trainer's keys."""
     loggers = instantiate_loggers(cfg.get("logger"))
     configured = needing_no_logger(instantiate_group(cfg.get("callbacks")), loggers)

@@ -1,5 +1,10 @@
 """Every option of every config group composes and instantiates; optimizers and schedulers drive a real step."""
 
+import os
+import subprocess
+import sys
+import textwrap
+
 import lightning as L
 import pytest
 import torch
@@ -7,7 +12,7 @@ from hydra.utils import instantiate
 
 from src.train import train
 from src.trainer import build_trainer
-from tests.conftest import CONF, TINY_VIT, compose_config
+from tests.conftest import CONF, ROOT, TINY_VIT, compose_config
 
 
 def options(group: str) -> list[str]:
@@ -94,3 +99,37 @@ def test_no_weight_decay_on_norms_biases_and_embeddings(model, tmp_path):
     assert {"cls_token", "pos_embed", "norm.weight", "norm.bias", "head.bias"} <= groups[0.0]
     assert "head.weight" in groups[cfg.optimizer.weight_decay]
     assert not any(name.endswith((".bias", "norm1.weight")) for name in groups[cfg.optimizer.weight_decay])
+
+
+def test_train_yaml_composed_before_anything_of_src_resolves_after_register_resolvers(tmp_path):
+    """A notebook composes conf/train.yaml with Hydra's compose API in a fresh interpreter, then registers
+    vitlab's resolvers (importing src alone registers none): the paths, the run dir and the class count counted
+    from the data folder all resolve."""
+    for name in ("cats", "dogs", "owls"):
+        (tmp_path / "images" / name).mkdir(parents=True)
+    script = textwrap.dedent(f"""
+        import sys
+        from hydra import compose, initialize_config_dir
+        from hydra.core.hydra_config import HydraConfig
+        from omegaconf import OmegaConf
+
+        with initialize_config_dir(config_dir={str(CONF)!r}, version_base="1.3"):
+            cfg = compose("train", overrides=["data=imagefolder", "data.data_dir=images"], return_hydra_config=True)
+        assert not [name for name in sys.modules if name.split(".")[0] == "src"], "composing imported src"
+        import src
+        assert not OmegaConf.has_resolver("cwd"), "importing src registered resolvers"
+        from src.resolvers import register_resolvers
+
+        register_resolvers()
+        HydraConfig.instance().set_config(cfg)
+        print(cfg.paths.log_dir, cfg.hydra.run.dir, cfg.module.num_classes)
+    """)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    log_dir, run_dir, num_classes = result.stdout.split()
+    assert log_dir == str(tmp_path / "outputs")
+    assert run_dir.startswith(f"{tmp_path / 'outputs'}/train/runs/")
+    assert num_classes == "3"

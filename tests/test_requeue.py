@@ -16,7 +16,7 @@ import torch
 from lightning.pytorch.demos.boring_classes import BoringModel
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from src.upstream_fixes import RequeueAtBatchEnd
+from src.upstream_fixes.lightning import RequeueAtBatchEnd
 from tests.conftest import QUICK, ROOT, TINY_VIT, run_cli
 
 # what srun gives a job's only task; Lightning's SLURMEnvironment reads these. No cluster: the tests put an `scontrol`

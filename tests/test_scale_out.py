@@ -16,8 +16,8 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from src.runs import config_flags
 from src.train import train
+from src.upstream_fixes.hydra import config_flags
 from tests.conftest import CONF, QUICK, ROOT, TINY_VIT, compose_config, run_cli, run_dirs
 
 FEW_BATCHES = ["+trainer.limit_train_batches=3", "+trainer.limit_val_batches=2"]

@@ -11,7 +11,11 @@ from omegaconf import OmegaConf, open_dict
 
 from src.data.gpu_loader import GPUBatches
 from src.module import ClassifierModule
+from src.resolvers import register_resolvers
 from src.trainer import build_trainer
+
+# before it composes conf/train.yaml
+register_resolvers()
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 MEAN, STD = [0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616]

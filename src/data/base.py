@@ -14,6 +14,7 @@ from src.data.augment import check_augment, gpu_loader_refusal
 from src.data.gpu_loader import GPUBatches
 from src.data.transforms import build_transforms
 from src.errors import UserError
+from src.upstream_fixes.lightning import TrainLoaderStateInDataModule
 
 
 class TransformedSubset(Dataset):
@@ -44,7 +45,7 @@ def stratified_split(
     return train_test_split(indices, test_size=test_size, stratify=labels, random_state=seed)
 
 
-class ImageDataModule(L.LightningDataModule):
+class ImageDataModule(TrainLoaderStateInDataModule, L.LightningDataModule):
     """Subclasses set `style` (see transforms.py) and `native_size`, and fill the three data sets in setup()."""
 
     style: str
@@ -77,8 +78,6 @@ class ImageDataModule(L.LightningDataModule):
         self.data_val: Dataset | None = None
         self.data_test: Dataset | None = None
         self.class_names: list[str] = []
-        self._train_batches: GPUBatches | None = None  # data.loader=gpu: the training loader, whose place
-        self._train_batches_state: dict | None = None  # in its epoch checkpoints keep (see state_dict)
 
     def transform(self, train: bool):
         h = self.hparams
@@ -194,21 +193,8 @@ class ImageDataModule(L.LightningDataModule):
         return None
 
     def train_dataloader(self) -> DataLoader | GPUBatches:
-        loader = self._loader(self.data_train, shuffle=True)
-        if isinstance(loader, GPUBatches):
-            if self._train_batches_state:
-                loader.load_state_dict(self._train_batches_state)
-            self._train_batches, self._train_batches_state = loader, None
-        return loader
-
-    # The GPU-resident loader's place goes into checkpoints through the DataModule: Lightning 2.6 saves a stateful
-    # loader's state itself, but does not give it back when configure_optimizers has asked for
-    # estimated_stepping_batches, as the warm-up/one-cycle schedules do (Lightning issue #20550)
-    def state_dict(self) -> dict:
-        return {"train_batches": self._train_batches.state_dict()} if self._train_batches else {}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        self._train_batches_state = state_dict.get("train_batches")
+        # the GPU-resident loader resumes mid-epoch where the checkpoint left it (src/upstream_fixes/lightning.py)
+        return self.resumed_train_loader(self._loader(self.data_train, shuffle=True))
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.data_val, shuffle=False)

@@ -1,0 +1,51 @@
+"""vitlab's OmegaConf resolvers, registered by `register_resolvers()`: every entry point calls it when it is
+imported (so do the DDP ranks and the SLURM jobs, which import it again), and so must any code that resolves
+vitlab's configs itself, e.g. a notebook that composes conf/train.yaml with Hydra's compose API:
+
+    with initialize_config_dir(config_dir=".../conf", version_base="1.3"):
+        cfg = compose("train", overrides=["data=digits"])
+    register_resolvers()  # before reading a value: `${cwd:}` and the others resolve when read
+"""
+
+from omegaconf import OmegaConf
+
+from src.upstream_fixes.hydra import start_folder
+
+
+def _resume_dir(*args) -> str:
+    from src.runs import resume_dir  # imported when used: it loads torch, which src.predict does without
+
+    return resume_dir(*args)
+
+
+def _config_subdir(run_dir) -> str | None:
+    from src.runs import config_subdir
+
+    return config_subdir(run_dir)
+
+
+def _folder_num_classes(data_dir) -> int:
+    from src.data.imagefolder import folder_classes  # imported when used: it loads Lightning
+
+    return len(folder_classes(data_dir))
+
+
+def _csv_num_classes(csv_path, label_column) -> int:
+    from src.data.manifest import manifest_classes
+
+    return len(manifest_classes(csv_path, label_column))
+
+
+def register_resolvers() -> None:
+    """Registers (again: idempotent) every resolver vitlab's configs use."""
+    # conf/paths' root: the folder a command was started from (a Hydra workaround, src/upstream_fixes)
+    OmegaConf.register_new_resolver("cwd", start_folder, replace=True)
+    # data.num_classes of data=imagefolder / data=csv, counted from the data (class folders, the label column):
+    # the model gets it by interpolation, and `--cfg job --resolve` shows it
+    OmegaConf.register_new_resolver("folder_num_classes", _folder_num_classes, use_cache=True, replace=True)
+    OmegaConf.register_new_resolver("csv_num_classes", _csv_num_classes, use_cache=True, replace=True)
+    # conf/hydra/train.yaml's run dir (a resumed fit continues in its checkpoint's) and where its config copy
+    # goes (src/runs.py). Cached: every look at hydra.run.dir in a process sees the same folder, even once
+    # checkpoints are written
+    OmegaConf.register_new_resolver("resume_dir", _resume_dir, use_cache=True, replace=True)
+    OmegaConf.register_new_resolver("config_subdir", _config_subdir, use_cache=True, replace=True)

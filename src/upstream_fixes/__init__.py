@@ -1,0 +1,49 @@
+"""What vitlab does differently from plain Lightning, Hydra and torch, and why: the index.
+
+Each workaround below is tagged with the upstream issue (or the version and source line) it works around and
+with what tells that it can go. The code is here, one file per upstream (lightning.py, hydra.py), unless it has
+a module of its own elsewhere; the rest of vitlab reads like the documented patterns and calls these by name.
+Messages that are only noise are silenced in src/upstream_noise.py, each with its reason.
+
+Lightning 2.6.6 (lightning.py)
+- `RequeueAtBatchEnd`: SLURM's requeue signal saved and requeued between training batches, not inside the
+  signal handler, where a DDP job hung for good (Lightning #21406, PR #21407). Added to every Trainer by
+  src/trainer.py `build_trainer`. Goes when: tests/test_requeue.py passes without it.
+- `logger_writes_this_step`: asks Lightning's private `trainer._logger_connector.should_update_logs` whether
+  the loggers write at this step (no public API). Used by src/module.py and src/nonfinite.py to read values
+  off the GPU only then. Goes when: Lightning makes it public.
+- `MetricsLoggedOncePerEpoch`: metric objects handed to `self.log` once per stage and epoch, not at every step
+  (~0.5 ms a call: Lightning #17988). Used by src/module.py. Goes when: `self.log` is cheap.
+- `TrainLoaderStateInDataModule`: the GPU-resident loader's place in its epoch saved and restored through the
+  DataModule, as Lightning drops a stateful loader's state when `configure_optimizers` asked for
+  `estimated_stepping_batches` (Lightning #20550; PRs #21765, #21770). Mixed into src/data/base.py
+  `ImageDataModule`. Goes when: `pytest tests/test_scale_out.py -k gpu_loader_fit_resumed` passes without it.
+- conf/callbacks/last_checkpoint.yaml: a second `ModelCheckpoint` (monitor: null) writes last.ckpt after every
+  epoch. `ModelCheckpoint(monitor=..., save_top_k=1, save_last=True)` rewrites last.ckpt only at a step where it
+  also saved a top-k checkpoint, i.e. only in epochs with a new best (lightning/pytorch/callbacks/
+  model_checkpoint.py, `on_train_epoch_end` and `on_validation_end`: "Only save last checkpoint if a checkpoint
+  was actually saved in this step"), so `ckpt_path=last` would resume from the best epoch, not the last. Goes
+  when: with model_checkpoint's `save_last: true` a run whose val/acc falls in its last epoch has last.ckpt of
+  that epoch; then drop last_checkpoint from conf/callbacks/default.yaml.
+- src/checkpoint_io.py `AtomicCheckpointIO` (conf/trainer/default.yaml `plugins`): Lightning's
+  `cloud_io._atomic_save` writes through an fsspec transaction whose temporary file is in `TMPDIR`, so on
+  another file system than the run dir the final step is a copy, and a kill during it leaves a truncated
+  checkpoint. Goes when: Lightning writes the temporary file beside the checkpoint and renames it
+  (tests/test_checkpoint_io.py).
+- src/bench.py `peak_bf16_flops`: the H200's dense bf16 peak, which Lightning's table misses or doubles
+  (Lightning #20660, #21677, fixed after 2.6.6 by PR #21743). Goes when: the pinned Lightning has PR #21743.
+
+Lightning's DDP launcher in a Hydra sweep (hydra.py)
+- `one_job`: a sweep job's DDP ranks re-run that job, not the whole sweep, and its process group and
+  environment are cleared before the next job (Lightning #11300, PR #18175, both open). Entered by src/train.py
+  `main`. Goes when: the sweep DDP tests of tests/test_scale_out.py pass without it.
+
+Hydra 1.3.8 (hydra.py)
+- `start_folder`, the `${cwd:}` resolver of conf/paths: `${hydra:runtime.cwd}` cannot be resolved where a sweep
+  resolves `hydra.sweep.dir` (hydra/_internal/core_plugins/basic_launcher.py). Registered with vitlab's other
+  resolvers by src/resolvers.py `register_resolvers`, which every entry point calls.
+
+torch 2.14
+- src/flops.py `flop_counter`: FLOP formulas for the CPU attention kernels, which torch counts as 0
+  (pytorch/pytorch#195460, fixed by PR #195801 after 2.14.1). Goes when: the pinned torch has PR #195801.
+"""
