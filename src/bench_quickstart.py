@@ -293,7 +293,7 @@ def main() -> None:
     if args.out:
         command = " ".join(["python -m src.bench_quickstart", *sys.argv[1:]])
         ending = ", ".join(f"{value:.2f}" for value in os.getloadavg())
-        section = [f"### {command}", "", f"- {os.cpu_count()} CPU cores; load average (1, 5, 15 min) at the start "
+        section = ["", f"### {command}", "", f"- {os.cpu_count()} CPU cores; load average (1, 5, 15 min) at the start "
                    f"{load}, at the end {ending}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
                    f"torch {torch.__version__}", "", *table, ""]  # fmt: skip
         with args.out.open("a") as file:
