@@ -9,7 +9,6 @@ import torch
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import OmegaConf
-from sklearn.datasets import load_digits
 
 import src.module
 from src import bench, bench_quickstart
@@ -17,7 +16,6 @@ from src.bench import gpu, workload
 from src.data.cifar10 import CIFAR10DataModule
 from src.data.digits import DigitsDataModule
 from src.data.gpu_loader import GPUBatches
-from src.data.transforms import build_transforms
 from src.train import train
 from src.trainer import build_trainer
 from tests.conftest import CONF, QUICK, TINY_VIT, compose_config
@@ -202,21 +200,6 @@ def test_cifar10_eval_batches_match_the_dataloader_path(image_size, interpolatio
         else:
             assert levels.max() <= (1.01 if interpolation == "bilinear" else 6) and levels.mean() < 0.5
         assert torch.equal(labels, expected_labels)
-
-
-@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
-def test_digits_resized_once_give_the_dataloader_the_images_and_draws_of_resizing_each_image(interpolation):
-    dm = DigitsDataModule(**DIGITS, mean=[0.3] * 3, std=[0.4] * 3, interpolation=interpolation)
-    dm.setup("fit")
-    assert dm.stored_size == 16 and dm.native_size == 8  # checkpoints still say the images are 8 px
-    originals = torch.from_numpy(load_digits().images * (255 / 16)).round().to(torch.uint8)
-    originals = originals[:, None].expand(-1, 3, -1, -1)
-    for split, augmented in ((dm.data_train, True), (dm.data_val, False)):
-        per_image = build_transforms("digits", 16, [0.3] * 3, [0.4] * 3, augmented, 8, interpolation)
-        torch.manual_seed(0)
-        images = torch.stack([split[i][0] for i in range(64)])
-        torch.manual_seed(0)  # the same random crops: resizing draws no random numbers
-        assert torch.equal(images, torch.stack([per_image(originals[j]) for j in split.indices[:64]]))
 
 
 def test_digits_training_batches_have_the_dataloader_paths_augmentation_statistics():

@@ -78,16 +78,13 @@ class ImageDataModule(TrainLoaderStateInDataModule, L.LightningDataModule):
         self.data_val: Dataset | None = None
         self.data_test: Dataset | None = None
         self.class_names: list[str] = []
-        # the side of the images as setup() stored them, when it resized them already (else native_size)
-        self.stored_size: int | None = None
 
     def transform(self, train: bool):
         h = self.hparams
         if h.augment:
             check_augment(h.augment)
-        source_size = self.stored_size or self.native_size
         return build_transforms(
-            self.style, h.image_size, h.mean, h.std, train, source_size, h.interpolation, h.augment
+            self.style, h.image_size, h.mean, h.std, train, self.native_size, h.interpolation, h.augment
         )
 
     def in_memory(self, dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor]:

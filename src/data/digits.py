@@ -4,7 +4,6 @@ no download, so the quickstart and the tests train for real offline."""
 import torch
 from sklearn.datasets import load_digits
 from torch.utils.data import TensorDataset
-from torchvision.transforms import v2
 
 from src.data.base import ImageDataModule, TransformedSubset, stratified_split
 
@@ -24,14 +23,9 @@ class DigitsDataModule(ImageDataModule):
         # 0..16 grey levels -> uint8 RGB, so the same transforms as for photos apply
         images = torch.from_numpy(digits.images * (255 / 16)).round().to(torch.uint8)
         images = images.unsqueeze(1).expand(-1, 3, -1, -1).contiguous()
-        h = self.hparams
-        if self.loader_kind() == "torch" and h.image_size != self.native_size:
-            # resized once, not per image and epoch: the same resize (batched gives the same pixels), and the
-            # transforms then skip it, so the DataLoader's batches and random draws are exactly those of before
-            resize = v2.Resize((h.image_size,) * 2, v2.InterpolationMode(h.interpolation), antialias=True)
-            images, self.stored_size = resize(images), h.image_size
         labels = torch.from_numpy(digits.target)
         full = TensorDataset(images, labels)
+        h = self.hparams
         rest, test = stratified_split(digits.target, h.test_size, h.seed, "data.test_size")
         train, val = stratified_split(digits.target[rest], h.val_size, h.seed, "data.val_size")
         train, val = rest[train], rest[val]
