@@ -146,29 +146,12 @@ def hand_written_fit(settings: dict, train_repeats: int = 1) -> dict:
         return {"test_acc": accuracy(test), "best_val_acc": best_acc, "epoch_seconds": epoch_seconds}
 
 
-class EpochTimer:
-    """Wall seconds of each training epoch, its validation included (as the loop's epoch_seconds)."""
-
-    def __init__(self):
-        import lightning as L
-
-        class Timer(L.Callback):
-            def on_train_epoch_start(timer, *args):
-                timer.start = time.perf_counter()
-
-            def on_validation_end(timer, trainer, *args):
-                if not trainer.sanity_checking:
-                    self.seconds.append(time.perf_counter() - timer.start)
-
-        self.seconds: list[float] = []
-        self.callback = Timer()
-
-
 def framework_fit(overrides: list[str], train_repeats: int = 1) -> list[float]:
     """The quickstart's Trainer (its callbacks and logger, as src.train builds it) fitting the quickstart's
     module, with the training set repeated `train_repeats` times: seconds of each epoch."""
     from hydra.utils import instantiate
 
+    from src.bench.timing import EpochTimer
     from src.data.base import TransformedSubset
     from src.trainer import build_trainer
 
@@ -181,10 +164,10 @@ def framework_fit(overrides: list[str], train_repeats: int = 1) -> list[float]:
         datamodule.data_train = TransformedSubset(
             train.dataset, list(train.indices) * train_repeats, train.transform
         )
-        timer = EpochTimer()
-        trainer = build_trainer(cfg, timer.callback)
+        timer = EpochTimer("cpu")
+        trainer = build_trainer(cfg, timer)
         trainer.fit(instantiate(cfg.module), datamodule=datamodule)
-    return timer.seconds
+    return list(timer.seconds.values())
 
 
 def framework_process(overrides: list[str]) -> dict:

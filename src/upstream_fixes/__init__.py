@@ -30,7 +30,7 @@ Lightning 2.6.6 (lightning.py)
   another file system than the run dir the final step is a copy, and a kill during it leaves a truncated
   checkpoint. Goes when: Lightning writes the temporary file beside the checkpoint and renames it
   (tests/test_checkpoint_io.py).
-- src/bench.py `peak_bf16_flops`: the H200's dense bf16 peak, which Lightning's table misses or doubles
+- src/bench/gpu.py `peak_bf16_flops`: the H200's dense bf16 peak, which Lightning's table misses or doubles
   (Lightning #20660, #21677, fixed after 2.6.6 by PR #21743). Goes when: the pinned Lightning has PR #21743.
 
 Lightning's DDP launcher in a Hydra sweep (hydra.py)
@@ -44,6 +44,6 @@ Hydra 1.3.8 (hydra.py)
   resolvers by src/resolvers.py `register_resolvers`, which every entry point calls.
 
 torch 2.14
-- src/flops.py `flop_counter`: FLOP formulas for the CPU attention kernels, which torch counts as 0
+- src/flops.py: FLOP formulas for the CPU attention kernels registered with torch, which counts them as 0
   (pytorch/pytorch#195460, fixed by PR #195801 after 2.14.1). Goes when: the pinned torch has PR #195801.
 """
