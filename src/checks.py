@@ -5,6 +5,7 @@ metric a sweep optimises."""
 import inspect
 import logging
 import math
+import re
 from collections.abc import Callable
 
 from hydra.core.hydra_config import HydraConfig
@@ -131,6 +132,29 @@ def _check_scratch_vit(model: DictConfig) -> None:
             f"model.embed_dim={setting('embed_dim')} is not divisible by model.num_heads="
             f"{setting('num_heads')}: change one of them"
         )
+    _check_fewer_tokens(model, setting)
+
+
+def _check_fewer_tokens(model: DictConfig, setting: Callable) -> None:
+    """TokenLearner and downsampling against the network: the model's own check (block_widths), on the token map
+    the tokenizer makes, its words put in config keys."""
+    from src.models.token_learner import block_widths
+    from src.models.vit import ConvTokenizer
+
+    if setting("tokenizer") == "patch":
+        side = setting("img_size") // setting("patch_size")
+    else:  # the convolutions' arithmetic decides: a tiny tokenizer tells
+        tokenizer = ConvTokenizer(setting("img_size"), setting("in_chans"), 8, setting("conv_kernel"),
+                                  setting("conv_layers"), setting("conv_pool"))  # fmt: skip
+        side = math.isqrt(tokenizer.num_patches)
+    try:
+        block_widths(setting("depth"), side, setting("embed_dim"), setting("num_heads"),
+                     setting("token_learner"), setting("downsample"))  # fmt: skip
+    except ValueError as err:  # its arguments are the model group's keys
+        words = re.sub(
+            r"\b(token_learner\.\w+|downsample|depth|num_heads)(?==| entry)", r"model.\1", str(err)
+        )
+        raise UserError(words) from None
 
 
 def _check_keras_cnn(model: DictConfig) -> None:

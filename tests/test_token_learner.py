@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from src.checks import check_model_settings
 from src.errors import UserError
 from src.flops import measure_flops
 from src.models.token_learner import FlexibleDownsample, TokenFuser, TokenLearner
@@ -16,7 +17,7 @@ from src.models.vit import Block, VisionTransformer
 from src.module import ClassifierModule
 from src.token_maps import main as token_maps_main
 from src.token_maps import token_maps
-from tests.conftest import QUICK, run_cli, run_dirs
+from tests.conftest import QUICK, compose_config, run_cli, run_dirs
 
 # 16 px, patch 4: a 4x4 map of N = 16 patch tokens, plus the class token
 SMALL = dict(img_size=16, patch_size=4, embed_dim=32, depth=4, num_heads=4, mlp_dim=64, num_classes=10)
@@ -138,16 +139,16 @@ def test_token_learner_flops_equal_the_hand_count():
 @pytest.mark.parametrize(
     "options, message",
     [
-        ({"token_learner": {"num_tokens": 8, "layer": 4}}, "model.token_learner.layer=4 with model.depth=4"),
-        ({"token_learner": {"num_tokens": 0, "layer": 2}}, "model.token_learner.num_tokens=0: it must be"),
-        ({"token_learner": {"num_tokens": 8}}, "model.token_learner.layer=None"),
+        ({"token_learner": {"num_tokens": 8, "layer": 4}}, "token_learner.layer=4 with depth=4"),
+        ({"token_learner": {"num_tokens": 0, "layer": 2}}, "token_learner.num_tokens=0: it must be"),
+        ({"token_learner": {"num_tokens": 8}}, "token_learner.layer=None"),
         ({"downsample": [{"after": 2, "size": 5}]}, "size=5 is larger than the 4x4 token map"),
         ({"downsample": [{"after": 1, "size": 3}, {"after": 2, "size": 4}]}, "larger than the 3x3 token map"),
         ({"downsample": [{"after": 2, "size": 2}, {"after": 2, "size": 1}]}, "give after"),
         ({"downsample": [{"after": 4, "size": 2}]}, "give after"),
         (
             {"downsample": [{"after": 2, "size": 2, "dim": 30}]},
-            "dim=30 is not divisible by model.num_heads=4",
+            "dim=30 is not divisible by num_heads=4",
         ),
         (
             {"token_learner": {"num_tokens": 4, "layer": 1}, "downsample": [{"after": 2, "size": 2}]},
@@ -156,8 +157,25 @@ def test_token_learner_flops_equal_the_hand_count():
     ],
 )
 def test_bad_settings_are_named(options, message):
-    with pytest.raises(UserError, match=message):
+    with pytest.raises(ValueError, match=message):  # the model's own arguments: it knows no config
         VisionTransformer(**SMALL, **options)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("model.token_learner.layer=3", "model.token_learner.layer=3 with model.depth=3"),
+        ("model.downsample=[{after:1,size:2,dim:31}]", "model.downsample entry .* not divisible by model.num_heads=2"),
+        ("model.token_learner.fuse=false", "model.downsample entry .* or set model.token_learner.fuse=true"),
+    ],
+)  # fmt: skip
+def test_the_config_layer_names_bad_settings_in_config_keys(override, message, tmp_path):
+    options = ["model.token_learner.num_tokens=4", "model.token_learner.layer=1"]
+    if "fuse" in override:
+        options.append("model.downsample=[{after:2,size:2}]")
+    cfg = compose_config("train", [*TINY, *options, override], tmp_path)
+    with pytest.raises(UserError, match=message):
+        check_model_settings(cfg)
 
 
 TINY = ["data=digits", "data.image_size=16", "model.embed_dim=32", "model.depth=3", "model.num_heads=2",

@@ -9,6 +9,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf, open_dict
 
+from src.checks import check_model_settings
 from src.data.gpu_loader import GPUBatches
 from src.module import ClassifierModule
 from src.resolvers import register_resolvers
@@ -37,6 +38,7 @@ def model_config(name: str, image_size: int, device: str, extra: list[str] = ())
     with open_dict(cfg):
         if "pretrained" in cfg.model:  # speed does not depend on the weights, and they may be offline
             cfg.model.pretrained = False
+    check_model_settings(cfg)  # a bad setting is one error line in config keys, as in src.train
     return cfg
 
 

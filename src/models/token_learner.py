@@ -26,8 +26,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from src.errors import UserError
-
 
 def _mlp(dim: int, hidden: int, out: int, dropout: float) -> nn.Sequential:
     """Scenic's MlpBlock: Dense -> GELU -> Dropout -> Dense -> Dropout."""
@@ -98,20 +96,19 @@ class FlexibleDownsample(nn.Module):
 def block_widths(
     depth: int, side: int, embed_dim: int, num_heads: int, token_learner: dict | None, downsample: list | None
 ) -> list[int]:
-    """Each block's width, after checking the TokenLearner and downsampling settings against the network.
-    Unlike the rest of src/models, the messages name the config keys: the checks need the token map's side,
-    which only the built tokenizer knows, so the config layer (src/checks.py) cannot make them first."""
+    """Each block's width, after checking the TokenLearner and downsampling settings against the network (a
+    ValueError naming these arguments; src/checks.py words it in config keys before a run builds the model)."""
     tl = dict(token_learner or {})
     if tl.get("num_tokens") is not None:
         if tl["num_tokens"] <= 0:
-            raise UserError(
-                f"model.token_learner.num_tokens={tl['num_tokens']}: it must be at least 1 (8 or 16 in the "
-                "paper); or model.token_learner.num_tokens=null to switch TokenLearner off"
+            raise ValueError(
+                f"token_learner.num_tokens={tl['num_tokens']}: it must be at least 1 (8 or 16 in the "
+                "paper); or token_learner.num_tokens=null to switch TokenLearner off"
             )
         layer = tl.get("layer")
         if layer is None or not 0 <= layer < depth:
-            raise UserError(
-                f"model.token_learner.layer={layer} with model.depth={depth}: set a layer from 0 to {depth - 1} "
+            raise ValueError(
+                f"token_learner.layer={layer} with depth={depth}: set a layer from 0 to {depth - 1} "
                 "(the number of blocks that run on all patch tokens first)"
             )
     widths, dim, after_before = [embed_dim] * depth, embed_dim, 0
@@ -119,25 +116,23 @@ def block_widths(
         spec = dict(spec)
         after, size = spec.get("after"), spec.get("size")
         if after is None or size is None or not after_before < after < depth:
-            raise UserError(
-                f"model.downsample entry {spec}: give after (blocks before it, increasing, 1 to {depth - 1}) "
-                "and size (the new map side), e.g. model.downsample=[{after:2,size:3,dim:128}]"
+            raise ValueError(
+                f"downsample entry {spec}: give after (blocks before it, increasing, 1 to {depth - 1}) "
+                "and size (the new map side), e.g. downsample=[{after:2,size:3,dim:128}]"
             )
         if not 1 <= size <= side:
-            raise UserError(
-                f"model.downsample entry {spec}: size={size} is larger than the {side}x{side} token map "
+            raise ValueError(
+                f"downsample entry {spec}: size={size} is larger than the {side}x{side} token map "
                 f"there (or below 1): use a size from 1 to {side}"
             )
         if tl.get("num_tokens") is not None and not tl.get("fuse") and after > tl["layer"]:
-            raise UserError(
-                f"model.downsample entry {spec} comes after TokenLearner (layer {tl['layer']}), which leaves "
-                "no token map to resample: move it before, or set model.token_learner.fuse=true"
+            raise ValueError(
+                f"downsample entry {spec} comes after TokenLearner (layer {tl['layer']}), which leaves "
+                "no token map to resample: move it before, or set token_learner.fuse=true"
             )
         dim = spec.get("dim") or dim
         if dim % num_heads:
-            raise UserError(
-                f"model.downsample entry {spec}: dim={dim} is not divisible by model.num_heads={num_heads}"
-            )
+            raise ValueError(f"downsample entry {spec}: dim={dim} is not divisible by num_heads={num_heads}")
         widths[after:] = [dim] * (depth - after)
         side, after_before = size, after
     return widths
