@@ -57,7 +57,7 @@ def create_timm_model(
             )
         except (RuntimeError, KeyError, ValueError, OSError, EOFError) as err:  # a text file, another model's
             raise UserError(
-                f"model.weights_path={weights_path} holds no weights of {model_name} ({type(err).__name__}: "
+                f"{setting}.weights_path={weights_path} holds no weights of {model_name} ({type(err).__name__}: "
                 f"{str(err).strip()[:200]}); give its .safetensors/.pth/.bin file"
             ) from None
     problem = _hub_unreachable(model_name) if pretrained else None
