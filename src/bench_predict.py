@@ -38,12 +38,12 @@ def run(args: list[str], env: dict | None = None) -> tuple[float, float, subproc
     return wall, cpu, result
 
 
-def import_seconds(stderr: str) -> dict[str, float]:
-    """Cumulative import time of each top-level package in PACKAGES, from `-X importtime` lines."""
+def import_seconds(stderr: str, names: tuple[str, ...] = PACKAGES) -> dict[str, float]:
+    """Cumulative import time of each module in `names`, from `-X importtime` lines."""
     found = {}
     for match in re.finditer(r"import time:\s+\d+ \|\s+(\d+) \|( *)(\S+)", stderr):
         cumulative, name = int(match.group(1)), match.group(3)
-        if name in PACKAGES:
+        if name in names:
             found[name] = found.get(name, 0.0) + cumulative / 1e6
     return found
 

@@ -4,13 +4,15 @@ on the job a new user runs first, whole process included (imports, data, 60 epoc
     python -m src.bench_quickstart --repeats 3                  # make train's command vs the loop, whole process
     python -m src.bench_quickstart --repeats 3 trainer.max_epochs=1   # short runs, where start-up dominates
     python -m src.bench_quickstart --growth                     # s/epoch against training-set and batch size
+    python -m src.bench_quickstart --imports --repeats 3        # what each side imports, and what inside costs
 
 The hand-written loop is what a careful user writes in a notebook: the same VisionTransformer and settings, read
 from the composed quickstart config; scikit-learn's digits, the same seeded split, upscaled to the image size once
 and normalised; a reflect-padded random crop per image done on each batch tensor; AdamW without weight decay on
 biases, norms and embeddings; warm-up + cosine per step; validation every epoch; the best epoch's weights saved
 and tested. No logger, checkpoint of the last epoch, report or pictures: those are what the framework adds.
-Runs alternate (framework, loop, framework, ...) and the table shows medians of wall and CPU seconds.
+After one unmeasured 1-epoch run of each (to warm the page cache), runs alternate (framework, loop, framework,
+...) and the table shows medians of wall and CPU seconds.
 """
 
 import argparse
@@ -30,6 +32,18 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 QUICKSTART = ["experiment=quickstart", "~callbacks.rich_progress_bar"]
 # --growth: (times the training set is repeated, batch size)
 GROWTH_POINTS = ((1, 64), (4, 64), (16, 64), (1, 16), (1, 256))
+# --imports: what each side imports before its first step, and the modules inside them whose cost is shown
+IMPORTS = {
+    "torch": "import torch",
+    "the hand-written loop's": "import torch, sklearn.datasets, sklearn.model_selection, src.models.vit",
+    "torchmetrics": "import torchmetrics",
+    "lightning": "import lightning",
+    "a quickstart run's": "import src.train, src.module, src.models.vit, src.data.digits, src.reporting",
+}
+# lightning.fabric.utilities.imports imports torchmetrics (compare_version imports the package to read its version,
+# and -X importtime prints no line of its own for torchmetrics there)
+NESTED = ("torch", "lightning", "lightning.fabric.utilities.imports", "torchvision", "scipy.signal",
+          "matplotlib.pyplot", "timm", "wandb", "sklearn", "hydra")  # fmt: skip
 
 
 def quickstart_config(overrides: list[str]):
@@ -207,6 +221,10 @@ def median_of(runs: list[dict], key: str) -> float:
 def whole_process(overrides: list[str], repeats: int) -> list[str]:
     """The markdown table of `repeats` alternating whole-process runs of each side."""
     settings = loop_settings(quickstart_config(overrides))
+    # one unmeasured run of each first: the first process after a while reads torch's libraries from disk (a cold
+    # page cache added up to 50 s to a run here), which is not the framework's cost
+    framework_process([*overrides, "trainer.max_epochs=1"])
+    loop_process({**settings, "epochs": 1})
     ours, loop = [], []
     for repeat in range(repeats):
         ours.append(framework_process(overrides))
@@ -249,6 +267,26 @@ def growth(extra: list[str], epochs: int) -> list[str]:
     return lines
 
 
+def imports(repeats: int) -> list[str]:
+    """The markdown table of import seconds: the median wall time of `repeats` fresh interpreters for each line
+    of IMPORTS, and from one `python -X importtime` run the cumulative seconds of the NESTED modules in it (the
+    first import of a module is counted where it happens: torchvision under torchmetrics, say)."""
+    from src.bench_predict import import_seconds, run
+
+    lines = [
+        f"import s: median of {repeats} fresh interpreters; the modules inside: one `-X importtime` run",
+        "",
+        f"| imports | wall s | {' | '.join(NESTED)} |",
+        "|---" * (len(NESTED) + 2) + "|",
+    ]
+    for name, statement in IMPORTS.items():
+        wall = statistics.median(run(["-c", statement])[0] for _ in range(repeats))
+        nested = import_seconds(run(["-X", "importtime", "-c", statement])[2].stderr, NESTED)
+        cells = " | ".join(f"{nested[module]:.2f}" if module in nested else "" for module in NESTED)
+        lines.append(f"| {name}: `{statement}` | {wall:.2f} | {cells} |")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -259,6 +297,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="runs of each, alternating")
     parser.add_argument("--growth", action="store_true", help="s/epoch against training-set and batch size")
     parser.add_argument("--growth-epochs", type=int, default=4)
+    parser.add_argument("--imports", action="store_true", help="import seconds of each side, and inside them")
     parser.add_argument("--out", type=Path, help="append the table, with the command and the machine's load")
     parser.add_argument(
         "--hand-written", metavar="SETTINGS", help=argparse.SUPPRESS
@@ -268,11 +307,12 @@ def main() -> None:
         print(json.dumps(hand_written_fit(json.loads(args.hand_written))))
         return
     load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
-    table = (
-        growth(args.overrides, args.growth_epochs)
-        if args.growth
-        else whole_process(args.overrides, args.repeats)
-    )
+    if args.imports:
+        table = imports(args.repeats)
+    elif args.growth:
+        table = growth(args.overrides, args.growth_epochs)
+    else:
+        table = whole_process(args.overrides, args.repeats)
     print("\n".join(table))
     if args.out:
         command = " ".join(["python -m src.bench_quickstart", *sys.argv[1:]])

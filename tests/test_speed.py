@@ -227,7 +227,7 @@ def test_digits_training_batches_have_the_dataloader_paths_augmentation_statisti
     [
         (["data=flowers102", "data.loader=gpu"], "data.loader=gpu needs .* use data.loader=torch"),
         (["data=digits", "data.loader=gpu", "data.cutout=16"], "data.cutout=16 must be between 0 .off. and data.image_size=16"),
-        (["data=digits", "data.cutout=4"], "data.cutout=4 is applied by the GPU-resident loader only: add data.loader=gpu"),
+        (["data=digits", "data.loader=torch", "data.cutout=4"], "data.cutout=4 is applied by the GPU-resident loader only: add data.loader=gpu"),
     ],
 )  # fmt: skip
 def test_gpu_loader_and_cutout_refuse_what_they_cannot_do(
@@ -279,7 +279,8 @@ def test_compile_and_bf16_configs_compose(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("fused", "device", "expected"), [("null", "cpu", False), ("null", "cuda:0", True), ("true", "cpu", True)]
+    ("fused", "device", "expected"),
+    [("null", "cpu", True), ("null", "cuda:0", True), ("false", "cpu", False)],
 )
 def test_fused_optimizer_setting(fused, device, expected, tmp_path, monkeypatch):
     cfg = compose_config(

@@ -1,5 +1,6 @@
 """What every image DataModule shares: loader settings, transforms and a stratified, seeded split."""
 
+import logging
 import math
 from collections.abc import Sequence
 
@@ -15,6 +16,8 @@ from src.data.gpu_loader import GPUBatches
 from src.data.transforms import build_transforms
 from src.errors import UserError
 from src.upstream_fixes.lightning import TrainLoaderStateInDataModule
+
+log = logging.getLogger(__name__)
 
 
 class TransformedSubset(Dataset):
@@ -193,6 +196,13 @@ class ImageDataModule(TrainLoaderStateInDataModule, L.LightningDataModule):
         return None
 
     def train_dataloader(self) -> DataLoader | GPUBatches:
+        if self.hparams.loader == "auto":  # say which one, as num_workers & co. only apply to the DataLoader
+            log.info(
+                "data.loader=auto: %s",
+                "the GPU-resident loader (whole batches, on the training device)"
+                if self.loader_kind() == "gpu"
+                else "a DataLoader (the augmentation runs per image)",
+            )
         # the GPU-resident loader resumes mid-epoch where the checkpoint left it (src/upstream_fixes/lightning.py)
         return self.resumed_train_loader(self._loader(self.data_train, shuffle=True))
 

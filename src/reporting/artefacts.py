@@ -150,6 +150,10 @@ def image_grid(n: int, cols: int = 4) -> tuple[Figure, np.ndarray]:
     fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - 1.0 / height, wspace=0.05, hspace=0.25)
     for ax in axes.flat:
         ax.axis("off")
+        # no ticks at all: an axis turned off still lays out its default ticks when a title is placed above it,
+        # which was half the time of drawing a grid (the same PNG, byte for byte)
+        ax.set_xticks([])
+        ax.set_yticks([])
     return fig, axes
 
 
