@@ -197,12 +197,13 @@ class ImageDataModule(TrainLoaderStateInDataModule, L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader | GPUBatches:
         if self.hparams.loader == "auto":  # say which one, as num_workers & co. only apply to the DataLoader
-            log.info(
-                "data.loader=auto: %s",
-                "the GPU-resident loader (whole batches, on the training device)"
-                if self.loader_kind() == "gpu"
-                else "a DataLoader (the augmentation runs per image)",
-            )
+            if self.loader_kind() == "gpu":
+                chosen = "the GPU-resident loader (whole batches, on the training device)"
+            elif self.fits_in_memory():
+                chosen = "a DataLoader (the augmentation runs per image)"
+            else:
+                chosen = "a DataLoader (the images are read from files)"
+            log.info("data.loader=auto: %s", chosen)
         # the GPU-resident loader resumes mid-epoch where the checkpoint left it (src/upstream_fixes/lightning.py)
         return self.resumed_train_loader(self._loader(self.data_train, shuffle=True))
 
