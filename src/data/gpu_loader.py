@@ -12,6 +12,8 @@ from collections.abc import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as TF
 
 
 class GPUBatches:
@@ -57,9 +59,7 @@ class GPUBatches:
         self.interpolation = interpolation
         self.crop_padding, self.flip, self.cutout = crop_padding, flip, cutout
         self.seed, self.rank, self.world_size, self.drop_last = seed, rank, world_size, drop_last
-        shape = (1, -1, 1, 1)
-        self.mean = torch.tensor(mean, device=images.device).view(shape)
-        self.std = torch.tensor(std, device=images.device).view(shape)
+        self.mean, self.std = list(mean), list(std)
         # drawn on the data's device, so the random numbers need no host-to-device copy either
         self.generator = torch.Generator(images.device)
         self.epoch_of, self._passes = epoch_of, 0
@@ -130,13 +130,16 @@ class GPUBatches:
             yield self._augmented(normalised), self.labels[batch]
 
     def _normalised(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.float().div_(255)
-        if x.shape[-2:] != (self.image_size, self.image_size):
-            x = F.interpolate(
-                x, size=(self.image_size,) * 2, mode=self.interpolation, antialias=True, align_corners=False
+        """The DataLoader's eval transform (transforms.py) on a whole batch, through the same torchvision functions
+        (resize the uint8 images, scale to [0, 1], normalise): on the same device, the same tensors."""
+        if images.shape[-2:] != (self.image_size, self.image_size):
+            images = TF.resize(
+                images,
+                [self.image_size] * 2,
+                interpolation=v2.InterpolationMode(self.interpolation),
+                antialias=True,
             )
-            x = x.clamp_(0, 1)  # bicubic overshoots; the uint8 images of the DataLoader path are clamped too
-        return (x - self.mean) / self.std
+        return TF.normalize(TF.to_dtype(images, torch.float32, scale=True), self.mean, self.std)
 
     def _augmented(self, x: torch.Tensor) -> torch.Tensor:
         if not self.train:
