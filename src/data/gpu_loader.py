@@ -59,7 +59,9 @@ class GPUBatches:
         self.interpolation = interpolation
         self.crop_padding, self.flip, self.cutout = crop_padding, flip, cutout
         self.seed, self.rank, self.world_size, self.drop_last = seed, rank, world_size, drop_last
-        self.mean, self.std = list(mean), list(std)
+        # on the device once, not per batch (torchvision's normalize takes tensors as they are)
+        self.mean = torch.tensor(mean, device=images.device)
+        self.std = torch.tensor(std, device=images.device)
         # drawn on the data's device, so the random numbers need no host-to-device copy either
         self.generator = torch.Generator(images.device)
         self.epoch_of, self._passes = epoch_of, 0
