@@ -11,8 +11,10 @@ from the composed quickstart config; scikit-learn's digits, the same seeded spli
 and normalised; a reflect-padded random crop per image done on each batch tensor; AdamW without weight decay on
 biases, norms and embeddings; warm-up + cosine per step; validation every epoch; the best epoch's weights saved
 and tested. No logger, checkpoint of the last epoch, report or pictures: those are what the framework adds.
-After one unmeasured 1-epoch run of each (to warm the page cache), runs alternate (framework, loop, framework,
-...) and the table shows medians of wall and CPU seconds.
+The third side runs that same loop (the same tensors, random numbers and math, so the same test accuracy) in a
+bare `lightning.Trainer` (no logger, checkpoint callback, progress bar or summary): what Lightning itself adds.
+After one unmeasured 1-epoch run of each (to warm the page cache), runs alternate (framework, Lightning, loop,
+framework, ...) and the table shows medians of wall and CPU seconds.
 """
 
 import argparse
@@ -36,6 +38,7 @@ GROWTH_POINTS = ((1, 64), (4, 64), (16, 64), (1, 16), (1, 256))
 IMPORTS = {
     "torch": "import torch",
     "the hand-written loop's": "import torch, sklearn.datasets, sklearn.model_selection, src.models.vit",
+    "the loop in bare Lightning": "import torch, sklearn.datasets, sklearn.model_selection, src.models.vit, lightning",
     "torchmetrics": "import torchmetrics",
     "lightning": "import lightning",
     "a quickstart run's": "import src.train, src.module, src.models.vit, src.data.digits, src.reporting",
@@ -87,15 +90,13 @@ def random_crop(images: torch.Tensor, padding: int) -> torch.Tensor:
     return windows.gather(3, cols)
 
 
-def hand_written_fit(settings: dict, train_repeats: int = 1) -> dict:
-    """Trains, validates every epoch, keeps the best epoch's weights on disk, tests them."""
+def digits_split(settings: dict, train_repeats: int = 1) -> dict:
+    """The loop's data: scikit-learn's digits upscaled once and normalised, and the seeded split's indices (the
+    training ones repeated `train_repeats` times)."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
-    from src.models.vit import VisionTransformer
-
     s = settings
-    torch.manual_seed(s["seed"])
     digits = load_digits()
     images = torch.from_numpy(digits.images).float().div(16).unsqueeze(1).expand(-1, 3, -1, -1)
     images = F.interpolate(images, size=(s["image_size"],) * 2, mode="bilinear", antialias=True).clamp(0, 1)
@@ -106,8 +107,18 @@ def hand_written_fit(settings: dict, train_repeats: int = 1) -> dict:
     train, val = train_test_split(
         rest, test_size=s["val_size"], stratify=labels[rest], random_state=s["seed"]
     )
-    train = torch.tensor(train).repeat(train_repeats)
+    return {
+        "images": images, "labels": labels, "train": torch.tensor(train).repeat(train_repeats),
+        "val": torch.tensor(val), "test": torch.tensor(test),
+    }  # fmt: skip
 
+
+def model_and_optimizer(settings: dict, steps_per_epoch: int):
+    """The quickstart's VisionTransformer; AdamW without weight decay on biases, norms and embeddings; warm-up +
+    cosine as a per-step LambdaLR."""
+    from src.models.vit import VisionTransformer
+
+    s = settings
     model = VisionTransformer(**s["model"])
     no_decay = model.no_weight_decay()
     params = {name: p for name, p in model.named_parameters()}
@@ -117,8 +128,7 @@ def hand_written_fit(settings: dict, train_repeats: int = 1) -> dict:
         [{"params": decay}, {"params": rest_params, "weight_decay": 0.0}],
         lr=s["lr"], weight_decay=s["weight_decay"], betas=s["betas"],
     )  # fmt: skip
-    batch_size, epochs = s["batch_size"], s["epochs"]
-    total = epochs * math.ceil(len(train) / batch_size)
+    total = s["epochs"] * steps_per_epoch
     warmup = max(1, int(s["warmup_fraction"] * total))
 
     def lr_factor(step: int) -> float:
@@ -127,7 +137,34 @@ def hand_written_fit(settings: dict, train_repeats: int = 1) -> dict:
         cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
         return s["min_lr_ratio"] + (1 - s["min_lr_ratio"]) * cosine
 
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    return model, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+
+
+class IndexBatches:
+    """Batches of indices into the in-memory images, reshuffled at each pass (as the loop's `randperm`): what a
+    bare Lightning fit iterates over instead of a DataLoader."""
+
+    def __init__(self, indices: torch.Tensor, batch_size: int, shuffle: bool) -> None:
+        self.indices, self.batch_size, self.shuffle = indices, batch_size, shuffle
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.indices) / self.batch_size)
+
+    def __iter__(self):
+        # a generator: the permutation is drawn at the first batch, not when Lightning calls iter() to check that
+        # the loader is iterable, so both sides draw the same random numbers in the same order
+        order = self.indices[torch.randperm(len(self.indices))] if self.shuffle else self.indices
+        yield from order.split(self.batch_size)
+
+
+def hand_written_fit(settings: dict, train_repeats: int = 1) -> dict:
+    """Trains, validates every epoch, keeps the best epoch's weights on disk, tests them."""
+    s = settings
+    torch.manual_seed(s["seed"])
+    data = digits_split(s, train_repeats)
+    images, labels, batch_size = data["images"], data["labels"], s["batch_size"]
+    train_batches = IndexBatches(data["train"], batch_size, shuffle=True)
+    model, optimizer, scheduler = model_and_optimizer(s, len(train_batches))
     padding = max(1, s["image_size"] // 8)  # the digits recipe of src/data/transforms.py
 
     @torch.no_grad()
@@ -135,31 +172,96 @@ def hand_written_fit(settings: dict, train_repeats: int = 1) -> dict:
         model.eval()
         correct = sum(
             (model(images[batch]).argmax(1) == labels[batch]).sum().item()
-            for batch in torch.tensor(split).split(batch_size)
+            for batch in split.split(batch_size)
         )
         return correct / len(split)
 
     best_acc, epoch_seconds = -1.0, []
     with tempfile.TemporaryDirectory() as folder:
         best_path = Path(folder) / "best.pt"
-        for _ in range(epochs):
+        for _ in range(s["epochs"]):
             start = time.perf_counter()
             model.train()
-            for batch in train[torch.randperm(len(train))].split(batch_size):
+            for batch in train_batches:
                 loss = F.cross_entropy(model(random_crop(images[batch], padding)), labels[batch])
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
                 scheduler.step()
-            val_acc = accuracy(val)
+            val_acc = accuracy(data["val"])
             if val_acc > best_acc:
                 best_acc = val_acc
                 torch.save(model.state_dict(), best_path)
             epoch_seconds.append(time.perf_counter() - start)
         model.load_state_dict(torch.load(best_path))
         return {
-            "test_acc": accuracy(test), "best_val_acc": best_acc, "epoch_seconds": epoch_seconds,
-            "steps_per_epoch": math.ceil(len(train) / batch_size),
+            "test_acc": accuracy(data["test"]), "best_val_acc": best_acc, "epoch_seconds": epoch_seconds,
+            "steps_per_epoch": len(train_batches),
+        }  # fmt: skip
+
+
+def plain_lightning_fit(settings: dict) -> dict:
+    """The hand-written loop's work (the same tensors, crop, optimizer, per-step schedule, validation every epoch,
+    the best epoch's weights on disk, tested) run by a bare `lightning.Trainer`: no logger, checkpoint callback,
+    progress bar or model summary, its other defaults kept. What Lightning itself adds to the loop."""
+    import lightning as L
+
+    s = settings
+    torch.manual_seed(s["seed"])
+    data = digits_split(s)
+    images, labels, batch_size = data["images"], data["labels"], s["batch_size"]
+    train_batches = IndexBatches(data["train"], batch_size, shuffle=True)
+    model, optimizer, scheduler = model_and_optimizer(s, len(train_batches))
+    padding = max(1, s["image_size"] // 8)
+    epoch_seconds: list[float] = []
+
+    class LoopInLightning(L.LightningModule):
+        def __init__(self, folder: str) -> None:
+            super().__init__()
+            self.model, self.best_path, self.best_acc = model, Path(folder) / "best.pt", -1.0
+
+        def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+            return F.cross_entropy(self.model(random_crop(images[batch], padding)), labels[batch])
+
+        def on_train_epoch_start(self) -> None:
+            self.start, self.correct = time.perf_counter(), 0
+
+        def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+            self.correct += (self.model(images[batch]).argmax(1) == labels[batch]).sum().item()
+
+        def on_validation_epoch_start(self) -> None:
+            self.correct = 0
+
+        def on_validation_epoch_end(self) -> None:
+            if self.trainer.sanity_checking:
+                return
+            val_acc = self.correct / len(data["val"])
+            if val_acc > self.best_acc:
+                self.best_acc = val_acc
+                torch.save(self.model.state_dict(), self.best_path)
+            epoch_seconds.append(time.perf_counter() - self.start)
+
+        def test_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+            self.correct += (self.model(images[batch]).argmax(1) == labels[batch]).sum().item()
+
+        def on_test_epoch_start(self) -> None:
+            self.model.load_state_dict(torch.load(self.best_path))
+            self.correct = 0
+
+        def configure_optimizers(self):
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    with tempfile.TemporaryDirectory() as folder:
+        module = LoopInLightning(folder)
+        trainer = L.Trainer(
+            accelerator="cpu", devices=1, max_epochs=s["epochs"], logger=False, enable_checkpointing=False,
+            enable_progress_bar=False, enable_model_summary=False, default_root_dir=folder,
+        )  # fmt: skip
+        trainer.fit(module, train_batches, IndexBatches(data["val"], batch_size, shuffle=False))
+        trainer.test(module, IndexBatches(data["test"], batch_size, shuffle=False), verbose=False)
+        return {
+            "test_acc": module.correct / len(data["test"]), "best_val_acc": module.best_acc,
+            "epoch_seconds": epoch_seconds,
         }  # fmt: skip
 
 
@@ -201,10 +303,14 @@ def framework_process(overrides: list[str]) -> dict:
     }
 
 
-def loop_process(settings: dict) -> dict:
+SIDES = {"hand-written": hand_written_fit, "lightning": plain_lightning_fit}
+
+
+def loop_process(settings: dict, side: str = "hand-written") -> dict:
+    """One whole process of the hand-written loop, or of the same loop run by a bare Lightning Trainer."""
     from src.bench_predict import run
 
-    wall, cpu, done = run(["-m", "src.bench_quickstart", "--hand-written", json.dumps(settings)])
+    wall, cpu, done = run(["-m", "src.bench_quickstart", "--side", side, json.dumps(settings)])
     result = json.loads(done.stdout.splitlines()[-1])
     return {
         "wall": wall,
@@ -219,32 +325,42 @@ def median_of(runs: list[dict], key: str) -> float:
 
 
 def whole_process(overrides: list[str], repeats: int) -> list[str]:
-    """The markdown table of `repeats` alternating whole-process runs of each side."""
+    """The markdown table of `repeats` alternating whole-process runs of each side: vitlab, the loop in a bare
+    Lightning Trainer, the hand-written loop."""
     settings = loop_settings(quickstart_config(overrides))
     # one unmeasured run of each first: the first process after a while reads torch's libraries from disk (a cold
     # page cache added up to 50 s to a run here), which is not the framework's cost
     framework_process([*overrides, "trainer.max_epochs=1"])
-    loop_process({**settings, "epochs": 1})
-    ours, loop = [], []
+    for side in SIDES:
+        loop_process({**settings, "epochs": 1}, side)
+    runs: dict[str, list[dict]] = {"vitlab": [], "lightning": [], "hand-written": []}
     for repeat in range(repeats):
-        ours.append(framework_process(overrides))
-        loop.append(loop_process(settings))
-        print(f"# run {repeat + 1}: vitlab {ours[-1]}, hand-written {loop[-1]}", file=sys.stderr, flush=True)
+        runs["vitlab"].append(framework_process(overrides))
+        for side in ("lightning", "hand-written"):
+            runs[side].append(loop_process(settings, side))
+        print(f"# run {repeat + 1}: " + ", ".join(f"{side} {r[-1]}" for side, r in runs.items()),
+              file=sys.stderr, flush=True)  # fmt: skip
     lines = [
         f"{settings['epochs']} epochs, batch {settings['batch_size']}, {repeats} runs each, alternating; medians",
         "",
         "| | wall s | CPU s | s/epoch | test acc (each run) |",
         "|---|---|---|---|---|",
     ]
-    for name, runs in (
-        ("vitlab: python -m src.train experiment=quickstart", ours),
-        ("hand-written loop", loop),
-    ):
-        accs = ", ".join(f"{run['test_acc']:.4f}" for run in runs)
-        lines.append(f"| {name} | {median_of(runs, 'wall'):.1f} | {median_of(runs, 'cpu'):.1f} | "
-                     f"{median_of(runs, 'epoch'):.3f} | {accs} |")  # fmt: skip
-    ratios = [median_of(ours, key) / median_of(loop, key) for key in ("wall", "cpu", "epoch")]
-    return [*lines, "| ratio | {:.3f} | {:.3f} | {:.3f} | |".format(*ratios)]
+    names = {
+        "vitlab": "vitlab: python -m src.train experiment=quickstart",
+        "lightning": "the loop in a bare Lightning Trainer",
+        "hand-written": "hand-written loop",
+    }
+    for side, name in names.items():
+        accs = ", ".join(f"{run['test_acc']:.4f}" for run in runs[side])
+        medians = (median_of(runs[side], key) for key in ("wall", "cpu", "epoch"))
+        lines.append("| {} | {:.1f} | {:.1f} | {:.3f} | {} |".format(name, *medians, accs))
+    for top, bottom in (("vitlab", "hand-written"), ("lightning", "hand-written"), ("vitlab", "lightning")):
+        ratios = [
+            median_of(runs[top], key) / median_of(runs[bottom], key) for key in ("wall", "cpu", "epoch")
+        ]
+        lines.append("| ratio {} / {} | {:.3f} | {:.3f} | {:.3f} | |".format(top, bottom, *ratios))
+    return lines
 
 
 def growth(extra: list[str], epochs: int) -> list[str]:
@@ -300,11 +416,12 @@ def main() -> None:
     parser.add_argument("--imports", action="store_true", help="import seconds of each side, and inside them")
     parser.add_argument("--out", type=Path, help="append the table, with the command and the machine's load")
     parser.add_argument(
-        "--hand-written", metavar="SETTINGS", help=argparse.SUPPRESS
-    )  # the loop's own process
+        "--side", nargs=2, metavar=("SIDE", "SETTINGS"), help=argparse.SUPPRESS
+    )  # a loop's own process
     args = parser.parse_args()
-    if args.hand_written:
-        print(json.dumps(hand_written_fit(json.loads(args.hand_written))))
+    if args.side:
+        side, settings = args.side
+        print(json.dumps(SIDES[side](json.loads(settings))))
         return
     load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
     if args.imports:

@@ -348,15 +348,29 @@ def test_bench_runs_end_to_end(tmp_path, capsys):
     assert "Not measured here" in doc and "load average" in doc
 
 
-@pytest.mark.slow  # four short trainings, two of them whole processes
-def test_the_quickstart_benchmark_runs_both_sides_in_each_mode(monkeypatch):
-    ours, loop, ratio = (
-        line.split("|") for line in bench_quickstart.whole_process(["trainer.max_epochs=1"], 1)[-3:]
-    )
+def test_the_benchmark_loop_in_bare_lightning_computes_what_the_hand_written_loop_does():
+    settings = bench_quickstart.loop_settings(bench_quickstart.quickstart_config(["trainer.max_epochs=2"]))
+    settings["model"] |= {"embed_dim": 32, "depth": 1, "num_heads": 2, "mlp_dim": 64}
+    loop = bench_quickstart.hand_written_fit(settings)
+    lightning = bench_quickstart.plain_lightning_fit(settings)
+    assert lightning["test_acc"] == loop["test_acc"] and lightning["best_val_acc"] == loop["best_val_acc"]
+    assert len(lightning["epoch_seconds"]) == len(loop["epoch_seconds"]) == 2
+    assert 0.1 < loop["test_acc"] < 1  # it learned something in two epochs, so equal numbers say something
+
+
+@pytest.mark.slow  # six short trainings, four of them whole processes
+def test_the_quickstart_benchmark_runs_every_side_in_each_mode(monkeypatch):
+    rows = [line.split("|") for line in bench_quickstart.whole_process(["trainer.max_epochs=1"], 1)[-6:]]
+    ours, lightning, loop, *ratios = rows
     assert ours[1].strip().startswith("vitlab") and loop[1].strip() == "hand-written loop"
+    assert lightning[1].strip() == "the loop in a bare Lightning Trainer"
+    assert [ratio[1].strip() for ratio in ratios] == [
+        "ratio vitlab / hand-written", "ratio lightning / hand-written", "ratio vitlab / lightning"
+    ]  # fmt: skip
     # wall s, CPU s, s/epoch of each side and their ratios, and one test accuracy per run
-    assert all(float(cell) > 0 for cell in ours[2:5] + loop[2:5] + ratio[2:5])
-    assert 0 < float(ours[5]) <= 1 and 0 < float(loop[5]) <= 1
+    assert all(float(cell) > 0 for row in rows for cell in row[2:5])
+    assert all(0 < float(row[5]) <= 1 for row in (ours, lightning, loop))
+    assert lightning[5] == loop[5]  # the same loop, the same random numbers
     monkeypatch.setattr(bench_quickstart, "GROWTH_POINTS", ((2, 64),))
     row = bench_quickstart.growth([], epochs=2)[-1]
     assert row.startswith("| 2x digits | 64 |") and all(float(cell) > 0 for cell in row.split("|")[3:6])
