@@ -157,24 +157,31 @@ class IndexBatches:
         yield from order.split(self.batch_size)
 
 
+def loop_parts(settings: dict, train_repeats: int = 1):
+    """What both loops start from, in the same order of random draws: the data, the shuffled training batches,
+    the model, its optimizer and schedule, and the crop's padding (the digits recipe of src/data/transforms.py)."""
+    torch.manual_seed(settings["seed"])
+    data = digits_split(settings, train_repeats)
+    train_batches = IndexBatches(data["train"], settings["batch_size"], shuffle=True)
+    model, optimizer, scheduler = model_and_optimizer(settings, len(train_batches))
+    return data, train_batches, model, optimizer, scheduler, max(1, settings["image_size"] // 8)
+
+
+def correct_in(model: torch.nn.Module, data: dict, batch: torch.Tensor) -> int:
+    """How many images of `batch` (indices) the model classifies right."""
+    return (model(data["images"][batch]).argmax(1) == data["labels"][batch]).sum().item()
+
+
 def hand_written_fit(settings: dict, train_repeats: int = 1) -> dict:
     """Trains, validates every epoch, keeps the best epoch's weights on disk, tests them."""
     s = settings
-    torch.manual_seed(s["seed"])
-    data = digits_split(s, train_repeats)
-    images, labels, batch_size = data["images"], data["labels"], s["batch_size"]
-    train_batches = IndexBatches(data["train"], batch_size, shuffle=True)
-    model, optimizer, scheduler = model_and_optimizer(s, len(train_batches))
-    padding = max(1, s["image_size"] // 8)  # the digits recipe of src/data/transforms.py
+    data, train_batches, model, optimizer, scheduler, padding = loop_parts(s, train_repeats)
+    images, labels = data["images"], data["labels"]
 
     @torch.no_grad()
     def accuracy(split) -> float:
         model.eval()
-        correct = sum(
-            (model(images[batch]).argmax(1) == labels[batch]).sum().item()
-            for batch in split.split(batch_size)
-        )
-        return correct / len(split)
+        return sum(correct_in(model, data, batch) for batch in split.split(s["batch_size"])) / len(split)
 
     best_acc, epoch_seconds = -1.0, []
     with tempfile.TemporaryDirectory() as folder:
@@ -207,12 +214,8 @@ def plain_lightning_fit(settings: dict, train_repeats: int = 1) -> dict:
     import lightning as L
 
     s = settings
-    torch.manual_seed(s["seed"])
-    data = digits_split(s, train_repeats)
+    data, train_batches, model, optimizer, scheduler, padding = loop_parts(s, train_repeats)
     images, labels, batch_size = data["images"], data["labels"], s["batch_size"]
-    train_batches = IndexBatches(data["train"], batch_size, shuffle=True)
-    model, optimizer, scheduler = model_and_optimizer(s, len(train_batches))
-    padding = max(1, s["image_size"] // 8)
     epoch_seconds: list[float] = []
 
     class LoopInLightning(L.LightningModule):
@@ -224,10 +227,12 @@ def plain_lightning_fit(settings: dict, train_repeats: int = 1) -> dict:
             return F.cross_entropy(self.model(random_crop(images[batch], padding)), labels[batch])
 
         def on_train_epoch_start(self) -> None:
-            self.start, self.correct = time.perf_counter(), 0
+            self.start = time.perf_counter()
 
         def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
-            self.correct += (self.model(images[batch]).argmax(1) == labels[batch]).sum().item()
+            self.correct += correct_in(self.model, data, batch)
+
+        test_step = validation_step
 
         def on_validation_epoch_start(self) -> None:
             self.correct = 0
@@ -240,9 +245,6 @@ def plain_lightning_fit(settings: dict, train_repeats: int = 1) -> dict:
                 self.best_acc = val_acc
                 torch.save(self.model.state_dict(), self.best_path)
             epoch_seconds.append(time.perf_counter() - self.start)
-
-        def test_step(self, batch: torch.Tensor, batch_idx: int) -> None:
-            self.correct += (self.model(images[batch]).argmax(1) == labels[batch]).sum().item()
 
         def on_test_epoch_start(self) -> None:
             self.model.load_state_dict(torch.load(self.best_path))
