@@ -5,11 +5,11 @@ import difflib
 from contextlib import contextmanager
 
 from lightning.pytorch.callbacks import Callback
-from timm.optim import param_groups_weight_decay
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from src.errors import UserError
+from src.upstream_fixes.timm import param_groups_weight_decay
 
 
 def block_names(model: nn.Module) -> list[str]:

@@ -1,8 +1,9 @@
-"""Mixup / CutMix on a training batch, on its device (conf/mixup/): timm's `Mixup` and `SoftTargetCrossEntropy`.
+"""Mixup / CutMix on a training batch, on its device (conf/mixup/): timm's `Mixup`.
 
 Label smoothing is folded into the soft targets (timm's `mixup_target`), so the training loss is the soft-target
-cross-entropy; validation and test keep hard labels and the module's plain cross-entropy. `train/acc` under
-Mixup is the accuracy against each mixed image's dominant label (the larger share of its soft target).
+cross-entropy (torch's cross-entropy with probability targets: timm's `SoftTargetCrossEntropy`); validation and
+test keep hard labels and the module's plain cross-entropy. `train/acc` under Mixup is the accuracy against each
+mixed image's dominant label (the larger share of its soft target).
 """
 
 import torch
@@ -69,10 +70,3 @@ class BatchMixup(Mixup):
             return images, rest
         mixed, targets = super().__call__(images[:even], labels[:even])
         return torch.cat([mixed, images[even:]]), torch.cat([targets, rest])
-
-
-def build_mixup(config: dict | None, num_classes: int) -> BatchMixup | None:
-    """The configured mixer, or None when mixing is off (mixup=none is prob 0: no mixer at all, hard labels)."""
-    if not config or config.get("prob", 0.0) == 0.0:
-        return None
-    return BatchMixup(num_classes, **config)

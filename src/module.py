@@ -12,12 +12,10 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from sklearn.utils.class_weight import compute_class_weight
-from timm.loss import SoftTargetCrossEntropy
 from torch import nn
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
-from src.distillation import Distillation
 from src.errors import UserError
 from src.freezing import (
     UnfreezeAtEpoch,
@@ -25,7 +23,6 @@ from src.freezing import (
     frozen_batchnorm_to_eval,
     optimizer_param_groups,
 )
-from src.mixing import build_mixup
 from src.preprocessing import preprocessing_facts
 from src.resume import read_checkpoint
 from src.schedulers import build_lr_scheduler
@@ -85,15 +82,20 @@ class ClassifierModule(L.LightningModule):
             self.example_input_array = torch.zeros(1, backbone.get("in_chans", 3), size, size)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         distill = dict(distill or {"mode": "none"})
-        self.distillation = (
-            None
-            if distill["mode"] == "none"
-            else Distillation(self.backbone, num_classes, data or {}, **distill)
-        )
+        self.distillation = None
+        if distill["mode"] != "none":  # imports timm, which a run without a teacher never loads
+            from src.distillation import Distillation
+
+            self.distillation = Distillation(self.backbone, num_classes, data or {}, **distill)
         if class_weights not in (None, "balanced"):
             raise UserError(f"module.class_weights={class_weights} is unknown: use balanced or null")
-        self.mixup = build_mixup(mixup, num_classes)  # None: off
-        self.soft_criterion = SoftTargetCrossEntropy()
+        self.mixup = None  # mixup=none is prob 0: no mixer at all, hard labels
+        if mixup and mixup.get("prob", 0.0) != 0.0:  # timm's Mixup, imported only then
+            from src.mixing import BatchMixup
+
+            self.mixup = BatchMixup(num_classes, **mixup)
+        # probability targets: torch's cross-entropy is then timm's SoftTargetCrossEntropy (tests/test_recipes.py)
+        self.soft_criterion = nn.CrossEntropyLoss()
         # no per-batch input checks: they wait for the GPU (a sync per step); a NaN loss then shows as a NaN mean
         metrics = {"acc": MulticlassAccuracy(num_classes, top_k=1, average="micro", validate_args=False)}
         if num_classes >= 5:

@@ -133,3 +133,24 @@ def test_train_yaml_composed_before_anything_of_src_resolves_after_register_reso
     assert log_dir == str(tmp_path / "outputs")
     assert run_dir.startswith(f"{tmp_path / 'outputs'}/train/runs/")
     assert num_classes == "3"
+
+
+def test_a_quickstart_run_never_imports_timm(tmp_path):
+    """`import timm.<anything>` loads all of timm's models (and wandb): 1.3 s of start-up that the scratch ViT
+    does not need (src/upstream_fixes/timm.py). A whole quickstart run, fit to report, in a fresh interpreter."""
+    script = textwrap.dedent("""
+        import runpy, sys
+        sys.argv = ["src.train", "experiment=quickstart", "trainer.max_epochs=1", "+trainer.limit_train_batches=2",
+                    "~callbacks.rich_progress_bar", "paths.log_dir=outputs"]
+        try:
+            runpy.run_module("src.train", run_name="__main__", alter_sys=True)
+        finally:
+            print("imported:", sorted({name.split(".")[0] for name in sys.modules} & {"timm", "wandb"}))
+    """)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "imported: []" in result.stdout
+    assert next(tmp_path.glob("outputs/quickstart/runs/*/summary.json")).is_file()

@@ -8,6 +8,7 @@ import timm
 import torch
 import yaml
 from hydra.utils import instantiate
+from timm.optim import param_groups_weight_decay as timm_param_groups
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from src.errors import UserError
@@ -15,6 +16,7 @@ from src.freezing import apply_freezing, resolve
 from src.models.keras_cnn import KerasCNN
 from src.module import ClassifierModule
 from src.train import train
+from src.upstream_fixes.timm import param_groups_weight_decay
 from src.utils import parameter_counts
 from tests.conftest import QUICK, TINY_VIT, compose_config
 
@@ -224,3 +226,29 @@ def test_a_frozen_run_logs_its_counts_and_its_checkpoint_rebuilds_the_same_model
         "head.weight",
         "head.bias",
     }
+
+
+@pytest.mark.parametrize(
+    "model, freeze",
+    [
+        ("vit", "none"),
+        ("cct", "none"),
+        ("deit_tiny", "first_n_blocks freeze.num_blocks=6"),
+        ("vgg19", "until freeze.layer=block5_conv1"),
+        ("densenet121", "none"),
+    ],  # fmt: skip
+)
+@pytest.mark.parametrize("weight_decay", [0.05, 0.0])
+def test_weight_decay_groups_are_timms(model, freeze, weight_decay, tmp_path):
+    """vitlab groups parameters by timm's rule without importing timm (src/upstream_fixes/timm.py): the same
+    groups, in the same order, as timm.optim.param_groups_weight_decay, frozen parameters left out."""
+    overrides = [f"model={model}", *f"freeze={freeze}".split(), "data=digits", "data.image_size=32"]
+    if model in ("deit_tiny", "vgg19"):
+        overrides.append("model.pretrained=false")
+    backbone = instantiate(compose_config("train", overrides, tmp_path).module).backbone
+    assert any(not p.requires_grad for p in backbone.parameters()) == (freeze != "none")
+    no_decay = backbone.no_weight_decay() if hasattr(backbone, "no_weight_decay") else ()
+    ours = param_groups_weight_decay(backbone, weight_decay, no_weight_decay_list=no_decay)
+    theirs = timm_param_groups(backbone, weight_decay, no_weight_decay_list=no_decay)
+    assert [g["weight_decay"] for g in ours] == [g["weight_decay"] for g in theirs]
+    assert [[id(p) for p in g["params"]] for g in ours] == [[id(p) for p in g["params"]] for g in theirs]

@@ -84,6 +84,16 @@ def test_mixup_mixes_exactly_two_images_per_sample_with_matching_targets(mode, b
             assert used <= ({i, even - 1 - i} if i < even else {i})  # an odd batch's last image: unmixed
 
 
+def test_the_modules_soft_target_loss_is_timms_soft_target_cross_entropy(tmp_path):
+    """torch's cross-entropy with probability targets (so that a run without Mixup never imports timm)."""
+    cfg = compose_config("train", ["data=digits", "mixup=mixup_cutmix", *TINY_VIT], tmp_path)
+    module = instantiate(cfg.module)
+    logits, targets = torch.randn(6, 10), torch.randn(6, 10).softmax(dim=1)
+    torch.testing.assert_close(
+        module.soft_criterion(logits, targets), SoftTargetCrossEntropy()(logits, targets)
+    )
+
+
 def test_mixup_with_labels_smoothed_and_mixing_off_is_cross_entropy():
     mixup = BatchMixup(10, 0.8, 1.0, label_smoothing=0.1, off_epoch=3)
     mixup.set_epoch(3)  # mixing stopped (CCT's mixup_off_epoch): targets are smoothed one-hot labels

@@ -1,9 +1,8 @@
 """Train-time augmentation policies (conf/augment/) from timm and torchvision, not re-implemented:
 RandAugment (timm's `rand_augment_transform`, with DeiT's magnitude noise and 'increasing' ops), AutoAugment and
-TrivialAugment (torchvision v2), and random erasing (timm's `RandomErasing`, on the normalised tensor)."""
+TrivialAugment (torchvision v2), and random erasing (timm's `RandomErasing`, on the normalised tensor). timm is
+imported by the policies that use it: its import costs 1.3 s of start-up (src/upstream_fixes/timm.py)."""
 
-from timm.data.auto_augment import rand_augment_transform
-from timm.data.random_erasing import RandomErasing
 from torchvision.transforms import v2
 
 from src.errors import UserError
@@ -50,6 +49,8 @@ def policy_transform(augment: dict, image_size: int, mean) -> list:
         min(255, round(255 * m)) for m in mean
     ]  # pixels that ops move in take the mean colour, as timm does
     if policy == "randaugment":
+        from timm.data.auto_augment import rand_augment_transform
+
         hparams = {"translate_const": int(image_size * 0.45), "img_mean": tuple(fill)}
         # timm 1.0.31's PosterizeIncreasing keeps 0 bits at magnitude 10 (an all-black image), which Pillow 13
         # refuses ("bits must be between or equal to 1 and 8"): magnitudes (noise included) stop just below 10
@@ -65,7 +66,11 @@ def policy_transform(augment: dict, image_size: int, mean) -> list:
 def erasing_transform(augment: dict) -> list:
     """Random erasing of a rectangle per image, with per-pixel normal noise (timm's mode 'pixel', as DeiT)."""
     p = augment.get("random_erasing", 0.0)
-    return [RandomErasing(p, mode="pixel", device="cpu")] if p > 0 else []
+    if p == 0:
+        return []
+    from timm.data.random_erasing import RandomErasing
+
+    return [RandomErasing(p, mode="pixel", device="cpu")]
 
 
 def gpu_loader_refusal(augment: dict | None) -> str | None:

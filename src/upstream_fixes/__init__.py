@@ -1,7 +1,7 @@
 """What vitlab does differently from plain Lightning, Hydra and torch, and why: the index.
 
 Each workaround below is tagged with the upstream issue (or the version and source line) it works around and
-with what tells that it can go. The code is here, one file per upstream (lightning.py, hydra.py), unless it has
+with what tells that it can go. The code is here, one file per upstream (lightning.py, hydra.py, timm.py), unless it has
 a module of its own elsewhere; the rest of vitlab reads like the documented patterns and calls these by name.
 Messages that are only noise are silenced in src/upstream_noise.py, each with its reason.
 
@@ -42,6 +42,14 @@ Hydra 1.3.8 (hydra.py)
 - `start_folder`, the `${cwd:}` resolver of conf/paths: `${hydra:runtime.cwd}` cannot be resolved where a sweep
   resolves `hydra.sweep.dir` (hydra/_internal/core_plugins/basic_launcher.py). Registered with vitlab's other
   resolvers by src/resolvers.py `register_resolvers`, which every entry point calls.
+
+timm 1.0.31 (timm.py)
+- `param_groups_weight_decay`: timm's rule for which parameters get weight decay, without importing timm, whose
+  `__init__` imports every model family and, when installed, wandb (through timm.utils.summary, since timm PR
+  #550): 1.3 s of every run's start-up. Used by src/freezing.py; timm's Mixup, RandAugment, random erasing,
+  models and teachers are imported where they are used. tests/test_freezing.py compares the groups with timm's;
+  tests/test_configs.py checks that a quickstart run imports no timm. Goes when: a timm submodule imports
+  without timm.models.
 
 torch 2.14
 - src/flops.py: FLOP formulas for the CPU attention kernels registered with torch, which counts them as 0

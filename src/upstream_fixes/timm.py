@@ -1,0 +1,30 @@
+"""timm 1.0.31: its rule for weight decay, without importing timm.
+
+`from timm.<anything> import ...` first runs timm/__init__.py, which imports every model family (timm.models)
+and, through timm.data -> timm.utils.summary, wandb when it is installed (an optional import since timm PR #550):
+1.3 s of the start-up of every run that needs only this rule (the scratch ViT: docs/benchmarks.md). Runs with a
+timm model, Mixup, RandAugment or a teacher import timm where they use it."""
+
+from collections.abc import Collection
+from fnmatch import fnmatch
+
+from torch import nn
+
+
+def param_groups_weight_decay(
+    model: nn.Module, weight_decay: float, no_weight_decay_list: Collection[str] = ()
+) -> list[dict]:
+    """timm.optim.param_groups_weight_decay (timm/optim/_param_groups.py) with its defaults: the trainable
+    parameters in a group without weight decay (1-d ones: norms, biases; names ending in `.bias`; names matching
+    a pattern of `no_weight_decay_list`: embeddings, tokens) and a group with it; every parameter in the first
+    when `weight_decay` is 0. tests/test_freezing.py checks the groups against timm's on each model family."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        excluded = (
+            param.ndim <= 1 or name.endswith(".bias") or any(fnmatch(name, p) for p in no_weight_decay_list)
+        )
+        (no_decay if not weight_decay or excluded else decay).append(param)
+    groups = [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
+    return [group for group in groups if group["params"]]
