@@ -8,11 +8,12 @@ import time
 from pathlib import Path
 
 import lightning as L
-import matplotlib.image
 import matplotlib.pyplot as plt
+import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.loggers import TensorBoardLogger
+from matplotlib.figure import Figure
 from rich.console import Console
 from torchmetrics.utilities.distributed import gather_all_tensors
 
@@ -155,6 +156,8 @@ class ReportCallback(L.Callback):
         report, markdown = self._write_classification_report(trainer, targets, preds, names)
         figures = self._draw_figures(trainer, pl_module, gathered, names)
         self._log_report(trainer, markdown, figures)
+        for figure in figures.values():
+            plt.close(figure)
         summary = self._summary(trainer, pl_module, report, names, len(targets), test_seconds, peak)
         artefacts.write_summary(summary, self.output_dir / "summary.json")
         self.summary = summary
@@ -172,8 +175,8 @@ class ReportCallback(L.Callback):
 
     def _draw_figures(
         self, trainer, pl_module, gathered: dict[str, torch.Tensor], names: list[str]
-    ) -> list[str]:
-        """confusion_matrix.png, curves.png (after a fit), misclassified.png and attention.png; their names."""
+    ) -> dict[str, Figure]:
+        """confusion_matrix.png, curves.png (after a fit), misclassified.png and attention.png, by name."""
         targets, preds = gathered["target"].numpy(), gathered["pred"].numpy()
         figures = {
             "confusion_matrix": artefacts.plot_confusion_matrix(
@@ -205,22 +208,18 @@ class ReportCallback(L.Callback):
                 pl_module, {key: value[top] for key, value in wrong.items()}, self._right, names,
                 data["mean"], data["std"], self.output_dir / "attention.png",
             )  # fmt: skip
-        for figure in figures.values():
-            plt.close(figure)
-        return list(figures)
+        return figures
 
-    def _log_report(self, trainer, markdown: str, figures: list[str]) -> None:
+    def _log_report(self, trainer, markdown: str, figures: dict[str, Figure]) -> None:
         """The report and figures to each logger: TensorBoard as text and images, the others as files."""
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
                 step = trainer.global_step
                 logger.experiment.add_text("test/classification_report", markdown, step)
-                # the PNG as written: drawing a 102-class matrix a second time costs seconds
-                image = matplotlib.image.imread(self.output_dir / "confusion_matrix.png")[..., :3]
-                logger.experiment.add_image("test/confusion_matrix", image, step, dataformats="HWC")
-                if self.attention:
-                    image = matplotlib.image.imread(self.output_dir / "attention.png")[..., :3]
-                    logger.experiment.add_image("test/attention", image, step, dataformats="HWC")
+                for name in ("confusion_matrix", "attention"):
+                    if name in figures:
+                        image = _rendered(figures[name])
+                        logger.experiment.add_image(f"test/{name}", image, step, dataformats="HWC")
             else:
                 log_report_files(
                     logger, self.output_dir, ["report.md", "report.csv", *(f"{n}.png" for n in figures)]
@@ -257,6 +256,12 @@ class ReportCallback(L.Callback):
             "best_checkpoint": checkpoint or None,
             "tested_checkpoint": str(trainer.ckpt_path) if trainer.ckpt_path else None,
         }
+
+
+def _rendered(figure: Figure) -> np.ndarray:
+    """The RGB pixels of `figure` as its savefig drew them (the PNG's): drawing a 102-class matrix again, or
+    decoding the PNG, would take seconds or a tenth of one."""
+    return np.asarray(figure.canvas.buffer_rgba())[..., :3]
 
 
 def _gather(tensor: torch.Tensor) -> torch.Tensor:
