@@ -94,7 +94,9 @@ def test_every_artefact_exists_and_parses(run_dir):
     for name in ("confusion_matrix", "attention"):  # the pictures of the PNG files
         (logged,) = events.Images(f"test/{name}")
         decoded = matplotlib.image.imread(io.BytesIO(logged.encoded_image_string))
-        assert np.array_equal(decoded[..., :3], matplotlib.image.imread(run_dir / f"{name}.png")[..., :3]), name
+        assert np.array_equal(decoded[..., :3], matplotlib.image.imread(run_dir / f"{name}.png")[..., :3]), (
+            name
+        )
     assert any(tag.startswith("test/classification_report") for tag in events.Tags()["tensors"])
 
 
