@@ -36,7 +36,7 @@ CHROMIUM_FLAGS = [
 
 
 @contextmanager
-def serve(logdir: Path, runs: int = 1, timeout: float = 60) -> Iterator[str]:
+def serve(logdir: Path, runs: int = 1, timeout: float = 180) -> Iterator[str]:
     """`tensorboard --logdir` on a free loopback port (TensorBoard picks it: --port 0) until the block ends; yields
     its URL once its HParams view has `runs` rows (it loads the runs under `logdir` in the background)."""
     command = [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--host", "127.0.0.1"]
@@ -44,12 +44,13 @@ def serve(logdir: Path, runs: int = 1, timeout: float = 60) -> Iterator[str]:
         server = subprocess.Popen([*command, "--port", "0"], stdout=log, stderr=subprocess.STDOUT, text=True)
         try:
             deadline = time.monotonic() + timeout
-            url = None
-            while url is None or not _serves(url, runs):
+            url, rows = None, None
+            while url is None or (rows := _rows(url)) < runs:
                 if time.monotonic() > deadline or server.poll() is not None:
                     log.seek(0)
                     raise RuntimeError(
-                        f"TensorBoard did not serve {logdir} within {timeout} s:\n{log.read()}"
+                        f"TensorBoard did not serve {logdir} within {timeout} s (HParams rows: {rows}, of "
+                        f"{runs}; -1: no answer):\n{log.read()}"
                     )
                 time.sleep(0.5)
                 log.seek(0)
@@ -61,11 +62,12 @@ def serve(logdir: Path, runs: int = 1, timeout: float = 60) -> Iterator[str]:
             server.wait(timeout=30)
 
 
-def _serves(url: str, runs: int) -> bool:
+def _rows(url: str) -> int:
+    """The HParams view's number of rows, or -1 while it does not answer."""
     try:
-        return len(session_groups(url)) >= runs
+        return len(session_groups(url))
     except OSError:  # not listening yet, or no experiment loaded yet (an HTTP error)
-        return False
+        return -1
 
 
 def _post(url: str, body: dict) -> dict:
