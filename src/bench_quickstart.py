@@ -5,6 +5,7 @@ on the job a new user runs first, whole process included (imports, data, 60 epoc
     python -m src.bench_quickstart --repeats 3 trainer.max_epochs=1   # short runs, where start-up dominates
     python -m src.bench_quickstart --growth                     # s/epoch against training-set and batch size
     python -m src.bench_quickstart --imports --repeats 3        # what each side imports, and what inside costs
+    python -m src.bench_quickstart --profile                    # where an epoch of each Trainer goes, by package
 
 The hand-written loop is what a careful user writes in a notebook: the same VisionTransformer and settings, read
 from the composed quickstart config; scikit-learn's digits, the same seeded split, upscaled to the image size once
@@ -25,6 +26,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -207,10 +209,11 @@ def hand_written_fit(settings: dict, train_repeats: int = 1) -> dict:
         }  # fmt: skip
 
 
-def plain_lightning_fit(settings: dict, train_repeats: int = 1) -> dict:
+def plain_lightning_fit(settings: dict, train_repeats: int = 1, callbacks: Sequence = ()) -> dict:
     """The hand-written loop's work (the same tensors, crop, optimizer, per-step schedule, validation every epoch,
     the best epoch's weights on disk, tested) run by a bare `lightning.Trainer`: no logger, checkpoint callback,
-    progress bar or model summary, its other defaults kept. What Lightning itself adds to the loop."""
+    progress bar or model summary, its other defaults kept. What Lightning itself adds to the loop. `callbacks`
+    (measurements) are added."""
     import lightning as L
 
     s = settings
@@ -257,7 +260,7 @@ def plain_lightning_fit(settings: dict, train_repeats: int = 1) -> dict:
         module = LoopInLightning(folder)
         trainer = L.Trainer(
             accelerator="cpu", devices=1, max_epochs=s["epochs"], logger=False, enable_checkpointing=False,
-            enable_progress_bar=False, enable_model_summary=False, default_root_dir=folder,
+            enable_progress_bar=False, enable_model_summary=False, default_root_dir=folder, callbacks=list(callbacks),
         )  # fmt: skip
         trainer.fit(module, train_batches, IndexBatches(data["val"], batch_size, shuffle=False))
         trainer.test(module, IndexBatches(data["test"], batch_size, shuffle=False), verbose=False)
@@ -267,9 +270,9 @@ def plain_lightning_fit(settings: dict, train_repeats: int = 1) -> dict:
         }  # fmt: skip
 
 
-def framework_fit(overrides: list[str], train_repeats: int = 1) -> list[float]:
-    """The quickstart's Trainer (its callbacks and logger, as src.train builds it) fitting the quickstart's
-    module, with the training set repeated `train_repeats` times: seconds of each epoch."""
+def framework_fit(overrides: list[str], train_repeats: int = 1, callbacks: Sequence = ()) -> list[float]:
+    """The quickstart's Trainer (its callbacks and logger, as src.train builds it, and `callbacks`) fitting the
+    quickstart's module, with the training set repeated `train_repeats` times: seconds of each epoch."""
     from hydra.utils import instantiate
 
     from src.bench.timing import EpochTimer
@@ -286,7 +289,7 @@ def framework_fit(overrides: list[str], train_repeats: int = 1) -> list[float]:
             train.dataset, list(train.indices) * train_repeats, train.transform
         )
         timer = EpochTimer("cpu")
-        trainer = build_trainer(cfg, timer)
+        trainer = build_trainer(cfg, timer, *callbacks)
         trainer.fit(instantiate(cfg.module), datamodule=datamodule)
     return list(timer.seconds.values())
 
@@ -420,6 +423,29 @@ def imports(repeats: int) -> list[str]:
     return lines
 
 
+def epoch_profile(extra: list[str], epochs: int) -> list[str]:
+    """Markdown tables of cProfile's self time per epoch, by package and function, of the quickstart's fit (as
+    `framework_fit` runs it, in this process) and of the loop in a bare Lightning Trainer, epochs 2.. (the first
+    is left out: warm-up, the first checkpoint); vitlab's side as the whole-process runs are (the progress bar
+    Lightning adds in place of conf's included)."""
+    import cProfile
+
+    from src.bench.report import difference_tables
+    from src.bench.step_profile import ProfileFrom, difference
+
+    overrides = [*extra, f"trainer.max_epochs={epochs}"]
+    ours, theirs = cProfile.Profile(), cProfile.Profile()
+    framework_fit(overrides, callbacks=[ProfileFrom(ours, epoch=1)])
+    plain_lightning_fit(loop_settings(quickstart_config(overrides)), callbacks=[ProfileFrom(theirs, epoch=1)])
+    profile = difference(ours, theirs, epochs - 1)
+    return [
+        f"cProfile's self time per epoch over epochs 2..{epochs} (training, validation, checkpoints; cProfile slows "
+        "Python code far more than torch's kernels: where the time goes, not how much there is)",
+        "",
+        *difference_tables(profile, "vitlab", "bare Lightning", "epoch"),
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -431,6 +457,10 @@ def main() -> None:
     parser.add_argument("--growth", action="store_true", help="s/epoch against training-set and batch size")
     parser.add_argument("--growth-epochs", type=int, default=4)
     parser.add_argument("--imports", action="store_true", help="import seconds of each side, and inside them")
+    parser.add_argument(
+        "--profile", action="store_true", help="self time per epoch of each Trainer, by package and function"
+    )
+    parser.add_argument("--profile-epochs", type=int, default=8)
     parser.add_argument("--out", type=Path, help="append the table, with the command and the machine's load")
     parser.add_argument(
         "--side", nargs=2, metavar=("SIDE", "SETTINGS"), help=argparse.SUPPRESS
@@ -445,6 +475,8 @@ def main() -> None:
         table = imports(args.repeats)
     elif args.growth:
         table = growth(args.overrides, args.growth_epochs)
+    elif args.profile:
+        table = epoch_profile(args.overrides, args.profile_epochs)
     else:
         table = whole_process(args.overrides, args.repeats)
     print("\n".join(table))

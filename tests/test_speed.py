@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 import src.module
 from src import bench, bench_quickstart
-from src.bench import gpu, workload
+from src.bench import gpu, step_profile, workload
 from src.data.cifar10 import CIFAR10DataModule
 from src.data.digits import DigitsDataModule
 from src.data.gpu_loader import GPUBatches
@@ -334,7 +334,7 @@ def test_the_bench_times_the_trainer_a_user_run_gets(tmp_path):
 def test_bench_runs_end_to_end(tmp_path, capsys):
     out = tmp_path / "benchmarks.md"
     argv = ["--device", "cpu", "--models", "vit:16,no_such_model", "--batch-size", "8", "--steps", "4",
-            "--warmup", "1", "--repeats", "1", "--num-workers", "0", "--out", str(out)]  # fmt: skip
+            "--warmup", "1", "--repeats", "1", "--num-workers", "0", "--profile", "--out", str(out)]  # fmt: skip
     results = bench.main(argv)
     (result,) = results.models
     training, loaders = result.fit_vs_raw, result.loaders
@@ -346,6 +346,13 @@ def test_bench_runs_end_to_end(tmp_path, capsys):
     doc = out.read_text()
     assert "| vit | 16 | 32-true |" in doc and "python -m src.bench --device cpu" in doc
     assert "Not measured here" in doc and "load average" in doc
+    # --profile: Lightning's loop runs in Trainer.fit's steps only; both loops run the model's own code
+    packages, functions = result.profile.packages, result.profile.functions
+    assert packages["lightning"][0] > 0 and packages["lightning"][1] == 0
+    assert packages["vitlab (src)"][0] > 0 and packages["vitlab (src)"][1] > 0
+    differences = [fit - raw for fit, raw in functions.values()]
+    assert differences == sorted(differences, reverse=True) and len(functions) == step_profile.TOP_FUNCTIONS
+    assert "Where a step of vit at 16 px goes" in doc and "| lightning |" in doc
 
 
 def test_the_benchmark_loop_in_bare_lightning_computes_what_the_hand_written_loop_does():
@@ -375,6 +382,16 @@ def test_the_quickstart_benchmark_runs_every_side_in_each_mode(monkeypatch):
     monkeypatch.setattr(bench_quickstart, "GROWTH_POINTS", ((2, 64),))
     row = bench_quickstart.growth([], epochs=2)[-1]
     assert row.startswith("| 2x digits | 64 |") and all(float(cell) > 0 for cell in row.split("|")[3:7])
+    # --profile: the quickstart's metrics are torchmetrics, which the bare loop does not use; both run Lightning
+    lines = "\n".join(bench_quickstart.epoch_profile([], epochs=2)).splitlines()
+    packages = {
+        cells[1].strip(): [float(cell) for cell in cells[2:5]]
+        for cells in (line.split("|") for line in lines)
+        if len(cells) == 6 and cells[2].strip()[:1].isdigit()
+    }
+    assert packages["torchmetrics"][0] > 0 and packages["torchmetrics"][1] == 0
+    assert packages["lightning"][0] > 0 and packages["lightning"][1] > 0
+    assert packages["all"][2] == pytest.approx(packages["all"][0] - packages["all"][1], abs=0.01)
 
 
 @pytest.mark.slow  # torch.compile builds C++ kernels with gcc on a CPU: tens of seconds

@@ -10,12 +10,14 @@ For each model (`name` or `name:image_size`; any conf/model option) it measures,
 - the loaders alone (DataLoader with the training transforms, and the GPU-resident loader), against the
   model's training rate.
 On CUDA also: model FLOPs utilisation, torch.compile against eager, and seconds per 50 000-image epoch.
+With `--profile`: where the per-step overhead goes, cProfile's self time per step of both loops by package and
+by function (step_profile.py).
 Data are synthetic, CIFAR-shaped uint8 images (32 px, resized to the model's size), augmented as for training.
 It prints a markdown table and writes it, with the machine described, to `--out` (docs/benchmarks.md).
 
 One module per measurement: fit_vs_raw.py (ours against the raw loop, inference, memory), loaders.py, gpu.py
-(FLOPs, MFU, compiled against eager, epoch seconds); workload.py is what they run (config, module, data,
-Trainer), timing.py how they time it, report.py the document.
+(FLOPs, MFU, compiled against eager, epoch seconds), step_profile.py (where a step's time goes); workload.py is
+what they run (config, module, data, Trainer), timing.py how they time it, report.py the document.
 """
 
 import argparse
@@ -30,6 +32,7 @@ from src.bench import report
 from src.bench.fit_vs_raw import FitVsRaw, measure_fit_vs_raw
 from src.bench.gpu import EpochSeconds, GpuExtras, gpu_extras, measure_epochs
 from src.bench.loaders import LoaderRates, measure_loaders
+from src.bench.step_profile import ProfileDifference, profile_steps
 from src.bench.workload import build_module, gpu_batches, model_config, synthetic
 
 
@@ -41,6 +44,7 @@ class ModelResult:
     fit_vs_raw: FitVsRaw
     loaders: LoaderRates
     gpu: GpuExtras | None  # with the extras only
+    profile: ProfileDifference | None  # with --profile only
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,7 @@ def bench_model(name: str, image_size: int, args) -> ModelResult | None:
         fit_vs_raw=fit_vs_raw,
         loaders=loaders,
         gpu=gpu_extras(cfg, module, loader, args) if args.extras else None,
+        profile=profile_steps(module, loader, cfg, args.steps, args.warmup, device) if args.profile else None,
     )
 
 
@@ -96,6 +101,9 @@ def parse_args(argv=None):
         "--extras", choices=["auto", "on", "off"], default="auto",
         help="the GPU measurements (FLOPs, MFU, compiled vs eager, epoch seconds); auto: on CUDA only",
     )  # fmt: skip
+    parser.add_argument(
+        "--profile", action="store_true", help="also profile each loop once: self time per step, by package"
+    )
     parser.add_argument("--out", default="docs/benchmarks.md")
     parser.add_argument("--append", action="store_true", help="add this run to --out instead of replacing it")
     args = parser.parse_args(argv)

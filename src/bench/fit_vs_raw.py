@@ -1,6 +1,7 @@
 """What the framework costs: training images/s through `Trainer.fit` (ours) against a hand-written PyTorch loop
 (raw) on the same module, data, batch size, precision and optimizer, alternating; inference images/s; peak memory."""
 
+import cProfile
 import statistics
 import tempfile
 import time
@@ -48,14 +49,19 @@ def lightning_rate(module, loader, cfg, steps: int, warmup: int, device: str) ->
     return images / steady, images / cpu, total - steady * steps / (steps - warmup)
 
 
-def raw_rate(module, loader, cfg, steps: int, warmup: int, device: str) -> tuple[float, float]:
-    """The same training as `lightning_rate`, in the loop a user would write by hand."""
+def raw_rate(
+    module, loader, cfg, steps: int, warmup: int, device: str, profile: cProfile.Profile | None = None
+) -> tuple[float, float]:
+    """The same training as `lightning_rate`, in the loop a user would write by hand (its steady state under
+    `profile` when given: step_profile.py)."""
     module.to(device).train()
     optimizer = module.configure_optimizers()  # the same optimizer and parameter groups
     for step, (images, labels) in enumerate(loader):
         if step == warmup:
             sync(device)
             start = clock()
+            if profile:
+                profile.enable()
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         with autocast(cfg, device):
             loss = module.criterion(module(images), labels)
@@ -63,6 +69,8 @@ def raw_rate(module, loader, cfg, steps: int, warmup: int, device: str) -> tuple
         loss.backward()
         optimizer.step()
     sync(device)
+    if profile:
+        profile.disable()
     wall, cpu = elapsed(start, clock())
     images = (steps - warmup) * loader.batch_size
     return images / wall, images / cpu

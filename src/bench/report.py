@@ -15,6 +15,7 @@ import torch
 if TYPE_CHECKING:
     from src.bench import Results
     from src.bench.gpu import EpochSeconds
+    from src.bench.step_profile import ProfileDifference
 
 COLUMNS = """Columns: *ours* is `Trainer.fit` with the ClassifierModule (its per-step logging and metrics, TensorBoard
 logger, conf/trainer settings; no checkpointing, progress bar or validation); *raw* is a hand-written loop
@@ -123,6 +124,36 @@ def epoch_note(epoch: EpochSeconds) -> str:
     )
 
 
+def difference_tables(profile: ProfileDifference, ours: str, theirs: str, unit: str) -> list[str]:
+    """A profile of two loops (src/bench/step_profile.py) as two markdown tables: self time by package (and in
+    all), and the functions whose self time differs most."""
+
+    def rows(pairs: dict[str, tuple[float, float]], first: str) -> list[dict]:
+        return [
+            {first: name, f"{ours} ms/{unit}": a, f"{theirs} ms/{unit}": b, f"difference ms/{unit}": a - b}
+            for name, (a, b) in pairs.items()
+        ]
+
+    total = tuple(sum(pair[i] for pair in profile.packages.values()) for i in (0, 1))
+    return [
+        markdown(rows(profile.packages, "package") + rows({"all": total}, "package")),
+        "",
+        markdown(rows(profile.functions, "function (largest difference first)")),
+        "",
+    ]
+
+
+def profile_tables(result) -> list[str]:
+    """A model's step profile: where Trainer.fit's steps spend more than the raw loop's."""
+    return [
+        f"Where a step of {result.model} at {result.image_size} px goes: cProfile's self time per step over "
+        f"{result.profile.units} steady-state steps of each loop (cProfile slows Python code far more than "
+        "torch's kernels: these milliseconds show where the overhead is, the table above how large it is).",
+        "",
+        *difference_tables(result.profile, "Trainer.fit", "raw loop", "step"),
+    ]
+
+
 def document(results: Results, command: str, machine_lines: list[str], device: str, append: bool) -> str:
     """The text `src.bench` prints and writes to --out: a title and the columns' meaning unless appended to an
     earlier run's document, the command, the machine, the table and the notes."""
@@ -131,6 +162,9 @@ def document(results: Results, command: str, machine_lines: list[str], device: s
     if results.epoch:
         rows.append(epoch_row(results.epoch))
         notes.append(epoch_note(results.epoch))
+    for result in results.models:
+        if result.profile:
+            notes += profile_tables(result)
     if device == "cpu" and not append:  # said once per file
         notes.append(NOT_MEASURED_ON_CPU)
     header = [
