@@ -391,7 +391,8 @@ def test_the_quickstart_benchmark_runs_every_side_in_each_mode(monkeypatch):
     }
     assert packages["torchmetrics"][0] > 0 and packages["torchmetrics"][1] == 0
     assert packages["lightning"][0] > 0 and packages["lightning"][1] > 0
-    assert packages["all"][2] == pytest.approx(packages["all"][0] - packages["all"][1], abs=0.01)
+    # cells of 10 ms and more are printed as whole numbers, so the difference may be off by one in its last digit
+    assert packages["all"][2] == pytest.approx(packages["all"][0] - packages["all"][1], abs=1)
 
 
 @pytest.mark.slow  # torch.compile builds C++ kernels with gcc on a CPU: tens of seconds
