@@ -438,12 +438,13 @@ def epoch_profile(extra: list[str], epochs: int) -> list[str]:
     framework_fit(overrides, callbacks=[ProfileFrom(ours, epoch=1)])
     plain_lightning_fit(loop_settings(quickstart_config(overrides)), callbacks=[ProfileFrom(theirs, epoch=1)])
     profile = difference(ours, theirs, epochs - 1)
-    return [
+    lines = [
         f"cProfile's self time per epoch over epochs 2..{epochs} (training, validation, checkpoints; cProfile slows "
         "Python code far more than torch's kernels: where the time goes, not how much there is)",
         "",
         *difference_tables(profile, "vitlab", "bare Lightning", "epoch"),
     ]
+    return "\n".join(lines).splitlines()  # one line each, as the other modes' tables
 
 
 def main() -> None:

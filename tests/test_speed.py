@@ -383,10 +383,9 @@ def test_the_quickstart_benchmark_runs_every_side_in_each_mode(monkeypatch):
     row = bench_quickstart.growth([], epochs=2)[-1]
     assert row.startswith("| 2x digits | 64 |") and all(float(cell) > 0 for cell in row.split("|")[3:7])
     # --profile: the quickstart's metrics are torchmetrics, which the bare loop does not use; both run Lightning
-    lines = "\n".join(bench_quickstart.epoch_profile([], epochs=2)).splitlines()
     packages = {
         cells[1].strip(): [float(cell) for cell in cells[2:5]]
-        for cells in (line.split("|") for line in lines)
+        for cells in (line.split("|") for line in bench_quickstart.epoch_profile([], epochs=2))
         if len(cells) == 6 and cells[2].strip()[:1].isdigit()
     }
     assert packages["torchmetrics"][0] > 0 and packages["torchmetrics"][1] == 0

@@ -76,14 +76,12 @@ def self_ms_per(profile: cProfile.Profile, units: int) -> tuple[dict[str, float]
 
 
 def difference(ours: cProfile.Profile, theirs: cProfile.Profile, units: int) -> ProfileDifference:
-    (our_packages, our_functions), (their_packages, their_functions) = (
-        self_ms_per(ours, units),
-        self_ms_per(theirs, units),
-    )
+    our_packages, our_functions = self_ms_per(ours, units)
+    their_packages, their_functions = self_ms_per(theirs, units)
 
     def paired(a: dict[str, float], b: dict[str, float]) -> dict[str, tuple[float, float]]:
         both = {name: (a.get(name, 0.0), b.get(name, 0.0)) for name in a.keys() | b.keys()}
-        return dict(sorted(both.items(), key=lambda item: item[1][1] - item[1][0]))
+        return dict(sorted(both.items(), key=lambda item: item[1][1] - item[1][0]))  # largest a - b first
 
     functions = paired(our_functions, their_functions)
     return ProfileDifference(
