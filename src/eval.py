@@ -11,6 +11,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from src.errors import UserError, exit_on_unknown_option, exit_on_user_error
+from src.garbage_collector import freeze_imports
 from src.module import load_checkpoint
 from src.resolvers import register_resolvers
 from src.trainer import build_trainer
@@ -106,6 +107,7 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    freeze_imports()  # all loaded: no collection walks it again (src/garbage_collector.py)
     exit_on_unknown_option()
     sys.argv = checkpoint_data_overrides(sys.argv)
     main()

@@ -12,6 +12,7 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from src.errors import UserError, exit_on_unknown_option, exit_on_user_error
+from src.garbage_collector import freeze_imports
 from src.maps import METHODS, heatmaps
 from src.module import load_checkpoint
 from src.predict import eval_transform, expand_inputs, load_image, pick_device, write_predictions
@@ -92,5 +93,6 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    freeze_imports()  # all loaded: no collection walks it again (src/garbage_collector.py)
     exit_on_unknown_option()
     main()

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from src.errors import UserError, exit_on_unknown_option, exit_on_user_error
+from src.garbage_collector import freeze_imports
 from src.inference import METADATA_KEY, import_onnxruntime
 from src.maps import unfused_attention
 from src.module import load_checkpoint
@@ -125,5 +126,6 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    freeze_imports()  # all loaded: no collection walks it again (src/garbage_collector.py)
     exit_on_unknown_option()
     main()

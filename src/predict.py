@@ -19,6 +19,7 @@ from rich.table import Table
 
 from src.data.files import READ_ERRORS, open_rgb
 from src.errors import UserError, exit_on_unknown_option, exit_on_user_error
+from src.garbage_collector import freeze_imports
 from src.inference import onnx_classifier, torch_classifier
 from src.resolvers import register_resolvers
 
@@ -164,5 +165,6 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    freeze_imports()  # all loaded: no collection walks it again (src/garbage_collector.py)
     exit_on_unknown_option()
     main()

@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 from src.checks import check_values, optimized_value, optuna_sweep
 from src.config_tree import show_config
 from src.errors import UserError, exit_on_unknown_option, exit_on_user_error
+from src.garbage_collector import freeze_imports
 from src.nonfinite import DivergedTrial, NonFiniteLossError
 from src.resolvers import register_resolvers
 from src.resume import check_resume
@@ -95,5 +96,6 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    freeze_imports()  # all loaded: no collection walks it again (src/garbage_collector.py)
     exit_on_unknown_option()
     main()
