@@ -61,8 +61,13 @@ CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf"
 def exit_on_unknown_option(args: list[str] | None = None, config_dir: Path = CONFIG_DIR) -> None:
     """`augment=randaugmen`: one `error:` line with the options of the group, where Hydra prints a paragraph
     (exit 1) that never says which option was meant. Groups of Hydra's own and its plugins (hydra/...) are left
-    to Hydra; so is anything its parser rejects."""
+    to Hydra; so is anything its parser rejects, which, like a key that is not in the config, Hydra then reports
+    in one line too (src/upstream_fixes/hydra.py, `config_errors_in_one_line`)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from src.upstream_fixes.hydra import config_errors_in_one_line
+
+    config_errors_in_one_line()
 
     try:
         overrides = OverridesParser.create().parse_overrides(

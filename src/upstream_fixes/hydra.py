@@ -1,13 +1,17 @@
 """Workarounds of Hydra 1.3.8 behaviour, and of Lightning's DDP launcher inside a Hydra sweep (see the index in
 src/upstream_fixes/__init__.py): each says what upstream does, the issue, and what tells that it can go."""
 
+import difflib
 import os
+import re
 import sys
 from contextlib import contextmanager
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import ConfigCompositionException, OverrideParseException
 from hydra.types import RunMode
-from omegaconf import read_write
+from omegaconf import DictConfig, read_write
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
 
 def start_folder() -> str:
@@ -65,3 +69,66 @@ def one_job():
             torch.distributed.destroy_process_group()
         os.environ.clear()
         os.environ.update(environ)
+
+
+def config_errors_in_one_line() -> None:
+    """A command line Hydra cannot apply to the config, reported as one `error:` line with its fix, exit 2.
+
+    Hydra 1.3.8 prints such an error (`trainer.max_epoch=3`, `trainer.enable_progress_bar=false`: no such key;
+    `experiment=` of a file that is missing; an override it cannot parse) in four to six lines ending in "Set the
+    environment variable HYDRA_FULL_ERROR=1 for a complete stack trace", and exits 1: hydra/_internal/utils.py,
+    `run_and_report`, which `_run_app` looks up as a module global and which has no hook for an app's own
+    messages. So it is wrapped: these two errors become one line; every other error, and all of them under
+    HYDRA_FULL_ERROR=1, are Hydra's to report as before. Installed by src/errors.py `exit_on_unknown_option`,
+    which every Hydra entry point calls before `main()`.
+
+    Remove when: the pinned Hydra lets an app report composition errors itself (then tests/test_train_cli.py's
+    test of a key that is not in the config tells what to move)."""
+    import hydra._internal.utils as hydra_utils
+
+    report = hydra_utils.run_and_report
+    if getattr(report, "in_one_line", False):
+        return
+
+    def run_and_report(func):
+        def run():
+            try:
+                return func()
+            except (ConfigCompositionException, OverrideParseException) as err:
+                if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                    raise
+                print(f"error: {config_error_line(err)}", file=sys.stderr)
+                sys.exit(2)
+
+        return report(run)
+
+    run_and_report.in_one_line = True
+    hydra_utils.run_and_report = run_and_report
+
+
+def config_error_line(err: Exception) -> str:
+    """`trainer.max_epoch: no such key in the config (did you mean trainer.max_epochs?); to add it, use
+    +trainer.max_epoch=3`; an override it cannot parse named with the parser's reason; any other message with its
+    lines (and its cause's first) joined by "; "."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    cause = err.__cause__
+    if isinstance(err, OverrideParseException):
+        reason = lines[1] if lines[0].startswith("Error parsing override") and len(lines) > 1 else lines[0]
+        prefix = "LexerNoViableAltException: "
+        if reason.startswith(prefix):  # its next line has a caret under the character
+            character = err.override[str(err).splitlines()[1].index("^") - len(prefix)]
+            reason = f"the character {character!r}: quote a value that has one"
+        grammar = re.search(r"https://\S+", str(err))
+        return f"{err.override}: not an override Hydra can parse ({reason})" + (
+            f"; the grammar: {grammar[0]}" if grammar else ""
+        )
+    if isinstance(cause, ConfigKeyError | ConfigAttributeError) and cause.full_key and len(lines) == 2:
+        parent = cause.full_key.rpartition(".")[0]
+        keys = [str(key) for key in cause.parent_node] if isinstance(cause.parent_node, DictConfig) else []
+        close = difflib.get_close_matches(str(cause.key), keys, n=1, cutoff=0.8)
+        hint = f" (did you mean {parent + '.' if parent else ''}{close[0]}?)" if close else ""
+        fix = lines[1].removeprefix("To append to your config use ")
+        return f"{cause.full_key}: no such key in the config{hint}; to add it, use {fix}"
+    if cause is not None and str(cause).strip():
+        lines.append(str(cause).strip().splitlines()[0])
+    return "; ".join(lines)
