@@ -10,7 +10,7 @@ gc.freeze, gc.enable is the sequence the `gc` module's documentation gives for f
 (the model, the Trainer, the data) are collected as always; what is frozen is modules, classes and functions,
 which are never garbage before exit. Imported any other way (pytest, a notebook, a SLURM job), nothing changes.
 
-Measured: docs/benchmarks.md, "python -m src.bench_quickstart" ("The garbage collector")."""
+Measured: docs/benchmarks.md, the quickstart section "Now (... a command pauses Python's garbage collector ...)"."""
 
 import gc
 import sys
