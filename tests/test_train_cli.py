@@ -112,6 +112,9 @@ def test_an_unknown_option_is_one_line_with_the_options(entry, option, line, tmp
          "grammar: https://hydra.cc/docs/1.2/advanced/override_grammar/basic"),
         ("src.train", "task_name=a;b",
          "error: task_name=a;b: not an override Hydra can parse (the character ';': quote a value that has one); "),
+        # any other composition error: Hydra's lines joined
+        ("src.train", "+trainer.max_epochs=3",
+         "error: Could not append to config. An item is already at 'trainer.max_epochs'.; Either remove + prefix: "),
     ],
 )  # fmt: skip
 def test_a_key_hydra_cannot_set_is_one_line_with_the_fix(entry, override, line, tmp_path):
