@@ -375,6 +375,20 @@ def whole_process(overrides: list[str], repeats: int) -> list[str]:
         ]
         ratios.append(fastest(runs[top]) / fastest(runs[bottom]))
         lines.append("| ratio {} / {} | {:.3f} | {:.3f} | {:.3f} | | {:.3f} |".format(top, bottom, *ratios))
+    return lines + ["", *per_run_lines(runs)]
+
+
+def per_run_lines(runs: dict[str, list[dict]]) -> list[str]:
+    """Each run's wall seconds, and the wall ratios of the runs made one after the other: a slow spell of the host
+    then slows both sides of a ratio, so their median varies less than a ratio of medians."""
+    walls = list(zip(*([run["wall"] for run in runs[side]] for side in runs), strict=True))
+    each = "; ".join(" · ".join(f"{wall:.1f}" for wall in triple) for triple in walls)
+    lines = [f"Each run, wall s ({' · '.join(runs)}): {each}.", ""]
+    for top, bottom in ((0, 2), (1, 2), (0, 1)):
+        ratios = [triple[top] / triple[bottom] for triple in walls]
+        names = list(runs)
+        lines.append(f"- wall {names[top]} / {names[bottom]} run by run: median {statistics.median(ratios):.3f} "
+                     f"({min(ratios):.3f}–{max(ratios):.3f})")  # fmt: skip
     return lines
 
 

@@ -367,7 +367,8 @@ def test_the_benchmark_loop_in_bare_lightning_computes_what_the_hand_written_loo
 
 @pytest.mark.slow  # six short trainings, four of them whole processes
 def test_the_quickstart_benchmark_runs_every_side_in_each_mode(monkeypatch):
-    rows = [line.split("|") for line in bench_quickstart.whole_process(["trainer.max_epochs=1"], 1)[-6:]]
+    lines = bench_quickstart.whole_process(["trainer.max_epochs=1"], 1)
+    rows = [line.split("|") for line in lines if line.startswith("| ") and not line.startswith("| |")]
     ours, lightning, loop, *ratios = rows
     assert ours[1].strip().startswith("vitlab") and loop[1].strip() == "hand-written loop"
     assert lightning[1].strip() == "the loop in a bare Lightning Trainer"
@@ -379,6 +380,14 @@ def test_the_quickstart_benchmark_runs_every_side_in_each_mode(monkeypatch):
     assert all(0 < float(row[5]) <= 1 for row in (ours, lightning, loop))
     assert all(float(row[6]) > 0 for row in rows)  # the fastest run's wall s, and their ratios
     assert lightning[5] == loop[5]  # the same loop, the same random numbers
+    each_run, *run_by_run = [line for line in lines if line.startswith(("Each run", "- wall"))]
+    assert each_run.startswith("Each run, wall s (vitlab · lightning · hand-written): ")
+    assert [line.split(" run by run")[0] for line in run_by_run] == [
+        "- wall vitlab / hand-written", "- wall lightning / hand-written", "- wall vitlab / lightning"
+    ]  # fmt: skip
+    # one run: the median of the run-by-run ratios is the ratio of the medians
+    for line, ratio in zip(run_by_run, ratios, strict=True):
+        assert float(line.split("median ")[1].split()[0]) == pytest.approx(float(ratio[2]), abs=2e-3)
     monkeypatch.setattr(bench_quickstart, "GROWTH_POINTS", ((2, 64),))
     row = bench_quickstart.growth([], epochs=2)[-1]
     assert row.startswith("| 2x digits | 64 |") and all(float(cell) > 0 for cell in row.split("|")[3:7])
