@@ -34,6 +34,8 @@ import torch.nn.functional as F
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 QUICKSTART = ["experiment=quickstart", "~callbacks.rich_progress_bar"]
+# the sides whole_process compares, as (numerator, denominator)
+RATIOS = (("vitlab", "hand-written"), ("lightning", "hand-written"), ("vitlab", "lightning"))
 # --growth: (times the training set is repeated, batch size)
 GROWTH_POINTS = ((1, 64), (4, 64), (16, 64), (1, 16), (1, 256))
 # --imports: what each side imports before its first step, and the modules inside them whose cost is shown
@@ -369,7 +371,7 @@ def whole_process(overrides: list[str], repeats: int) -> list[str]:
                 name, *medians, accs, fastest(runs[side])
             )
         )
-    for top, bottom in (("vitlab", "hand-written"), ("lightning", "hand-written"), ("vitlab", "lightning")):
+    for top, bottom in RATIOS:
         ratios = [
             median_of(runs[top], key) / median_of(runs[bottom], key) for key in ("wall", "cpu", "epoch")
         ]
@@ -381,13 +383,12 @@ def whole_process(overrides: list[str], repeats: int) -> list[str]:
 def per_run_lines(runs: dict[str, list[dict]]) -> list[str]:
     """Each run's wall seconds, and the wall ratios of the runs made one after the other: a slow spell of the host
     then slows both sides of a ratio, so their median varies less than a ratio of medians."""
-    walls = list(zip(*([run["wall"] for run in runs[side]] for side in runs), strict=True))
-    each = "; ".join(" · ".join(f"{wall:.1f}" for wall in triple) for triple in walls)
+    triples = zip(*runs.values(), strict=True)
+    each = "; ".join(" · ".join(f"{run['wall']:.1f}" for run in triple) for triple in triples)
     lines = [f"Each run, wall s ({' · '.join(runs)}): {each}.", ""]
-    for top, bottom in ((0, 2), (1, 2), (0, 1)):
-        ratios = [triple[top] / triple[bottom] for triple in walls]
-        names = list(runs)
-        lines.append(f"- wall {names[top]} / {names[bottom]} run by run: median {statistics.median(ratios):.3f} "
+    for top, bottom in RATIOS:
+        ratios = [a["wall"] / b["wall"] for a, b in zip(runs[top], runs[bottom], strict=True)]
+        lines.append(f"- wall {top} / {bottom} run by run: median {statistics.median(ratios):.3f} "
                      f"({min(ratios):.3f}–{max(ratios):.3f})")  # fmt: skip
     return lines
 
