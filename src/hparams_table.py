@@ -109,6 +109,10 @@ def log_to_tensorboard(
     writer = logger.experiment._get_file_writer()
     for summary in (experiment, session_start, session_end):
         writer.add_summary(summary)
+    # the trainer closed the logger's writer at the end of test, and the writes above opened a new one: closed
+    # here, it writes its events now, not when the process exits (which can be too soon: the last job of a sweep
+    # lost its HParams row)
+    logger.finalize("success")
     # Lightning writes hparams.yaml once (TensorBoardLogger.save skips an existing file, 2.6): src.eval logs
     # after its trainer.test, which wrote it empty
     save_hparams_to_yaml(Path(logger.log_dir) / logger.NAME_HPARAMS_FILE, logger.hparams)

@@ -5,16 +5,20 @@ src.compare; the scalars have the documented curves."""
 import json
 import subprocess
 import sys
+import time
 import urllib.parse
 from pathlib import Path
 
 import matplotlib.image
 import pytest
 from hydra.utils import instantiate
+from lightning.pytorch.loggers import TensorBoardLogger
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.summary.writer.record_writer import RecordWriter
 
 from scripts.tensorboard_view import find_chromium, get, hparams_experiment, screenshot, serve, session_groups
 from src.compare import comparison_rows
-from src.hparams_table import curated_hparams
+from src.hparams_table import curated_hparams, log_to_tensorboard
 from tests.conftest import QUICK, ROOT, TINY_VIT, compose_config, run_cli
 
 CURATED = {
@@ -159,3 +163,22 @@ def test_curated_hparams_of_an_experiment_with_command_line_values(tmp_path):
     assert not [name for name in hparams if name.split("/")[0] in ("callbacks", "logger", "paths", "hydra")]
     assert all(isinstance(value, bool | int | float | str) for value in hparams.values())
     assert len(hparams) <= 32, list(hparams)  # ~25, plus what this experiment file and command line set
+
+
+def test_the_hparams_written_after_test_reach_the_event_file_before_the_process_ends(tmp_path, monkeypatch):
+    """After `trainer.test` Lightning has closed the logger's SummaryWriter (finalize), so the headline numbers
+    logged then go to a writer that torch opens anew, whose thread writes them to disk when it gets to them. On a
+    busy machine a process that ends at once ended first: the last job of a sweep lost its HParams row. Here the
+    writing thread is made slow, as there; what log_to_tensorboard logged must be on disk when it returns."""
+    logger = TensorBoardLogger(tmp_path, name="", version="")
+    logger.log_metrics({"train/loss": 1.0}, step=0)
+    logger.finalize("success")  # what the trainer does at the end of fit and of test
+    write = RecordWriter.write
+    monkeypatch.setattr(RecordWriter, "write", lambda self, data: time.sleep(0.2) or write(self, data))
+    log_to_tensorboard(logger, {"optimizer/lr": 1e-3}, {"hp/test/acc": 0.5}, varied={"optimizer/lr"})
+
+    accumulator = EventAccumulator(str(tmp_path)).Reload()  # the files as they are on disk now
+    assert set(accumulator.PluginTagToContent("hparams")) == {
+        "_hparams_/experiment", "_hparams_/session_start_info", "_hparams_/session_end_info",
+    }  # fmt: skip
+    assert [event.value for event in accumulator.Scalars("hp/test/acc")] == [0.5]
