@@ -45,15 +45,14 @@ format: install
 tensorboard: install
 	$(VENV)/bin/tensorboard --logdir outputs
 
-# Hydra's wheels for a GPU machine whose Python 3.12 has torch/Lightning/timm but not Hydra (scripts/gpu_check.sh);
-# antlr4's runtime is published as source only: built here into a pure-Python wheel
+# The wheels a GPU machine whose Python 3.12 has torch/Lightning/timm lacks (scripts/gpu_check.sh), all pure
+# Python, at their pins: Hydra, the grad-cam package (the report's Grad-CAM of CNNs) with ttach, and timm (timm.task
+# is recent); pip builds those published as source only (antlr4's runtime, grad-cam)
+GPU_WHEELS = hydra-core omegaconf antlr4-python3-runtime grad-cam ttach timm
 gpu-wheels: install
 	rm -rf .whl && mkdir -p .whl
-	$(PY) -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation py \
-		-d .whl hydra-core==$$(grep -i '^hydra-core==' constraints.txt | cut -d= -f3) \
-		omegaconf==$$(grep -i '^omegaconf==' constraints.txt | cut -d= -f3)
 	$(PY) -m pip wheel --quiet --no-deps -w .whl \
-		antlr4-python3-runtime==$$(grep -i '^antlr4-python3-runtime==' constraints.txt | cut -d= -f3)
+		$(foreach name,$(GPU_WHEELS),$(name)==$$(grep -i '^$(name)==' constraints.txt | cut -d= -f3))
 	ls .whl
 
 clean:  ## removes caches only; run outputs and data are never deleted by make

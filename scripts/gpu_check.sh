@@ -15,4 +15,5 @@ if ! python3 -c "import hydra, omegaconf" 2>/dev/null; then
 fi
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || true
-exec python3 scripts/gpu_check.py --out "${OUT:-outputs/gpu_check}" "$@"
+# the data and the runs (gigabytes) stay on the machine: only the results come back in $OUT
+exec python3 scripts/gpu_check.py --out "${OUT:-outputs/gpu_check}" --work "${TMPDIR:-/tmp}/vitlab_gpu_check" "$@"
