@@ -8,7 +8,8 @@
 2. smoke: one short epoch of each CUDA path through `src.train` (bf16 + fused AdamW, torch.compile with the
    GPU-resident loader, channels_last VGG19, DeiT-B at 224 px), each followed by `src.eval` on its checkpoint and
    `src.predict` on the PNG files; the run's summary.json must say its peak memory was the GPU's;
-3. bench: `src.bench` per model (ours vs raw loop, MFU, compiled vs eager, seconds per 50 000-image epoch).
+3. test: tests/test_speed.py's count of GPU syncs in training steps that log nothing (there must be none);
+4. bench: `src.bench` per model (ours vs raw loop, MFU, compiled vs eager, seconds per 50 000-image epoch).
 Each step prints one PASS/FAIL/SKIP line and has its own time limit; steps that would overrun `--budget` are
 skipped, and `--only` reruns some (`--only smoke/vit_bf16,bench/`). <out>/gpu_check.json is rewritten after every
 step (so a killed run still leaves its results), with <out>/benchmarks.md (src.bench's tables) and
@@ -45,6 +46,9 @@ def smoke_runs(tiny: bool) -> dict[str, list[str]]:
         "deit_224": ["model=deit", "model.pretrained=false", f"data.image_size={32 if tiny else 224}"],
     }
 
+
+# the test that a training step which logs nothing reads nothing off the GPU (skipped on a CPU)
+SYNC_TEST = ["tests/test_speed.py", "-k", "does_not_wait_for_the_gpu"]
 
 # model spec, batch size (the issue's settings), timed steps (≥ 1 s of GPU work per measurement); one model per step,
 # so that one that runs out of time (compiling DenseNet121 took over 100 s on an H200) leaves the others' rows
@@ -165,6 +169,11 @@ def smoke(check: Check, name: str, overrides: list[str], args, data: Path, limit
     return {key: summary[key] for key in keys if key in summary} | {"test/acc": summary["test"]["test/acc"]}
 
 
+def sync_test(check: Check, limit: float) -> dict:
+    output = check.run(["pytest", "-q", "-p", "no:cacheprovider", *SYNC_TEST], limit)
+    return {"pytest": output.strip().splitlines()[-1]}  # "1 passed in ...", or "1 skipped" on a CPU
+
+
 def bench(check: Check, models: str, batch_size: int, steps: int, args, limit: float) -> dict:
     # the 50 000-image epoch is the scratch ViT's: timed once, with the ViT
     epoch_images = 50_000 if models.startswith("vit") else 0
@@ -219,6 +228,7 @@ def main(argv=None) -> int:
     for name, overrides in smoke_runs(args.tiny).items():
         steps[f"smoke/{name}"] = (240 if "compile" in name else 150,
                                   lambda limit, n=name, o=overrides: smoke(check, n, o, args, data, limit))  # fmt: skip
+    steps["test/no_gpu_sync"] = (120, lambda limit: sync_test(check, limit))
     for name, run in BENCH_RUNS.items():
         steps[f"bench/{name}"] = (240, lambda limit, r=run: bench(check, *r, args, limit))
     chosen = [name for name in steps if not args.only or any(name.startswith(prefix) for prefix in args.only)]

@@ -26,7 +26,11 @@ from src.freezing import (
 from src.preprocessing import preprocessing_facts
 from src.resume import read_checkpoint
 from src.schedulers import build_lr_scheduler
-from src.upstream_fixes.lightning import MetricsLoggedOncePerEpoch, logger_writes_this_step
+from src.upstream_fixes.lightning import (
+    MetricsLoggedOncePerEpoch,
+    logger_writes_this_step,
+    progress_bar_value,
+)
 
 
 def _plain(config):
@@ -177,7 +181,7 @@ class ClassifierModule(L.LightningModule):
         if stage == "train" and (
             batch_idx == 0 or logger_writes_this_step(self.trainer) or self.trainer.fast_dev_run
         ):
-            self.log("train/loss_step", loss.detach(), on_step=True, on_epoch=False, prog_bar=True)
+            self.log("train/loss_step", progress_bar_value(loss), on_step=True, on_epoch=False, prog_bar=True)
         # Lightning computes (and resets) the logged metric objects at the epoch's end
         epoch_loss = {f"{stage}/loss" + ("_epoch" if stage == "train" else ""): mean_loss}
         self.epoch_metrics.log(self, stage, epoch_loss, metrics, prog_bar=True)

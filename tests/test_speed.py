@@ -3,7 +3,9 @@
 import importlib
 import json
 import re
+import warnings
 
+import lightning as L
 import pytest
 import torch
 from hydra.utils import instantiate
@@ -16,6 +18,7 @@ from src.bench import gpu, step_profile, workload
 from src.data.cifar10 import CIFAR10DataModule
 from src.data.digits import DigitsDataModule
 from src.data.gpu_loader import GPUBatches
+from src.nonfinite import NonFiniteLossGuard
 from src.train import train
 from src.trainer import build_trainer
 from tests.conftest import CONF, QUICK, TINY_VIT, compose_config
@@ -441,7 +444,7 @@ def test_the_gpu_check_script_runs_every_step_on_the_cpu(tmp_path):
     results = json.loads((tmp_path / "gpu_check.json").read_text())
     statuses = {step["step"]: (step["status"], step.get("reason")) for step in results["steps"]}
     assert set(statuses) == {"data", *(f"smoke/{name}" for name in gpu_check.smoke_runs(True)),
-                             *(f"bench/{name}" for name in gpu_check.BENCH_RUNS)}  # fmt: skip
+                             "test/no_gpu_sync", *(f"bench/{name}" for name in gpu_check.BENCH_RUNS)}  # fmt: skip
     assert all(status == "PASS" for status, _ in statuses.values()), statuses
     assert code == 0
     smoke = next(step for step in results["steps"] if step["step"] == "smoke/vit_bf16")
@@ -450,3 +453,38 @@ def test_the_gpu_check_script_runs_every_step_on_the_cpu(tmp_path):
     for model in ("| vit | 16 |", "| deit | 32 |", "| vgg19 | 32 |", "| densenet121 | 32 |"):
         assert model in benchmarks
     assert "train GFLOP/image" in benchmarks and "compiled" in benchmarks
+
+
+@pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU (scripts/gpu_check.py runs it there)"
+)
+def test_a_training_step_that_logs_nothing_does_not_wait_for_the_gpu(tmp_path):
+    """Between the steps the loggers write, `Trainer.fit` of the ClassifierModule (with the non-finite loss guard)
+    reads nothing off the GPU, as a hand-written loop does not: each read waits for all the work queued so far.
+    Lightning turned the progress bar's step loss into a number after every step (upstream_fixes.lightning
+    `progress_bar_value`)."""
+    cfg = workload.model_config("vit", 16, "cuda", TINY_VIT)
+    images, labels = workload.synthetic(40 * 8)
+    loader = workload.gpu_batches(images, labels, 8, 16, "cuda")
+
+    class CountSyncs(L.Callback):  # torch's sync debug mode warns at each read; steps 2..29 log nothing
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            if batch_idx in (2, 30):
+                torch.cuda.set_sync_debug_mode("warn" if batch_idx == 2 else "default")
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer = workload.bench_trainer(
+            cfg,
+            "cuda",
+            str(tmp_path),
+            CountSyncs(),
+            NonFiniteLossGuard(),
+            max_epochs=1,
+            log_every_n_steps=1000,
+        )
+        trainer.fit(workload.build_module(cfg), train_dataloaders=loader)
+    torch.cuda.set_sync_debug_mode("default")
+    syncs = [str(warning.message) for warning in caught if "synchroniz" in str(warning.message)]
+    assert trainer.global_step == 40
+    assert syncs == [], f"{len(syncs)} GPU syncs in 28 steps, the first: {syncs[:1]}"

@@ -12,6 +12,10 @@ Lightning 2.6.6 (lightning.py)
 - `logger_writes_this_step`: asks Lightning's private `trainer._logger_connector.should_update_logs` whether
   the loggers write at this step (no public API). Used by src/module.py and src/nonfinite.py to read values
   off the GPU only then. Goes when: Lightning makes it public.
+- `progress_bar_value`: the step loss logged for the progress bar as a host tensor, because Lightning turns each
+  progress-bar value it holds into a number after every step, bar or no bar, which for a GPU tensor waits for
+  the GPU (Lightning #21232). Used by src/module.py. Goes when: #21232 is fixed and the GPU sync test of
+  tests/test_speed.py passes without it.
 - `MetricsLoggedOncePerEpoch`: metric objects handed to `self.log` once per stage and epoch, not at every step
   (~0.5 ms a call: Lightning #17988). Used by src/module.py. Goes when: `self.log` is cheap.
 - `TrainLoaderStateInDataModule`: the GPU-resident loader's place in its epoch saved and restored through the

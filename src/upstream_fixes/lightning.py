@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from types import FrameType
 
 import lightning as L
+import torch
 from lightning.fabric.plugins.environments import SLURMEnvironment
 
 
@@ -58,6 +59,18 @@ def logger_writes_this_step(trainer: L.Trainer) -> bool:
 
     Remove when: Lightning exposes it publicly; then call that here (this is the only use of the private name)."""
     return trainer._logger_connector.should_update_logs
+
+
+def progress_bar_value(value: torch.Tensor) -> torch.Tensor:
+    """`value` on the host, for `self.log(name, ..., prog_bar=True)` on some steps only. Lightning holds a logged
+    step value until the epoch ends and turns every progress-bar value it holds into a Python number after every
+    training step, whether a bar is shown or not (`_ResultCollection.metrics`; Lightning issue #21232, open): for a
+    tensor on a GPU that is a copy to the host, which waits for all the work queued so far, at every step. From
+    the host, the wait is only on the steps that log it.
+
+    Remove when: #21232 is fixed; then log the tensor itself, and tests/test_speed.py's GPU sync test still passes
+    (on a GPU)."""
+    return value.detach().cpu()
 
 
 class MetricsLoggedOncePerEpoch:
