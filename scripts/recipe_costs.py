@@ -15,8 +15,8 @@ from torch.optim.swa_utils import AveragedModel, get_ema_avg_fn
 
 from src.bench.timing import median_seconds
 from src.data.transforms import build_transforms
-from src.mixing import BatchMixup
 from src.models.vit import VisionTransformer
+from src.training.mixing import BatchMixup
 
 MEAN, STD = [0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616]
 POLICIES = {

@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 from src.errors import UserError, exit_on_user_error  # noqa: E402
-from src.run_metrics import HEADLINE  # noqa: E402
+from src.reporting.run_metrics import HEADLINE  # noqa: E402
 
 
 def _headline(name: str, fmt: str) -> tuple:

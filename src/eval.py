@@ -10,11 +10,11 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from src.cli.garbage_collector import freeze_imports
+from src.cli.resolvers import register_resolvers
 from src.errors import UserError, exit_on_unknown_option, exit_on_user_error
-from src.garbage_collector import freeze_imports
-from src.module import load_checkpoint
-from src.resolvers import register_resolvers
-from src.trainer import build_trainer
+from src.training.module import load_checkpoint
+from src.training.trainer import build_trainer
 from src.utils import log_hyperparameters, metrics_to_floats
 
 # before Hydra composes the config (on import: the DDP ranks and SLURM jobs import this module again)
@@ -107,7 +107,7 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    freeze_imports()  # all loaded: no collection walks it again (src/garbage_collector.py)
+    freeze_imports()  # all loaded: no collection walks it again (src/cli/garbage_collector.py)
     exit_on_unknown_option()
     sys.argv = checkpoint_data_overrides(sys.argv)
     main()

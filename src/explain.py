@@ -11,13 +11,13 @@ import matplotlib.pyplot as plt
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from src.cli.garbage_collector import freeze_imports
+from src.cli.resolvers import register_resolvers
 from src.errors import UserError, exit_on_unknown_option, exit_on_user_error
-from src.garbage_collector import freeze_imports
-from src.maps import METHODS, heatmaps
-from src.module import load_checkpoint
+from src.inference.attention_maps import METHODS, heatmaps
 from src.predict import eval_transform, expand_inputs, load_image, pick_device, write_predictions
 from src.reporting.attention import plot_overlays
-from src.resolvers import register_resolvers
+from src.training.module import load_checkpoint
 
 # before Hydra composes the config (on import: the DDP ranks and SLURM jobs import this module again)
 register_resolvers()
@@ -93,6 +93,6 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    freeze_imports()  # all loaded: no collection walks it again (src/garbage_collector.py)
+    freeze_imports()  # all loaded: no collection walks it again (src/cli/garbage_collector.py)
     exit_on_unknown_option()
     main()

@@ -16,13 +16,13 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from src.cli.garbage_collector import freeze_imports
+from src.cli.resolvers import register_resolvers
+from src.data.preprocessing import preprocessing_facts
 from src.errors import UserError, exit_on_unknown_option, exit_on_user_error
-from src.garbage_collector import freeze_imports
-from src.inference import METADATA_KEY, import_onnxruntime
-from src.maps import unfused_attention
-from src.module import load_checkpoint
-from src.preprocessing import preprocessing_facts
-from src.resolvers import register_resolvers
+from src.inference.attention_maps import unfused_attention
+from src.inference.classifiers import METADATA_KEY, import_onnxruntime
+from src.training.module import load_checkpoint
 
 # before Hydra composes the config (on import: the DDP ranks and SLURM jobs import this module again)
 register_resolvers()
@@ -126,6 +126,6 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    freeze_imports()  # all loaded: no collection walks it again (src/garbage_collector.py)
+    freeze_imports()  # all loaded: no collection walks it again (src/cli/garbage_collector.py)
     exit_on_unknown_option()
     main()

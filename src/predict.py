@@ -3,7 +3,7 @@
 Needs the checkpoint only: it holds the class names and the data config, whose eval transform is applied
 (no training data is read); or a model exported by src.export format=onnx, which holds the same and runs on
 onnxruntime. Files that are not readable images are skipped with one warning each. Lightning and torch are
-imported only when the model needs them (see src/inference.py): a prediction takes seconds less."""
+imported only when the model needs them (see src/inference/classifiers.py): a prediction takes seconds less."""
 
 import csv
 import glob
@@ -17,11 +17,11 @@ from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
+from src.cli.garbage_collector import freeze_imports
+from src.cli.resolvers import register_resolvers
 from src.data.files import READ_ERRORS, open_rgb
 from src.errors import UserError, exit_on_unknown_option, exit_on_user_error
-from src.garbage_collector import freeze_imports
-from src.inference import onnx_classifier, torch_classifier
-from src.resolvers import register_resolvers
+from src.inference.classifiers import onnx_classifier, torch_classifier
 
 # before Hydra composes the config (on import: the DDP ranks and SLURM jobs import this module again)
 register_resolvers()
@@ -70,7 +70,7 @@ def eval_transform(model):
     """The checkpoint's own eval transform, from its data config (building the DataModule reads no files)."""
     from hydra.utils import instantiate
 
-    from src.preprocessing import preprocessing_facts, torch_eval_transform
+    from src.data.preprocessing import preprocessing_facts, torch_eval_transform
 
     if not model.hparams.get("data"):
         raise UserError("this checkpoint has no data config, so its input transform is unknown")
@@ -165,6 +165,6 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    freeze_imports()  # all loaded: no collection walks it again (src/garbage_collector.py)
+    freeze_imports()  # all loaded: no collection walks it again (src/cli/garbage_collector.py)
     exit_on_unknown_option()
     main()

@@ -15,10 +15,10 @@ import torch
 import torch.nn.functional as F
 from torchvision.utils import save_image
 
+from src.cli.garbage_collector import freeze_imports
 from src.errors import UserError, exit_on_user_error
-from src.garbage_collector import freeze_imports
-from src.module import load_checkpoint
 from src.predict import eval_transform, load_image
+from src.training.module import load_checkpoint
 
 
 @torch.no_grad()
@@ -68,5 +68,5 @@ def main(argv=None) -> Path:
 
 
 if __name__ == "__main__":
-    freeze_imports()  # all loaded: no collection walks it again (src/garbage_collector.py)
+    freeze_imports()  # all loaded: no collection walks it again (src/cli/garbage_collector.py)
     main()

@@ -10,16 +10,16 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from src.checks import check_values, optimized_value, optuna_sweep
-from src.config_tree import show_config
+from src.cli.checks import check_values, optimized_value, optuna_sweep
+from src.cli.config_tree import show_config
+from src.cli.garbage_collector import freeze_imports
+from src.cli.resolvers import register_resolvers
 from src.errors import UserError, exit_on_unknown_option, exit_on_user_error
-from src.garbage_collector import freeze_imports
-from src.nonfinite import DivergedTrial, NonFiniteLossError
-from src.resolvers import register_resolvers
-from src.resume import check_resume
-from src.run_guard import guarded_run
-from src.runs import find_checkpoint
-from src.trainer import build_trainer
+from src.runs.folders import find_checkpoint
+from src.runs.guard import guarded_run
+from src.runs.resume import check_resume
+from src.training.nonfinite import DivergedTrial, NonFiniteLossError
+from src.training.trainer import build_trainer
 from src.upstream_fixes.hydra import one_job
 from src.utils import log_hyperparameters, metrics_to_floats
 
@@ -96,6 +96,6 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    freeze_imports()  # all loaded: no collection walks it again (src/garbage_collector.py)
+    freeze_imports()  # all loaded: no collection walks it again (src/cli/garbage_collector.py)
     exit_on_unknown_option()
     main()

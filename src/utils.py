@@ -36,14 +36,14 @@ def effective_batch_size(trainer: L.Trainer, batch_size: int) -> int:
 def log_hyperparameters(
     trainer: L.Trainer, cfg: DictConfig, model: L.LightningModule, metrics: dict[str, float] | None = None
 ) -> None:
-    """The hyper-parameters a person compares runs by (src/hparams_table.py: ~25, not the whole config, which
+    """The hyper-parameters a person compares runs by (src/reporting/hparams_table.py: ~25, not the whole config, which
     TensorBoard gets as text) go to every logger; with `metrics` (after test), the run's headline numbers
-    (src/run_metrics.py: the values of summary.json and src.compare) are shown beside them (TensorBoard's
+    (src/reporting/run_metrics.py: the values of summary.json and src.compare) are shown beside them (TensorBoard's
     HParams view) as `hp/<name>`: loggers also write these as scalars at step 0, which under their own names
     would add a false first point to the curves."""
     # imported here: they use this module's helpers
-    from src.hparams_table import config_text, curated_hparams, log_to_tensorboard, varied_names
-    from src.run_metrics import headline_metrics
+    from src.reporting.hparams_table import config_text, curated_hparams, log_to_tensorboard, varied_names
+    from src.reporting.run_metrics import headline_metrics
 
     hparams = curated_hparams(trainer, cfg, model)
     final = {}

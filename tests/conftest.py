@@ -9,13 +9,13 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
-from src.resolvers import register_resolvers
+from src.cli.resolvers import register_resolvers
 from tests.fakes import write_fake_cifar10, write_fake_flowers102
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 
-# the tests compose and resolve conf/ themselves, as the entry points do (src/resolvers.py)
+# the tests compose and resolve conf/ themselves, as the entry points do (src/cli/resolvers.py)
 register_resolvers()
 
 # a scratch ViT small enough to train a step in well under a second on a CPU

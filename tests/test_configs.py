@@ -11,7 +11,7 @@ import torch
 from hydra.utils import instantiate
 
 from src.train import train
-from src.trainer import build_trainer
+from src.training.trainer import build_trainer
 from tests.conftest import CONF, ROOT, TINY_VIT, compose_config
 
 
@@ -118,7 +118,7 @@ def test_train_yaml_composed_before_anything_of_src_resolves_after_register_reso
         assert not [name for name in sys.modules if name.split(".")[0] == "src"], "composing imported src"
         import src
         assert not OmegaConf.has_resolver("cwd"), "importing src registered resolvers"
-        from src.resolvers import register_resolvers
+        from src.cli.resolvers import register_resolvers
 
         register_resolvers()
         HydraConfig.instance().set_config(cfg)

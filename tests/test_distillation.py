@@ -1,4 +1,4 @@
-"""Distillation (conf/distill/, src/distillation.py): the loss is timm's (and DeiT's), the distillation head learns
+"""Distillation (conf/distill/, src/training/distillation.py): the loss is timm's (and DeiT's), the distillation head learns
 from the teacher only, the teacher stays frozen and out of checkpoints, agreement and the errors users see."""
 
 import hashlib
@@ -13,9 +13,9 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from timm.task import LogitDistillationTask, TokenDistillationTask
 
-from src.distillation import Distillation
 from src.errors import UserError
-from src.module import ClassifierModule
+from src.training.distillation import Distillation
+from src.training.module import ClassifierModule
 from tests.conftest import QUICK, TINY_VIT, compose_config, run_cli, run_dirs
 
 DIGITS = [str(d) for d in range(10)]

@@ -7,7 +7,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from src.trainer import build_trainer
+from src.training.trainer import build_trainer
 from tests.conftest import compose_config
 from tests.test_configs import options
 

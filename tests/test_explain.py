@@ -7,7 +7,14 @@ import pytest
 import torch
 
 from src.explain import explain
-from src.maps import attention_layers, gradcam_layer, heatmaps, rollout, split_tokens, unfused_attention
+from src.inference.attention_maps import (
+    attention_layers,
+    gradcam_layer,
+    heatmaps,
+    rollout,
+    split_tokens,
+    unfused_attention,
+)
 from src.models.keras_cnn import KerasCNN
 from src.models.timm_models import vision_transformer
 from src.models.vit import VisionTransformer

@@ -14,10 +14,10 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from src.checks import check_values
+from src.cli.checks import check_values
 from src.errors import UserError
-from src.module import ClassifierModule, load_checkpoint
 from src.reporting.artefacts import write_summary
+from src.training.module import ClassifierModule, load_checkpoint
 from tests.conftest import QUICK, TINY_VIT, compose_config, run_cli
 
 DIGITS = ["data=digits", *TINY_VIT, *QUICK, "+trainer.limit_train_batches=3", "+trainer.limit_val_batches=2",

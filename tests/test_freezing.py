@@ -12,10 +12,10 @@ from timm.optim import param_groups_weight_decay as timm_param_groups
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from src.errors import UserError
-from src.freezing import apply_freezing, resolve
 from src.models.keras_cnn import KerasCNN
-from src.module import ClassifierModule
 from src.train import train
+from src.training.freezing import apply_freezing, resolve
+from src.training.module import ClassifierModule
 from src.upstream_fixes.timm import param_groups_weight_decay
 from src.utils import parameter_counts
 from tests.conftest import QUICK, TINY_VIT, compose_config

@@ -5,7 +5,7 @@ import textwrap
 
 import pytest
 
-from src.garbage_collector import COMMANDS, started_as_command
+from src.cli.garbage_collector import COMMANDS, started_as_command
 from tests.conftest import ROOT
 
 

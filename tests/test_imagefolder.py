@@ -24,7 +24,7 @@ from src.data.imagefolder import EpochSeededSampler, ImageFolderDataModule
 from src.data.manifest import CSVDataModule
 from src.errors import UserError
 from src.eval import checkpoint_data_overrides, data_config
-from src.module import ClassifierModule
+from src.training.module import ClassifierModule
 from tests.conftest import QUICK, TINY_VIT, compose_config, run_cli, run_dirs
 
 SETTINGS = dict(

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from src.errors import UserError
-from src.loggers import instantiate_loggers
+from src.training.loggers import instantiate_loggers
 from tests.conftest import QUICK, TINY_VIT, compose_config, run_cli, run_dirs
 
 TINY_RUN = [

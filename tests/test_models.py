@@ -11,7 +11,7 @@ import torch
 from huggingface_hub import constants
 from hydra.utils import instantiate
 
-from src.checks import check_values
+from src.cli.checks import check_values
 from src.errors import UserError
 from src.models.keras_cnn import KerasCNN
 from src.models.timm_models import create_timm_model, vision_transformer

@@ -11,8 +11,8 @@ import torch
 from hydra.utils import instantiate
 from PIL import Image
 
-from src.module import ClassifierModule
 from src.predict import load_image, predict
+from src.training.module import ClassifierModule
 from tests.conftest import compose_config, run_cli
 
 

@@ -45,7 +45,7 @@ EXCEPTIONS = {
 }
 # entry points that are no Hydra app and whose placeholders need files of their own (tests/test_token_learner.py,
 # tests/test_export.py run them): asked for --help
-HELP_ONLY = ("src.token_maps", "src.bench_predict")
+HELP_ONLY = ("src.token_maps", "src.bench.predict")
 
 
 def readme_commands() -> list[str]:

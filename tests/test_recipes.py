@@ -11,10 +11,10 @@ from timm.loss import SoftTargetCrossEntropy
 from torch import nn
 
 from src.data.transforms import build_transforms
-from src.mixing import BatchMixup
 from src.models.vit import VisionTransformer
-from src.module import load_checkpoint
 from src.train import train
+from src.training.mixing import BatchMixup
+from src.training.module import load_checkpoint
 from tests.conftest import QUICK, TINY_VIT, compose_config, run_cli
 
 DIGITS = ["data=digits", *TINY_VIT, *QUICK]

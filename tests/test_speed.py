@@ -12,15 +12,16 @@ from hydra.utils import instantiate
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import OmegaConf
 
-import src.module
-from src import bench, bench_quickstart
+import src.training.module
 from src.bench import gpu, step_profile, workload
+from src.bench import quickstart as bench_quickstart
+from src.bench import suite as bench
 from src.data.cifar10 import CIFAR10DataModule
 from src.data.digits import DigitsDataModule
 from src.data.gpu_loader import GPUBatches
-from src.nonfinite import NonFiniteLossGuard
 from src.train import train
-from src.trainer import build_trainer
+from src.training.nonfinite import NonFiniteLossGuard
+from src.training.trainer import build_trainer
 from tests.conftest import CONF, QUICK, TINY_VIT, compose_config
 
 PLAIN = dict(mean=[0.0] * 3, std=[1.0] * 3)  # normalised value = pixel / 255
@@ -308,7 +309,9 @@ def test_fused_optimizer_setting(fused, device, expected, tmp_path, monkeypatch)
     built = []
     # the optimizer as built for weights on `device` (building a fused one for CUDA tensors needs a GPU)
     monkeypatch.setattr(
-        src.module, "instantiate", lambda config, **kwargs: built.append(kwargs) or instantiate(config)
+        src.training.module,
+        "instantiate",
+        lambda config, **kwargs: built.append(kwargs) or instantiate(config),
     )
     module._device = torch.device(device)  # what .to(device) sets
     optimizer = module.configure_optimizers()
@@ -321,7 +324,7 @@ def test_fused_optimizer_setting(fused, device, expected, tmp_path, monkeypatch)
 
 
 def test_the_bench_times_the_trainer_a_user_run_gets(tmp_path):
-    """src.bench's Trainer is src.train's (src/trainer.py): conf/trainer, the logger group and the upstream
+    """src.bench's Trainer is src.train's (src/training/trainer.py): conf/trainer, the logger group and the upstream
     workarounds, only without validation, checkpoints or progress bar."""
     cfg = workload.model_config("vit", 16, "cpu", TINY_VIT)
     timed = workload.bench_trainer(cfg, "cpu", str(tmp_path), max_epochs=1)

@@ -18,7 +18,7 @@ from tensorboard.summary.writer.record_writer import RecordWriter
 
 from scripts.tensorboard_view import find_chromium, get, hparams_experiment, screenshot, serve, session_groups
 from src.compare import comparison_rows
-from src.hparams_table import curated_hparams, log_to_tensorboard
+from src.reporting.hparams_table import curated_hparams, log_to_tensorboard
 from tests.conftest import QUICK, ROOT, TINY_VIT, compose_config, run_cli
 
 CURATED = {

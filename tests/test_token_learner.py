@@ -9,14 +9,14 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from src.checks import check_model_settings
+from src.cli.checks import check_model_settings
 from src.errors import UserError
-from src.flops import measure_flops
 from src.models.token_learner import FlexibleDownsample, TokenFuser, TokenLearner
 from src.models.vit import Block, VisionTransformer
-from src.module import ClassifierModule
 from src.token_maps import main as token_maps_main
 from src.token_maps import token_maps
+from src.training.module import ClassifierModule
+from src.upstream_fixes.flops import measure_flops
 from tests.conftest import QUICK, compose_config, run_cli, run_dirs
 
 # 16 px, patch 4: a 4x4 map of N = 16 patch tokens, plus the class token
@@ -244,7 +244,7 @@ def test_token_maps_are_distributions_over_the_map():
 
 
 def test_cpu_attention_is_counted_forward_and_backward():
-    """torch 2.14 counts 0 FLOPs for CPU attention (pytorch/pytorch#195460); src.flops adds the formulas to the
+    """torch 2.14 counts 0 FLOPs for CPU attention (pytorch/pytorch#195460); src.upstream_fixes.flops adds the formulas to the
     counter that Lightning's measure_flops (and ThroughputMonitor) use."""
     q = torch.randn(1, 2, 8, 4, requires_grad=True)
     attention = torch.nn.Identity()  # measure_flops wants a module; what it counts is the functions'
@@ -255,7 +255,7 @@ def test_cpu_attention_is_counted_forward_and_backward():
 
 
 def test_cost_command_counts_fewer_flops_with_learned_tokens(capsys):
-    from src.cost import main
+    from src.bench.cost import main
 
     tiny = ["model.embed_dim=32", "model.depth=2", "model.num_heads=2", "model.mlp_dim=64"]
     learned = [*tiny, "model.token_learner.num_tokens=2", "model.token_learner.layer=1"]

@@ -5,7 +5,7 @@ import re
 import pytest
 import torch
 
-from src.checks import check_values
+from src.cli.checks import check_values
 from src.errors import UserError
 from src.models.vit import VisionTransformer
 from tests.conftest import compose_config

@@ -1,5 +1,5 @@
-"""python -m src.bench [options]: src/bench/__init__.py."""
+"""python -m src.bench [options]: src/bench/suite.py."""
 
-from src.bench import main
+from src.bench.suite import main
 
 main()

@@ -1,11 +1,11 @@
 """Counted cost of model configs: forward GFLOPs per image, parameters, and CPU training images/s.
 
-    python -m src.cost --model vit --image-size 32 --variant plain \\
+    python -m src.bench.cost --model vit --image-size 32 --variant plain \\
         --variant "S=8 @4" model.token_learner.num_tokens=8 model.token_learner.layer=4
 
 Each `--variant LABEL [OVERRIDE ...]` is one row: conf/model/<model>.yaml as src.train composes it, plus the
 Hydra overrides. FLOPs are counted by Lightning's measure_flops (torch.utils.flop_counter: matrix multiplies,
-convolutions and attention, the latter on the CPU too: src/flops.py; not normalisations, activations or softmax)
+convolutions and attention, the latter on the CPU too: src/upstream_fixes/flops.py; not normalisations, activations or softmax)
 on one image in eval mode. Training images/s is the median of `--repeats` timings of src.bench's hand-written
 training loop on synthetic CIFAR-shaped images; on a shared CPU it moves with the other jobs' load, the FLOP
 count does not.
@@ -20,7 +20,7 @@ from src.bench.fit_vs_raw import raw_rate
 from src.bench.report import markdown
 from src.bench.workload import build_module, gpu_batches, model_config, synthetic
 from src.errors import exit_on_user_error
-from src.flops import measure_flops
+from src.upstream_fixes.flops import measure_flops
 
 
 def forward_flops(backbone: torch.nn.Module, image_size: int, in_chans: int = 3) -> int:

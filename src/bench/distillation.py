@@ -1,6 +1,6 @@
 """What a teacher costs per training step: its forward pass against the student's training step.
 
-    python -m src.bench_distillation data=digits model=deit_tiny data.image_size=16 model.patch_size=8 \
+    python -m src.bench.distillation data=digits model=deit_tiny data.image_size=16 model.patch_size=8 \
         distill=hard distill.teacher_ckpt=<ckpt>
 
 Takes src.train's overrides (a `distill` teacher is required), builds the module as src.train does, and times on
@@ -16,8 +16,8 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from src.bench.timing import median_seconds
+from src.cli.resolvers import register_resolvers
 from src.errors import UserError, exit_on_user_error
-from src.resolvers import register_resolvers
 
 # before it composes conf/train.yaml
 register_resolvers()
@@ -30,7 +30,7 @@ def main(overrides: list[str]) -> None:
         cfg = compose("train", overrides=overrides)
     if cfg.distill.mode == "none":
         raise UserError(
-            "src.bench_distillation times a teacher: add distill=hard distill.teacher_ckpt=<ckpt>"
+            "src.bench.distillation times a teacher: add distill=hard distill.teacher_ckpt=<ckpt>"
         )
     module = instantiate(cfg.module).train()
     size, batch = cfg.data.image_size, cfg.data.batch_size

@@ -12,7 +12,7 @@ from lightning.fabric.utilities.throughput import get_available_flops
 from src.bench.fit_vs_raw import lightning_rate, raw_rate
 from src.bench.timing import EpochTimer
 from src.bench.workload import autocast, bench_trainer, build_module, gpu_batches, model_config, synthetic
-from src.flops import measure_flops
+from src.upstream_fixes.flops import measure_flops
 
 # Lightning 2.6 does not recognise the H200 by the name its driver gives ("NVIDIA H200": Lightning issue #20660),
 # and where it does it lists the with-sparsity figure, twice the dense one (issue #21677, fixed after 2.6.6 by

@@ -1,6 +1,6 @@
 """How long `python -m src.predict` takes for one image, whole process, from an .onnx file and from a checkpoint:
 
-    python -m src.bench_predict --ckpt <run>/checkpoints/last.ckpt --onnx <export run>/model.onnx --repeats 5
+    python -m src.bench.predict --ckpt <run>/checkpoints/last.ckpt --onnx <export run>/model.onnx --repeats 5
 
 Three routes: the ONNX file (onnxruntime, no torch), the checkpoint (torch, no Lightning: the backbone rebuilt
 from its plain hyper-parameters), and the same checkpoint without its preprocessing facts, as checkpoints written
@@ -72,7 +72,7 @@ def main() -> None:
     }
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
     load = os.getloadavg()
-    print(f"python -m src.bench_predict --ckpt {args.ckpt} --onnx {args.onnx} --repeats {args.repeats}\n")
+    print(f"python -m src.bench.predict --ckpt {args.ckpt} --onnx {args.onnx} --repeats {args.repeats}\n")
     print(f"- {os.cpu_count()} CPU cores visible; load average (1, 5, 15 min) at the start: {load}")
     print("| route | wall s, median (min-max) | CPU s, median | import s: " + ", ".join(PACKAGES) + " |")
     print("|---|---|---|---|")

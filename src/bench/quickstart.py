@@ -1,11 +1,11 @@
 """The quickstart (`make train`) against a hand-written PyTorch loop doing the same work: what the framework costs
 on the job a new user runs first, whole process included (imports, data, 60 epochs, validation, test, files).
 
-    python -m src.bench_quickstart --repeats 3                  # make train's command vs the loop, whole process
-    python -m src.bench_quickstart --repeats 3 trainer.max_epochs=1   # short runs, where start-up dominates
-    python -m src.bench_quickstart --growth                     # s/epoch against training-set and batch size
-    python -m src.bench_quickstart --imports --repeats 3        # what each side imports, and what inside costs
-    python -m src.bench_quickstart --profile                    # where an epoch of each Trainer goes, by package
+    python -m src.bench.quickstart --repeats 3                  # make train's command vs the loop, whole process
+    python -m src.bench.quickstart --repeats 3 trainer.max_epochs=1   # short runs, where start-up dominates
+    python -m src.bench.quickstart --growth                     # s/epoch against training-set and batch size
+    python -m src.bench.quickstart --imports --repeats 3        # what each side imports, and what inside costs
+    python -m src.bench.quickstart --profile                    # where an epoch of each Trainer goes, by package
 
 The hand-written loop is what a careful user writes in a notebook: the same VisionTransformer and settings, read
 from the composed quickstart config; scikit-learn's digits, the same seeded split, upscaled to the image size once
@@ -45,7 +45,7 @@ IMPORTS = {
     "the loop in bare Lightning": "import torch, sklearn.datasets, sklearn.model_selection, src.models.vit, lightning",
     "torchmetrics": "import torchmetrics",
     "lightning": "import lightning",
-    "a quickstart run's": "import src.train, src.module, src.models.vit, src.data.digits, src.reporting",
+    "a quickstart run's": "import src.train, src.training.module, src.models.vit, src.data.digits, src.reporting",
 }
 # lightning.fabric.utilities.imports imports torchmetrics (compare_version imports the package to read its version,
 # and -X importtime prints no line of its own for torchmetrics there)
@@ -56,7 +56,7 @@ NESTED = ("torch", "lightning", "lightning.fabric.utilities.imports", "torchvisi
 def quickstart_config(overrides: list[str]):
     from hydra import compose, initialize_config_dir
 
-    from src.resolvers import register_resolvers
+    from src.cli.resolvers import register_resolvers
 
     register_resolvers()
 
@@ -279,7 +279,7 @@ def framework_fit(overrides: list[str], train_repeats: int = 1, callbacks: Seque
 
     from src.bench.timing import EpochTimer
     from src.data.base import TransformedSubset
-    from src.trainer import build_trainer
+    from src.training.trainer import build_trainer
 
     with tempfile.TemporaryDirectory() as folder:
         cfg = quickstart_config([*overrides, f"paths.output_dir={folder}", f"paths.log_dir={folder}"])
@@ -297,7 +297,7 @@ def framework_fit(overrides: list[str], train_repeats: int = 1, callbacks: Seque
 
 
 def framework_process(overrides: list[str]) -> dict:
-    from src.bench_predict import run  # here: the loop's own process imports only what the loop needs
+    from src.bench.predict import run  # here: the loop's own process imports only what the loop needs
 
     with tempfile.TemporaryDirectory() as folder:
         wall, cpu, _ = run(["-m", "src.train", *QUICKSTART, f"paths.log_dir={folder}", *overrides])
@@ -315,9 +315,9 @@ SIDES = {"hand-written": hand_written_fit, "lightning": plain_lightning_fit}
 
 def loop_process(settings: dict, side: str = "hand-written") -> dict:
     """One whole process of the hand-written loop, or of the same loop run by a bare Lightning Trainer."""
-    from src.bench_predict import run
+    from src.bench.predict import run
 
-    wall, cpu, done = run(["-m", "src.bench_quickstart", "--side", side, json.dumps(settings)])
+    wall, cpu, done = run(["-m", "src.bench.quickstart", "--side", side, json.dumps(settings)])
     result = json.loads(done.stdout.splitlines()[-1])
     return {
         "wall": wall,
@@ -422,7 +422,7 @@ def imports(repeats: int) -> list[str]:
     """The markdown table of import seconds: the median wall time of `repeats` fresh interpreters for each line
     of IMPORTS, and from one `python -X importtime` run the cumulative seconds of the NESTED modules in it (the
     first import of a module is counted where it happens: torchvision under torchmetrics, say)."""
-    from src.bench_predict import import_seconds, run
+    from src.bench.predict import import_seconds, run
 
     lines = [
         f"import s: median of {repeats} fresh interpreters; the modules inside: one `-X importtime` run",
@@ -497,7 +497,7 @@ def main() -> None:
         table = whole_process(args.overrides, args.repeats)
     print("\n".join(table))
     if args.out:
-        command = " ".join(["python -m src.bench_quickstart", *sys.argv[1:]])
+        command = " ".join(["python -m src.bench.quickstart", *sys.argv[1:]])
         ending = ", ".join(f"{value:.2f}" for value in os.getloadavg())
         section = ["", f"### {command}", "", f"- {os.cpu_count()} CPU cores; load average (1, 5, 15 min) at the start "
                    f"{load}, at the end {ending}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "

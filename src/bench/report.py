@@ -13,9 +13,9 @@ import lightning as L
 import torch
 
 if TYPE_CHECKING:
-    from src.bench import Results
     from src.bench.gpu import EpochSeconds
     from src.bench.step_profile import ProfileDifference
+    from src.bench.suite import Results
 
 COLUMNS = """Columns: *ours* is `Trainer.fit` with the ClassifierModule (its per-step logging and metrics, TensorBoard
 logger, conf/trainer settings; no checkpointing, progress bar or validation); *raw* is a hand-written loop

@@ -1,5 +1,5 @@
 """Where a training step's time goes: cProfile's self time of two loops doing the same work (`Trainer.fit` and the
-raw loop of fit_vs_raw.py; in src/bench_quickstart.py the quickstart and the same loop in a bare Lightning
+raw loop of fit_vs_raw.py; in src/bench/quickstart.py the quickstart and the same loop in a bare Lightning
 Trainer), per step or per epoch, summed by package (lightning, torchmetrics, vitlab's own `src`, torch, ...) and
 by function, and their difference: what the framework costs, to the line.
 

@@ -1,5 +1,5 @@
 """What every measurement runs: a conf/model config as src.train composes it, its module, synthetic CIFAR-shaped
-data, and the Trainer (src/trainer.py's `build_trainer`, as a user run's) or the autocast a raw loop needs."""
+data, and the Trainer (src/training/trainer.py's `build_trainer`, as a user run's) or the autocast a raw loop needs."""
 
 from contextlib import nullcontext
 from pathlib import Path
@@ -9,11 +9,11 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf, open_dict
 
-from src.checks import check_model_settings
+from src.cli.checks import check_model_settings
+from src.cli.resolvers import register_resolvers
 from src.data.gpu_loader import GPUBatches
-from src.module import ClassifierModule
-from src.resolvers import register_resolvers
-from src.trainer import build_trainer
+from src.training.module import ClassifierModule
+from src.training.trainer import build_trainer
 
 # before it composes conf/train.yaml
 register_resolvers()
@@ -48,7 +48,7 @@ def build_module(cfg, compile_backbone: bool = False) -> ClassifierModule:
 
 
 def bench_trainer(cfg, device: str, log_dir: str, *callbacks: L.Callback, **settings) -> L.Trainer:
-    """The Trainer a user run gets (src/trainer.py: conf/trainer, the logger group, the upstream workarounds),
+    """The Trainer a user run gets (src/training/trainer.py: conf/trainer, the logger group, the upstream workarounds),
     writing to `log_dir`, without validation and checkpoints. Every Trainer of the benchmark comes from here."""
     # paths.output_dir (Hydra's run dir in a user run) is default_root_dir's and the logger's folder
     cfg = OmegaConf.merge(cfg, {"paths": {"output_dir": log_dir}})

@@ -13,13 +13,15 @@ from src.upstream_fixes.hydra import start_folder
 
 
 def _resume_dir(*args) -> str:
-    from src.runs import resume_dir  # imported when used: it loads torch, which src.predict does without
+    from src.runs.folders import (
+        resume_dir,  # imported when used: it loads torch, which src.predict does without
+    )
 
     return resume_dir(*args)
 
 
 def _config_subdir(run_dir) -> str | None:
-    from src.runs import config_subdir
+    from src.runs.folders import config_subdir
 
     return config_subdir(run_dir)
 
@@ -45,7 +47,7 @@ def register_resolvers() -> None:
     OmegaConf.register_new_resolver("folder_num_classes", _folder_num_classes, use_cache=True, replace=True)
     OmegaConf.register_new_resolver("csv_num_classes", _csv_num_classes, use_cache=True, replace=True)
     # conf/hydra/train.yaml's run dir (a resumed fit continues in its checkpoint's) and where its config copy
-    # goes (src/runs.py). Cached: every look at hydra.run.dir in a process sees the same folder, even once
+    # goes (src/runs/folders.py). Cached: every look at hydra.run.dir in a process sees the same folder, even once
     # checkpoints are written
     OmegaConf.register_new_resolver("resume_dir", _resume_dir, use_cache=True, replace=True)
     OmegaConf.register_new_resolver("config_subdir", _config_subdir, use_cache=True, replace=True)

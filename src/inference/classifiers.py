@@ -45,7 +45,7 @@ def import_onnxruntime():
 def onnx_classifier(path: Path) -> Classifier:
     onnxruntime = import_onnxruntime()
 
-    from src.preprocessing import numpy_eval_transform
+    from src.data.preprocessing import numpy_eval_transform
 
     if not path.is_file():
         raise UserError(f"model not found: {path}. Pass ckpt_path=<export run dir>/model.onnx")
@@ -70,7 +70,7 @@ def plain_backbone(checkpoint: dict):
     """The checkpoint's backbone, built from its `_target_` and plain arguments without Hydra or Lightning;
     None when its config needs Hydra (nested targets, Hydra's own keys)."""
     config = dict(checkpoint.get("hyper_parameters", {}).get("backbone") or {})
-    config.pop("compile", None)  # src.module's speed switches, not the backbone's arguments
+    config.pop("compile", None)  # src.training.module's speed switches, not the backbone's arguments
     config.pop("channels_last", None)
     target = config.pop("_target_", None)
     nested = any(isinstance(v, dict) and "_target_" in v for v in config.values())
@@ -92,7 +92,7 @@ def torch_classifier(path: Path, device) -> Classifier:
     written since src.export), else Lightning's (which builds the DataModule for its transform)."""
     import torch
 
-    from src.preprocessing import numpy_eval_transform
+    from src.data.preprocessing import numpy_eval_transform
 
     try:
         checkpoint = torch.load(path, map_location=device, weights_only=True)
@@ -113,8 +113,8 @@ def torch_classifier(path: Path, device) -> Classifier:
         names = checkpoint.get("class_names") or []
         num_classes = checkpoint["hyper_parameters"]["num_classes"]
     else:
-        from src.module import load_checkpoint  # Lightning: seconds of imports
         from src.predict import eval_transform
+        from src.training.module import load_checkpoint  # Lightning: seconds of imports
 
         model = load_checkpoint(path, map_location=device).eval()
         transform = eval_transform(model)

@@ -97,7 +97,7 @@ def block_widths(
     depth: int, side: int, embed_dim: int, num_heads: int, token_learner: dict | None, downsample: list | None
 ) -> list[int]:
     """Each block's width, after checking the TokenLearner and downsampling settings against the network (a
-    ValueError naming these arguments; src/checks.py words it in config keys before a run builds the model)."""
+    ValueError naming these arguments; src/cli/checks.py words it in config keys before a run builds the model)."""
     tl = dict(token_learner or {})
     if tl.get("num_tokens") is not None:
         if tl["num_tokens"] <= 0:

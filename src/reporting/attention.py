@@ -1,4 +1,4 @@
-"""Heat-map overlays (src/maps.py) as figures: one image with its map, a grid of them, and the test report's
+"""Heat-map overlays (src/inference/attention_maps.py) as figures: one image with its map, a grid of them, and the test report's
 attention.png (the most confidently wrong test images and a few right ones, each with where the model looked)."""
 
 from collections.abc import Sequence
@@ -8,7 +8,7 @@ import torch
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
-from src import maps
+from src.inference import attention_maps as maps
 from src.reporting.artefacts import displayable, image_grid
 
 # right test images shown after the wrong ones in attention.png

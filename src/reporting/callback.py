@@ -18,8 +18,8 @@ from rich.console import Console
 from tensorboard.compat.proto.summary_pb2 import Summary
 from torchmetrics.utilities.distributed import gather_all_tensors
 
-from src.loggers import log_report_files
 from src.reporting import artefacts, attention, resumed_fit
+from src.training.loggers import log_report_files
 from src.utils import metrics_to_floats, parameter_counts
 
 log = logging.getLogger(__name__)

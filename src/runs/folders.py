@@ -1,12 +1,12 @@
 """Where a training run writes: a resumed fit continues in its checkpoint's run dir (the `resume_dir` and
-`config_subdir` resolvers of conf/hydra/train.yaml, registered by src/resolvers.py)."""
+`config_subdir` resolvers of conf/hydra/train.yaml, registered by src/cli/resolvers.py)."""
 
 import os
 from datetime import datetime
 from pathlib import Path
 
 from src.errors import UserError
-from src.resume import check_resume
+from src.runs.resume import check_resume
 
 
 def find_checkpoint(ckpt_path: str | None, task_dir: str | Path) -> Path | None:
@@ -29,7 +29,7 @@ def find_checkpoint(ckpt_path: str | None, task_dir: str | Path) -> Path | None:
 def resume_dir(ckpt_path: str | None, task_dir: str, fresh_dir: str, *configs) -> str:
     """The run dir of the checkpoint to resume (`<run dir>/checkpoints/<file>.ckpt`), else a fresh one: also when
     the checkpoint does not fit `configs` (model, data, freeze, optimizer) or its run is being written, so that
-    nothing is written into that run dir before src.train reports it (src/resume.py)."""
+    nothing is written into that run dir before src.train reports it (src/runs/resume.py)."""
     try:
         checkpoint = find_checkpoint(ckpt_path, task_dir)
         if checkpoint is None or checkpoint.parent.name != "checkpoints":

@@ -2,7 +2,7 @@
 with weights_only=True and mmap, so checking costs no full read), that its model, data, freezing and optimizer are
 the command's, and that no other process is writing into its run dir (a lock file, see run_guard.py).
 
-The run dir is chosen by a resolver (src/runs.py) before Hydra writes `.hydra/` and the log into it: the resolver
+The run dir is chosen by a resolver (src/runs/folders.py) before Hydra writes `.hydra/` and the log into it: the resolver
 runs these checks too and, when one fails, gives a fresh run dir, so the error is reported from there and the
 checkpoint's run dir stays untouched (the fresh one is removed again: it holds nothing)."""
 
@@ -85,7 +85,7 @@ def check_fits(checkpoint: dict, path: str | Path, model, data, freeze, optimize
 
 def check_resume(path: str | Path, model, data, freeze, optimizer, run_dir_free: bool = True) -> None:
     """All checks of the module; `run_dir_free`: also that no process holds the checkpoint's run dir."""
-    from src.run_guard import run_dir_in_use
+    from src.runs.guard import run_dir_in_use
 
     check_fits(read_checkpoint(path), path, model, data, freeze, optimizer)
     run_dir = Path(path).parent.parent

@@ -62,7 +62,7 @@ def distillation_loss(
 
 
 def _load_teacher_checkpoint(path: str, num_classes: int) -> tuple[nn.Module, dict, list[str]]:
-    from src.module import load_checkpoint  # here: src.module imports this file
+    from src.training.module import load_checkpoint  # here: src.training.module imports this file
 
     if not Path(path).expanduser().is_file():
         raise UserError(

@@ -14,7 +14,7 @@ from src.utils import instantiate_group
 
 # logger class -> (the module it imports, the pyproject extra that installs it)
 OPTIONAL_CLIENTS = {
-    "src.loggers.MLFlowLogger": ("mlflow", "mlflow"),
+    "src.training.loggers.MLFlowLogger": ("mlflow", "mlflow"),
     "lightning.pytorch.loggers.MLFlowLogger": ("mlflow", "mlflow"),
     "lightning.pytorch.loggers.WandbLogger": ("wandb", "wandb"),
 }

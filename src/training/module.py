@@ -16,16 +16,16 @@ from torch import nn
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
+from src.data.preprocessing import preprocessing_facts
 from src.errors import UserError
-from src.freezing import (
+from src.runs.resume import read_checkpoint
+from src.training.freezing import (
     UnfreezeAtEpoch,
     apply_freezing,
     frozen_batchnorm_to_eval,
     optimizer_param_groups,
 )
-from src.preprocessing import preprocessing_facts
-from src.resume import read_checkpoint
-from src.schedulers import build_lr_scheduler
+from src.training.schedulers import build_lr_scheduler
 from src.upstream_fixes.lightning import (
     MetricsLoggedOncePerEpoch,
     logger_writes_this_step,
@@ -54,7 +54,7 @@ class ClassifierModule(L.LightningModule):
         """`data` is the data config the model was trained with, kept so that eval and predict can rebuild
         the same inputs from the checkpoint alone. `freeze` (conf/freeze/) says which backbone parameters
         train; it is applied here, so parameter counts and rebuilt checkpoints see the frozen model. `distill`
-        (conf/distill/): a teacher's term on top of the training loss (src/distillation.py).
+        (conf/distill/): a teacher's term on top of the training loss (src/training/distillation.py).
         `class_weights=balanced` weighs the loss of each class by its inverse frequency in the training split.
         `mixup` (conf/mixup/, see mixing.py) mixes training batches; their loss is then the soft-target
         cross-entropy."""
@@ -88,14 +88,14 @@ class ClassifierModule(L.LightningModule):
         distill = dict(distill or {"mode": "none"})
         self.distillation = None
         if distill["mode"] != "none":  # imports timm, which a run without a teacher never loads
-            from src.distillation import Distillation
+            from src.training.distillation import Distillation
 
             self.distillation = Distillation(self.backbone, num_classes, data or {}, **distill)
         if class_weights not in (None, "balanced"):
             raise UserError(f"module.class_weights={class_weights} is unknown: use balanced or null")
         self.mixup = None  # mixup=none is prob 0: no mixer at all, hard labels
         if mixup and mixup.get("prob", 0.0) != 0.0:  # timm's Mixup, imported only then
-            from src.mixing import BatchMixup
+            from src.training.mixing import BatchMixup
 
             self.mixup = BatchMixup(num_classes, **mixup)
         # probability targets: torch's cross-entropy is then timm's SoftTargetCrossEntropy (tests/test_recipes.py)
@@ -202,7 +202,7 @@ class ClassifierModule(L.LightningModule):
         names = getattr(self.trainer.datamodule, "class_names", None) or self.class_names
         if names:
             checkpoint["class_names"] = list(names)
-        # the eval transform as plain facts: src.predict then rebuilds it without Lightning (src/preprocessing.py)
+        # the eval transform as plain facts: src.predict then rebuilds it without Lightning (src/data/preprocessing.py)
         if hasattr(self.trainer.datamodule, "style"):
             checkpoint["preprocessing"] = preprocessing_facts(self.trainer.datamodule)
         # the checkpoint holds the trained weights: rebuilding it must not fetch or read pretrained ones

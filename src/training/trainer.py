@@ -5,8 +5,8 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from src.checks import needing_no_logger
-from src.loggers import instantiate_loggers
+from src.cli.checks import needing_no_logger
+from src.training.loggers import instantiate_loggers
 from src.upstream_fixes.lightning import RequeueAtBatchEnd
 from src.utils import instantiate_group
 

@@ -3,21 +3,21 @@
 Each workaround below is tagged with the upstream issue (or the version and source line) it works around and
 with what tells that it can go. The code is here, one file per upstream (lightning.py, hydra.py, timm.py), unless it has
 a module of its own elsewhere; the rest of vitlab reads like the documented patterns and calls these by name.
-Messages that are only noise are silenced in src/upstream_noise.py, each with its reason.
+Messages that are only noise are silenced in src/upstream_fixes/noise.py, each with its reason.
 
 Lightning 2.6.6 (lightning.py)
 - `RequeueAtBatchEnd`: SLURM's requeue signal saved and requeued between training batches, not inside the
   signal handler, where a DDP job hung for good (Lightning #21406, PR #21407). Added to every Trainer by
-  src/trainer.py `build_trainer`. Goes when: tests/test_requeue.py passes without it.
+  src/training/trainer.py `build_trainer`. Goes when: tests/test_requeue.py passes without it.
 - `logger_writes_this_step`: asks Lightning's private `trainer._logger_connector.should_update_logs` whether
-  the loggers write at this step (no public API). Used by src/module.py and src/nonfinite.py to read values
+  the loggers write at this step (no public API). Used by src/training/module.py and src/training/nonfinite.py to read values
   off the GPU only then. Goes when: Lightning makes it public.
 - `progress_bar_value`: the step loss logged for the progress bar as a host tensor, because Lightning turns each
   progress-bar value it holds into a number after every step, bar or no bar, which for a GPU tensor waits for
-  the GPU (Lightning #21232). Used by src/module.py. Goes when: #21232 is fixed and the GPU sync test of
+  the GPU (Lightning #21232). Used by src/training/module.py. Goes when: #21232 is fixed and the GPU sync test of
   tests/test_speed.py passes without it.
 - `MetricsLoggedOncePerEpoch`: metric objects handed to `self.log` once per stage and epoch, not at every step
-  (~0.5 ms a call: Lightning #17988). Used by src/module.py. Goes when: `self.log` is cheap.
+  (~0.5 ms a call: Lightning #17988). Used by src/training/module.py. Goes when: `self.log` is cheap.
 - `TrainLoaderStateInDataModule`: the GPU-resident loader's place in its epoch saved and restored through the
   DataModule, as Lightning drops a stateful loader's state when `configure_optimizers` asked for
   `estimated_stepping_batches` (Lightning #20550; PRs #21765, #21770). Mixed into src/data/base.py
@@ -29,7 +29,7 @@ Lightning 2.6.6 (lightning.py)
   was actually saved in this step"), so `ckpt_path=last` would resume from the best epoch, not the last. Goes
   when: with model_checkpoint's `save_last: true` a run whose val/acc falls in its last epoch has last.ckpt of
   that epoch; then drop last_checkpoint from conf/callbacks/default.yaml.
-- src/checkpoint_io.py `AtomicCheckpointIO` (conf/trainer/default.yaml `plugins`): Lightning's
+- src/upstream_fixes/checkpoint_io.py `AtomicCheckpointIO` (conf/trainer/default.yaml `plugins`): Lightning's
   `cloud_io._atomic_save` writes through an fsspec transaction whose temporary file is in `TMPDIR`, so on
   another file system than the run dir the final step is a copy, and a kill during it leaves a truncated
   checkpoint. Goes when: Lightning writes the temporary file beside the checkpoint and renames it
@@ -45,7 +45,7 @@ Lightning's DDP launcher in a Hydra sweep (hydra.py)
 Hydra 1.3.8 (hydra.py)
 - `start_folder`, the `${cwd:}` resolver of conf/paths: `${hydra:runtime.cwd}` cannot be resolved where a sweep
   resolves `hydra.sweep.dir` (hydra/_internal/core_plugins/basic_launcher.py). Registered with vitlab's other
-  resolvers by src/resolvers.py `register_resolvers`, which every entry point calls.
+  resolvers by src/cli/resolvers.py `register_resolvers`, which every entry point calls.
 - `config_errors_in_one_line`: a command line Hydra cannot apply (a key that is not in the config, an override
   it cannot parse, a missing config file) reported as one `error:` line with its fix and exit 2, where Hydra
   prints 4-6 lines and exits 1 (hydra/_internal/utils.py, `run_and_report`, which has no hook for an app's
@@ -55,12 +55,12 @@ Hydra 1.3.8 (hydra.py)
 timm 1.0.31 (timm.py)
 - `param_groups_weight_decay`: timm's rule for which parameters get weight decay, without importing timm, whose
   `__init__` imports every model family and, when installed, wandb (through timm.utils.summary, since timm PR
-  #550): 1.3 s of every run's start-up. Used by src/freezing.py; timm's Mixup, RandAugment, random erasing,
+  #550): 1.3 s of every run's start-up. Used by src/training/freezing.py; timm's Mixup, RandAugment, random erasing,
   models and teachers are imported where they are used. tests/test_freezing.py compares the groups with timm's;
   tests/test_configs.py checks that a quickstart run imports no timm. Goes when: a timm submodule imports
   without timm.models.
 
 torch 2.14
-- src/flops.py: FLOP formulas for the CPU attention kernels registered with torch, which counts them as 0
+- src/upstream_fixes/flops.py: FLOP formulas for the CPU attention kernels registered with torch, which counts them as 0
   (pytorch/pytorch#195460, fixed by PR #195801 after 2.14.1). Goes when: the pinned torch has PR #195801.
 """

@@ -15,7 +15,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
 
 def start_folder() -> str:
-    """The `${cwd:}` resolver (src/resolvers.py): the folder a command was started from, conf/paths' root.
+    """The `${cwd:}` resolver (src/cli/resolvers.py): the folder a command was started from, conf/paths' root.
 
     Not Hydra's own `${hydra:runtime.cwd}`: in a sweep (-m) Hydra resolves `hydra.sweep.dir` (below
     paths.log_dir) before it sets the HydraConfig that `${hydra:...}` reads (hydra/_internal/core_plugins/

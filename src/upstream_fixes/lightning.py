@@ -21,7 +21,7 @@ class RequeueAtBatchEnd(L.Callback):
     save-and-requeue runs on every rank at the same point. Outside a SLURM job with auto-requeue it does nothing.
 
     Remove when: the pinned Lightning has PR #21407 (its handler only notes the signal) and tests/test_requeue.py
-    passes with this callback left out of src/trainer.py.
+    passes with this callback left out of src/training/trainer.py.
     """
 
     def __init__(self) -> None:
