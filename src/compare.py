@@ -16,7 +16,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
-from src.errors import UserError, exit_on_user_error  # noqa: E402
+from src.cli.exits import exit_on_user_error  # noqa: E402
+from src.errors import UserError  # noqa: E402
 from src.reporting.run_metrics import HEADLINE  # noqa: E402
 
 

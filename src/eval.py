@@ -1,7 +1,6 @@
 """Test a checkpoint: python -m src.eval ckpt_path=<run>/checkpoints/<file>.ckpt [data=<option> ...]"""
 
 import logging
-import sys
 from pathlib import Path
 
 import hydra
@@ -10,12 +9,14 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from src.cli.garbage_collector import freeze_imports
+from src.cli.command import run_command
+from src.cli.exits import exit_on_user_error
 from src.cli.resolvers import register_resolvers
-from src.errors import UserError, exit_on_unknown_option, exit_on_user_error
+from src.errors import UserError
+from src.reporting.hparams_table import log_hyperparameters
+from src.reporting.run_metrics import metrics_to_floats
 from src.training.module import load_checkpoint
 from src.training.trainer import build_trainer
-from src.utils import log_hyperparameters, metrics_to_floats
 
 # before Hydra composes the config (on import: the DDP ranks and SLURM jobs import this module again)
 register_resolvers()
@@ -107,7 +108,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    freeze_imports()  # all loaded: no collection walks it again (src/cli/garbage_collector.py)
-    exit_on_unknown_option()
-    sys.argv = checkpoint_data_overrides(sys.argv)
-    main()
+    run_command(main, rewrite_argv=checkpoint_data_overrides)

@@ -11,11 +11,13 @@ import matplotlib.pyplot as plt
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from src.cli.garbage_collector import freeze_imports
+from src.cli.command import run_command
+from src.cli.exits import exit_on_user_error
 from src.cli.resolvers import register_resolvers
-from src.errors import UserError, exit_on_unknown_option, exit_on_user_error
+from src.errors import UserError
 from src.inference.attention_maps import METHODS, heatmaps
-from src.predict import eval_transform, expand_inputs, load_image, pick_device, write_predictions
+from src.inference.classifiers import eval_transform, pick_device
+from src.inference.files import expand_inputs, load_image, write_predictions
 from src.reporting.attention import plot_overlays
 from src.training.module import load_checkpoint
 
@@ -93,6 +95,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    freeze_imports()  # all loaded: no collection walks it again (src/cli/garbage_collector.py)
-    exit_on_unknown_option()
-    main()
+    run_command(main)

@@ -16,10 +16,11 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from src.cli.garbage_collector import freeze_imports
+from src.cli.command import run_command
+from src.cli.exits import exit_on_user_error
 from src.cli.resolvers import register_resolvers
 from src.data.preprocessing import preprocessing_facts
-from src.errors import UserError, exit_on_unknown_option, exit_on_user_error
+from src.errors import UserError
 from src.inference.attention_maps import unfused_attention
 from src.inference.classifiers import METADATA_KEY, import_onnxruntime
 from src.training.module import load_checkpoint
@@ -126,6 +127,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    freeze_imports()  # all loaded: no collection walks it again (src/cli/garbage_collector.py)
-    exit_on_unknown_option()
-    main()
+    run_command(main)

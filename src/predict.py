@@ -5,115 +5,24 @@ Needs the checkpoint only: it holds the class names and the data config, whose e
 onnxruntime. Files that are not readable images are skipped with one warning each. Lightning and torch are
 imported only when the model needs them (see src/inference/classifiers.py): a prediction takes seconds less."""
 
-import csv
-import glob
 import logging
-import os
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from PIL import Image
 from rich.console import Console
-from rich.table import Table
 
-from src.cli.garbage_collector import freeze_imports
+from src.cli.command import run_command
+from src.cli.exits import exit_on_user_error
 from src.cli.resolvers import register_resolvers
-from src.data.files import READ_ERRORS, open_rgb
-from src.errors import UserError, exit_on_unknown_option, exit_on_user_error
-from src.inference.classifiers import onnx_classifier, torch_classifier
+from src.errors import UserError
+from src.inference.classifiers import onnx_classifier, pick_device, torch_classifier
+from src.inference.files import expand_inputs, load_image, predictions_table, write_predictions
 
 # before Hydra composes the config (on import: the DDP ranks and SLURM jobs import this module again)
 register_resolvers()
 
 log = logging.getLogger(__name__)
-
-
-def expand_inputs(inputs: str | list[str]) -> list[Path]:
-    """Files named by each input: a file, every (not hidden) file below a folder, or the files a glob matches."""
-    patterns = [inputs] if isinstance(inputs, str) else inputs
-    if not all(patterns):
-        raise UserError(
-            "inputs is empty: pass an image file, a folder or a quoted glob such as inputs='photos/*.jpg'"
-        )
-    files = []
-    for pattern in patterns:
-        path = Path(pattern)
-        if path.is_dir():  # hidden files and folders (.DS_Store, .git) are not inputs
-            below = (
-                p
-                for p in path.rglob("*")
-                if not any(part.startswith(".") for part in p.relative_to(path).parts)
-            )
-            files += sorted(p for p in below if p.is_file())
-        elif path.is_file():
-            files.append(path)
-        else:
-            files += sorted(Path(p) for p in glob.glob(pattern, recursive=True) if Path(p).is_file())
-    if not files:
-        raise UserError(
-            f"no files found for inputs={inputs}: pass an image file, a folder or a quoted glob such as "
-            "inputs='photos/*.jpg'"
-        )
-    return files
-
-
-def load_image(path: Path) -> Image.Image | None:
-    try:
-        return open_rgb(path)  # as the training images were read (data=imagefolder, data=csv)
-    except READ_ERRORS as err:
-        log.warning("skipped %s: not a readable image (%s)", path, err)
-        return None
-
-
-def eval_transform(model):
-    """The checkpoint's own eval transform, from its data config (building the DataModule reads no files)."""
-    from hydra.utils import instantiate
-
-    from src.data.preprocessing import preprocessing_facts, torch_eval_transform
-
-    if not model.hparams.get("data"):
-        raise UserError("this checkpoint has no data config, so its input transform is unknown")
-    return torch_eval_transform(preprocessing_facts(instantiate(model.hparams.data)))
-
-
-def write_predictions(rows: list[tuple[Path, list[tuple[str, float]]]], path: Path) -> None:
-    k = len(rows[0][1])
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["path", *(f"{key}_{rank}" for rank in range(1, k + 1) for key in ("class", "prob"))])
-        writer.writerows([str(file), *(x for pair in top for x in pair)] for file, top in rows)
-
-
-def predictions_table(rows: list[tuple[Path, list[tuple[str, float]]]], title: str) -> Table:
-    table = Table(title=title)
-    table.add_column("file", overflow="fold")
-    for rank in range(1, len(rows[0][1]) + 1):
-        table.add_column(f"top {rank}")
-    # short, unambiguous names; absolute paths without following links (a linked file may lie anywhere)
-    root = os.path.commonpath([os.path.dirname(os.path.abspath(file)) for file, _ in rows])
-    for file, top in rows:
-        table.add_row(os.path.relpath(os.path.abspath(file), root), *(f"{name} {p:.1%}" for name, p in top))
-    return table
-
-
-def pick_device(name: str | None):
-    """null: cuda when available, else cpu."""
-    import torch
-
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(
-            f"device={name} is not a device: use device=cpu, device=cuda or device=cuda:1"
-        ) from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(
-            f"device={name}, but no CUDA device is visible: use device=cpu (or leave device unset)"
-        )
-    return device
 
 
 @exit_on_user_error
@@ -165,6 +74,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    freeze_imports()  # all loaded: no collection walks it again (src/cli/garbage_collector.py)
-    exit_on_unknown_option()
-    main()
+    run_command(main)

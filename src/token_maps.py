@@ -15,9 +15,11 @@ import torch
 import torch.nn.functional as F
 from torchvision.utils import save_image
 
-from src.cli.garbage_collector import freeze_imports
-from src.errors import UserError, exit_on_user_error
-from src.predict import eval_transform, load_image
+from src.cli.command import run_command
+from src.cli.exits import exit_on_user_error
+from src.errors import UserError
+from src.inference.classifiers import eval_transform
+from src.inference.files import load_image
 from src.training.module import load_checkpoint
 
 
@@ -68,5 +70,4 @@ def main(argv=None) -> Path:
 
 
 if __name__ == "__main__":
-    freeze_imports()  # all loaded: no collection walks it again (src/cli/garbage_collector.py)
-    main()
+    run_command(main, hydra_options=False)

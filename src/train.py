@@ -11,17 +11,19 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from src.cli.checks import check_values, optimized_value, optuna_sweep
+from src.cli.command import run_command
 from src.cli.config_tree import show_config
-from src.cli.garbage_collector import freeze_imports
+from src.cli.exits import exit_on_user_error
 from src.cli.resolvers import register_resolvers
-from src.errors import UserError, exit_on_unknown_option, exit_on_user_error
+from src.errors import UserError
+from src.reporting.hparams_table import log_hyperparameters
+from src.reporting.run_metrics import metrics_to_floats
 from src.runs.folders import find_checkpoint
 from src.runs.guard import guarded_run
 from src.runs.resume import check_resume
 from src.training.nonfinite import DivergedTrial, NonFiniteLossError
 from src.training.trainer import build_trainer
 from src.upstream_fixes.hydra import one_job
-from src.utils import log_hyperparameters, metrics_to_floats
 
 # before Hydra composes the config (on import: the DDP ranks and SLURM jobs import this module again)
 register_resolvers()
@@ -96,6 +98,4 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    freeze_imports()  # all loaded: no collection walks it again (src/cli/garbage_collector.py)
-    exit_on_unknown_option()
-    main()
+    run_command(main)

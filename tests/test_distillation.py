@@ -15,7 +15,7 @@ from timm.task import LogitDistillationTask, TokenDistillationTask
 
 from src.errors import UserError
 from src.training.distillation import Distillation
-from src.training.module import ClassifierModule
+from src.training.module import ClassifierModule, load_checkpoint
 from tests.conftest import QUICK, TINY_VIT, compose_config, run_cli, run_dirs
 
 DIGITS = [str(d) for d in range(10)]
@@ -54,7 +54,7 @@ def tiny_deit(num_classes: int = 10) -> torch.nn.Module:
 def distillation(tmp_path, student, seed: int = 0, **settings) -> Distillation:
     teacher = write_teacher(tmp_path / f"teacher{seed}.ckpt", tmp_path, seed=seed)
     data = {"mean": [0.5] * 3, "std": [0.5] * 3}
-    return Distillation(student, 10, data, teacher_ckpt=str(teacher), **settings)
+    return Distillation(student, 10, data, load_checkpoint, teacher_ckpt=str(teacher), **settings)
 
 
 @pytest.mark.parametrize("mode", ["hard", "soft"])
@@ -126,7 +126,9 @@ def test_teacher_gets_the_batch_at_its_own_size_and_normalisation(tmp_path):
     digits' mean/std) sees them shrunk to 16 px and normalised its way."""
     teacher_path = write_teacher(tmp_path / "t.ckpt", tmp_path)
     data = {"mean": [0.5] * 3, "std": [0.5] * 3}
-    distill = Distillation(torch.nn.Identity(), 10, data, mode="hard", teacher_ckpt=str(teacher_path))
+    distill = Distillation(
+        torch.nn.Identity(), 10, data, load_checkpoint, mode="hard", teacher_ckpt=str(teacher_path)
+    )
     seen = []
     distill.teacher.model.model.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
     pixels = torch.rand(2, 3, 32, 32)
@@ -230,7 +232,11 @@ def test_teacher_of_another_class_count_names_both(tmp_path):
     )
     with pytest.raises(UserError, match=r"predicts 5 classes .* the student's data 10"):
         Distillation(
-            torch.nn.Identity(), 10, {"mean": [0.5] * 3, "std": [0.5] * 3}, teacher_ckpt=str(teacher)
+            torch.nn.Identity(),
+            10,
+            {"mean": [0.5] * 3, "std": [0.5] * 3},
+            load_checkpoint,
+            teacher_ckpt=str(teacher),
         )
 
 
@@ -238,7 +244,11 @@ def test_teacher_of_another_data_set_with_as_many_classes_names_both(tmp_path):
     cifar = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
     teacher = write_teacher(tmp_path / "t.ckpt", tmp_path, class_names=cifar)
     distill = Distillation(
-        torch.nn.Identity(), 10, {"mean": [0.5] * 3, "std": [0.5] * 3}, teacher_ckpt=str(teacher)
+        torch.nn.Identity(),
+        10,
+        {"mean": [0.5] * 3, "std": [0.5] * 3},
+        load_checkpoint,
+        teacher_ckpt=str(teacher),
     )
     with pytest.raises(UserError, match=r"trained on classes \['airplane'.*the student's data has \['0'"):
         distill.check_classes(DIGITS)
@@ -258,7 +268,9 @@ def test_teacher_of_another_data_set_with_as_many_classes_names_both(tmp_path):
 )
 def test_bad_settings_are_user_errors(settings, message):
     with pytest.raises(UserError, match=message):
-        Distillation(torch.nn.Identity(), 10, {"mean": [0.5] * 3, "std": [0.5] * 3}, **settings)
+        Distillation(
+            torch.nn.Identity(), 10, {"mean": [0.5] * 3, "std": [0.5] * 3}, load_checkpoint, **settings
+        )
 
 
 def test_timm_teacher_offline_gives_the_models_error_naming_distill(monkeypatch):
@@ -270,6 +282,7 @@ def test_timm_teacher_offline_gives_the_models_error_naming_distill(monkeypatch)
             torch.nn.Identity(),
             10,
             {"mean": [0.5] * 3, "std": [0.5] * 3},
+            load_checkpoint,
             teacher="resnet18",
             pretrained=True,
         )
@@ -280,7 +293,7 @@ def test_timm_teacher_with_weights_of_another_class_count_is_refused(tmp_path):
 
     save_file(timm.create_model("resnet10t", num_classes=5).state_dict(), tmp_path / "w.safetensors")
     with pytest.raises(UserError, match="does not hold resnet10t weights for 10 classes"):
-        Distillation(torch.nn.Identity(), 10, {"mean": [0.5] * 3, "std": [0.5] * 3}, teacher="resnet10t",
+        Distillation(torch.nn.Identity(), 10, {"mean": [0.5] * 3, "std": [0.5] * 3}, load_checkpoint, teacher="resnet10t",
                      weights_path=str(tmp_path / "w.safetensors"))  # fmt: skip
 
 
@@ -290,7 +303,7 @@ def test_timm_teacher_from_a_weights_file_uses_its_own_input_settings(tmp_path):
     torch.manual_seed(0)
     reference = timm.create_model("resnet10t", num_classes=10).eval()
     save_file(reference.state_dict(), tmp_path / "w.safetensors")
-    distill = Distillation(torch.nn.Identity(), 10, {"mean": [0.5] * 3, "std": [0.5] * 3}, teacher="resnet10t",
+    distill = Distillation(torch.nn.Identity(), 10, {"mean": [0.5] * 3, "std": [0.5] * 3}, load_checkpoint, teacher="resnet10t",
                            weights_path=str(tmp_path / "w.safetensors"), image_size=32)  # fmt: skip
     pixels = torch.rand(2, 3, 32, 32)
     imagenet = timm.data.resolve_data_config({}, model=reference)

@@ -147,8 +147,9 @@ def test_predict_imports_no_lightning_for_checkpoints_and_no_torch_for_onnx(
     tiny_checkpoint, exported, image_files
 ):
     code = (
-        "import sys; from pathlib import Path; from src.inference.classifiers import onnx_classifier, torch_classifier; "
-        "from src.predict import load_image, pick_device; image = load_image(Path(sys.argv[2])); "
+        "import sys; from pathlib import Path; import src.predict; "
+        "from src.inference.classifiers import onnx_classifier, pick_device, torch_classifier; "
+        "from src.inference.files import load_image; image = load_image(Path(sys.argv[2])); "
         "onnx_classifier(Path(sys.argv[1]))([image]); torch_free = 'torch' not in sys.modules; "
         "torch_classifier(Path(sys.argv[3]), pick_device('cpu'))([image]); "
         "print(torch_free, 'lightning' in sys.modules)"

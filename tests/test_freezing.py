@@ -13,11 +13,11 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from src.errors import UserError
 from src.models.keras_cnn import KerasCNN
+from src.reporting.run_metrics import parameter_counts
 from src.train import train
 from src.training.freezing import apply_freezing, resolve
 from src.training.module import ClassifierModule
 from src.upstream_fixes.timm import param_groups_weight_decay
-from src.utils import parameter_counts
 from tests.conftest import QUICK, TINY_VIT, compose_config
 
 

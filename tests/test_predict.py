@@ -11,7 +11,8 @@ import torch
 from hydra.utils import instantiate
 from PIL import Image
 
-from src.predict import load_image, predict
+from src.inference.files import load_image
+from src.predict import predict
 from src.training.module import ClassifierModule
 from tests.conftest import compose_config, run_cli
 

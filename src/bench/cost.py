@@ -19,7 +19,7 @@ import torch
 from src.bench.fit_vs_raw import raw_rate
 from src.bench.report import markdown
 from src.bench.workload import build_module, gpu_batches, model_config, synthetic
-from src.errors import exit_on_user_error
+from src.cli.exits import exit_on_user_error
 from src.upstream_fixes.flops import measure_flops
 
 

@@ -16,8 +16,9 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from src.bench.timing import median_seconds
+from src.cli.exits import exit_on_user_error
 from src.cli.resolvers import register_resolvers
-from src.errors import UserError, exit_on_user_error
+from src.errors import UserError
 
 # before it composes conf/train.yaml
 register_resolvers()

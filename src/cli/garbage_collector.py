@@ -5,18 +5,19 @@ objects that live as long as the process, and CPython 3.11 walks all of them in 
 while a quickstart run imports (0.9 s), one or more while it trains, and again as the interpreter shuts down
 (1.3 s with Lightning loaded, 0.45 s with torch alone). So a command pauses the collector while its modules load
 (`pause_for_imports`, from src/__init__.py) and then moves everything loaded into the permanent generation
-(`freeze_imports`, first thing in the command's `if __name__ == "__main__":`), which no collection walks again:
-gc.disable early, gc.freeze, gc.enable is the sequence the `gc` module's documentation gives for forked servers.
+(`freeze_imports`, first thing in `run_command`, the tail of every command: src/cli/command.py), which no
+collection walks again: gc.disable early, gc.freeze, gc.enable is the sequence the `gc` module's documentation
+gives for forked servers.
 Objects made later (the model, the Trainer, the data) are collected as always; what is frozen is modules, classes
 and functions, which are never garbage before exit. Imported any other way (pytest, a notebook, a SLURM job),
 nothing changes.
 
-Measured: docs/benchmarks.md, the quickstart section "Now (... a command pauses Python's garbage collector ...)"."""
+Measured: the quickstart benchmark, `python -m src.bench.quickstart` (docs/benchmarks.md)."""
 
 import gc
 import sys
 
-# the commands whose `__main__` block calls freeze_imports() (tests/test_garbage_collector.py)
+# the commands whose `__main__` block is run_command (tests/test_garbage_collector.py)
 COMMANDS = ("src.train", "src.eval", "src.predict", "src.export", "src.explain", "src.token_maps")
 
 

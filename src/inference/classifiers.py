@@ -113,7 +113,6 @@ def torch_classifier(path: Path, device) -> Classifier:
         names = checkpoint.get("class_names") or []
         num_classes = checkpoint["hyper_parameters"]["num_classes"]
     else:
-        from src.predict import eval_transform
         from src.training.module import load_checkpoint  # Lightning: seconds of imports
 
         model = load_checkpoint(path, map_location=device).eval()
@@ -126,3 +125,33 @@ def torch_classifier(path: Path, device) -> Classifier:
             return model(torch.stack(inputs).to(device)).float().softmax(dim=-1).cpu().numpy()
 
     return Classifier(names, transform, run)
+
+
+def eval_transform(model):
+    """The checkpoint's own eval transform, from its data config (building the DataModule reads no files)."""
+    from hydra.utils import instantiate
+
+    from src.data.preprocessing import preprocessing_facts, torch_eval_transform
+
+    if not model.hparams.get("data"):
+        raise UserError("this checkpoint has no data config, so its input transform is unknown")
+    return torch_eval_transform(preprocessing_facts(instantiate(model.hparams.data)))
+
+
+def pick_device(name: str | None):
+    """null: cuda when available, else cpu."""
+    import torch
+
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(
+            f"device={name} is not a device: use device=cpu, device=cuda or device=cuda:1"
+        ) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(
+            f"device={name}, but no CUDA device is visible: use device=cpu (or leave device unset)"
+        )
+    return device

@@ -19,8 +19,8 @@ from tensorboard.compat.proto.summary_pb2 import Summary
 from torchmetrics.utilities.distributed import gather_all_tensors
 
 from src.reporting import artefacts, attention, resumed_fit
+from src.reporting.run_metrics import metrics_to_floats, parameter_counts
 from src.training.loggers import log_report_files
-from src.utils import metrics_to_floats, parameter_counts
 
 log = logging.getLogger(__name__)
 

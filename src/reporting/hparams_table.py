@@ -20,8 +20,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 from torch.utils.tensorboard.summary import hparams as hparams_summary
 
-from src.reporting import ReportCallback
-from src.utils import effective_batch_size, parameter_counts
+from src.reporting.callback import ReportCallback
+from src.reporting.run_metrics import headline_metrics, parameter_counts
 
 # config groups whose option is a hyper-parameter, where the config has them (augment, mixup, ema and distill
 # exist only in some versions of conf/)
@@ -186,3 +186,44 @@ def _loggable(value):
     if isinstance(value, DictConfig | ListConfig):
         return json.dumps(OmegaConf.to_container(value, resolve=True))
     return value
+
+
+def effective_batch_size(trainer: L.Trainer, batch_size: int) -> int:
+    """Images per optimizer step: per device x devices x nodes x accumulated batches."""
+    return batch_size * trainer.num_devices * trainer.num_nodes * trainer.accumulate_grad_batches
+
+
+def log_hyperparameters(
+    trainer: L.Trainer, cfg: DictConfig, model: L.LightningModule, metrics: dict[str, float] | None = None
+) -> None:
+    """The hyper-parameters a person compares runs by (src/reporting/hparams_table.py: ~25, not the whole config, which
+    TensorBoard gets as text) go to every logger; with `metrics` (after test), the run's headline numbers
+    (src/reporting/run_metrics.py: the values of summary.json and src.compare) are shown beside them (TensorBoard's
+    HParams view) as `hp/<name>`: loggers also write these as scalars at step 0, which under their own names
+    would add a false first point to the curves."""
+    hparams = curated_hparams(trainer, cfg, model)
+    final = {}
+    if metrics is not None:
+        final = {f"hp/{k}": v for k, v in headline_metrics(_summary(trainer, metrics)).items()}
+    once = metrics is None or "train" not in cfg  # src.train calls this twice, src.eval once
+    for logger in trainer.loggers:
+        if once and isinstance(logger, TensorBoardLogger):
+            logger.experiment.add_text("config", config_text(cfg))
+        if not final:
+            logger.log_hyperparams(hparams)
+        elif isinstance(logger, TensorBoardLogger):
+            log_to_tensorboard(logger, hparams, final, varied_names())
+        else:  # only TensorBoard's log_hyperparams takes metrics (the HParams tab); the others log them as metrics
+            logger.log_metrics(final, step=trainer.global_step)
+            logger.save()
+
+
+def _summary(trainer: L.Trainer, metrics: dict[str, float]) -> dict:
+    """The report callback's summary.json; without that callback, what the trainer's metrics have of it."""
+    for callback in trainer.callbacks:
+        if isinstance(callback, ReportCallback) and callback.summary:
+            return callback.summary
+    return {
+        "best_val_acc": metrics.get("val/acc_best"),
+        "test": {k: v for k, v in metrics.items() if k.startswith("test/")},
+    }

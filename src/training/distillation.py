@@ -17,6 +17,7 @@ builds its own when it builds the module, and moves it to the batch's device and
 """
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -61,9 +62,9 @@ def distillation_loss(
     return kl * temperature**2
 
 
-def _load_teacher_checkpoint(path: str, num_classes: int) -> tuple[nn.Module, dict, list[str]]:
-    from src.training.module import load_checkpoint  # here: src.training.module imports this file
-
+def _load_teacher_checkpoint(
+    path: str, num_classes: int, load_checkpoint: Callable[[Path], nn.Module]
+) -> tuple[nn.Module, dict, list[str]]:
     if not Path(path).expanduser().is_file():
         raise UserError(
             f"distill.teacher_ckpt={path} is not a file: pass a checkpoint that src.train wrote for this data set "
@@ -116,13 +117,15 @@ def _timm_teacher(
 class Distillation(nn.Module):
     """The teacher's term and the metrics that show it (`acc_cls`, `acc_dist`, `teacher_agreement`,
     `teacher_acc` per stage). Only the metrics are this module's children (their states are not saved);
-    the teacher is a plain attribute, out of the module tree."""
+    the teacher is a plain attribute, out of the module tree. `load_checkpoint` reads a src.train checkpoint
+    (distill.teacher_ckpt): the module hands over its own, so this file needs no import of the module."""
 
     def __init__(
         self,
         student: nn.Module,
         num_classes: int,
         student_data: dict,
+        load_checkpoint: Callable[[Path], nn.Module],
         mode: str = "hard",
         alpha: float = 0.5,
         temperature: float = 1.0,
@@ -147,7 +150,9 @@ class Distillation(nn.Module):
         self.mode, self.alpha, self.temperature = mode, alpha, temperature
         self.teacher_classes: list[str] = []
         if teacher_ckpt:
-            model, data, self.teacher_classes = _load_teacher_checkpoint(teacher_ckpt, num_classes)
+            model, data, self.teacher_classes = _load_teacher_checkpoint(
+                teacher_ckpt, num_classes, load_checkpoint
+            )
             self.teacher_name = f"distill.teacher_ckpt={teacher_ckpt}"
             mean, std = data["mean"], data["std"]
             size, interpolation = data["image_size"], data.get("interpolation", "bilinear")

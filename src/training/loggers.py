@@ -10,7 +10,7 @@ from lightning.pytorch.loggers import Logger, WandbLogger
 from omegaconf import DictConfig
 
 from src.errors import UserError
-from src.utils import instantiate_group
+from src.training.config_groups import instantiate_group
 
 # logger class -> (the module it imports, the pyproject extra that installs it)
 OPTIONAL_CLIENTS = {

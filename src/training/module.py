@@ -90,7 +90,9 @@ class ClassifierModule(L.LightningModule):
         if distill["mode"] != "none":  # imports timm, which a run without a teacher never loads
             from src.training.distillation import Distillation
 
-            self.distillation = Distillation(self.backbone, num_classes, data or {}, **distill)
+            self.distillation = Distillation(
+                self.backbone, num_classes, data or {}, load_checkpoint, **distill
+            )
         if class_weights not in (None, "balanced"):
             raise UserError(f"module.class_weights={class_weights} is unknown: use balanced or null")
         self.mixup = None  # mixup=none is prob 0: no mixer at all, hard labels

@@ -6,9 +6,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from src.cli.checks import needing_no_logger
+from src.training.config_groups import instantiate_group
 from src.training.loggers import instantiate_loggers
 from src.upstream_fixes.lightning import RequeueAtBatchEnd
-from src.utils import instantiate_group
 
 
 def build_trainer(cfg: DictConfig, *callbacks: L.Callback, **settings) -> L.Trainer:

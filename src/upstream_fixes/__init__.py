@@ -49,7 +49,7 @@ Hydra 1.3.8 (hydra.py)
 - `config_errors_in_one_line`: a command line Hydra cannot apply (a key that is not in the config, an override
   it cannot parse, a missing config file) reported as one `error:` line with its fix and exit 2, where Hydra
   prints 4-6 lines and exits 1 (hydra/_internal/utils.py, `run_and_report`, which has no hook for an app's
-  messages). Installed by src/errors.py `exit_on_unknown_option`, which every Hydra entry point calls. Goes
+  messages). Installed by src/cli/exits.py `exit_on_unknown_option`, which every Hydra command calls. Goes
   when: Hydra lets an app report composition errors (tests/test_train_cli.py, `test_a_key_hydra_cannot_set_...`).
 
 timm 1.0.31 (timm.py)

@@ -80,7 +80,7 @@ def config_errors_in_one_line() -> None:
     `run_and_report`, which `_run_app` looks up as a module global and which has no hook for an app's own
     messages. So it is wrapped: a ConfigCompositionException or OverrideParseException becomes one line; every
     other error, and all of them under HYDRA_FULL_ERROR=1, are Hydra's to report as before. Installed by
-    src/errors.py `exit_on_unknown_option`, which every Hydra entry point calls before `main()`.
+    src/cli/exits.py `exit_on_unknown_option`, which every Hydra command calls before `main()` (src/cli/command.py).
 
     Remove when: the pinned Hydra lets an app report composition errors itself (then tests/test_train_cli.py's
     test of a key that is not in the config tells what to move)."""
