@@ -33,8 +33,19 @@ from src.upstream_fixes.lightning import (
 )
 
 
+# `_target_`s that checkpoints written before src/ was grouped into packages name in their hyper-parameters
+MOVED_TARGETS = {"src.schedulers.warmup_cosine": "src.training.schedulers.warmup_cosine"}
+
+
 def _plain(config):
-    return OmegaConf.to_container(config, resolve=True) if isinstance(config, DictConfig) else config
+    """A plain dict (or None) whose `_target_`s are today's names (MOVED_TARGETS)."""
+    config = OmegaConf.to_container(config, resolve=True) if isinstance(config, DictConfig) else config
+    if not isinstance(config, dict):
+        return config
+    return {
+        key: MOVED_TARGETS.get(value, value) if key == "_target_" else _plain(value)
+        for key, value in config.items()
+    }
 
 
 class ClassifierModule(L.LightningModule):
