@@ -34,9 +34,10 @@ slurm-test: install  ## the SLURM tests on a one-node cluster with accounting st
 test-all: install
 	$(PY) -m pytest -m 'slow or not slow' $(ARGS)
 
-lint: install
+lint: install  ## ruff, and the import rule: a package imports only packages below it (pyproject.toml [tool.importlinter])
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 
 format: install
 	$(VENV)/bin/ruff check --fix .
