@@ -8,7 +8,7 @@
 2. smoke: one short epoch of each CUDA path through `src.train` (bf16 + fused AdamW, torch.compile with the
    GPU-resident loader, channels_last VGG19, DeiT-B at 224 px), each followed by `src.eval` on its checkpoint and
    `src.predict` on the PNG files; the run's summary.json must say its peak memory was the GPU's;
-3. test: tests/test_speed.py's count of GPU syncs in training steps that log nothing (there must be none);
+3. test: tests/training/test_fast_paths.py's count of GPU syncs in training steps that log nothing (there must be none);
 4. bench: `src.bench` per model (ours vs raw loop, MFU, compiled vs eager, seconds per 50 000-image epoch).
 Each step prints one PASS/FAIL/SKIP line and has its own time limit; steps that would overrun `--budget` are
 skipped, and `--only` reruns some (`--only smoke/vit_bf16,bench/`). <out>/gpu_check.json is rewritten after every
@@ -48,7 +48,7 @@ def smoke_runs(tiny: bool) -> dict[str, list[str]]:
 
 
 # the test that a training step which logs nothing reads nothing off the GPU (skipped on a CPU)
-SYNC_TEST = ["tests/test_speed.py", "-k", "does_not_wait_for_the_gpu"]
+SYNC_TEST = ["tests/training/test_fast_paths.py", "-k", "does_not_wait_for_the_gpu"]
 
 # model spec, batch size (the issue's settings), timed steps (≥ 1 s of GPU work per measurement); one model per step,
 # so that one that runs out of time (compiling DenseNet121 took over 100 s on an H200) leaves the others' rows

@@ -17,7 +17,7 @@ Measured: the quickstart benchmark, `python -m src.bench.quickstart` (docs/bench
 import gc
 import sys
 
-# the commands whose `__main__` block is run_command (tests/test_garbage_collector.py)
+# the commands whose `__main__` block is run_command (tests/cli/test_garbage_collector.py)
 COMMANDS = ("src.train", "src.eval", "src.predict", "src.export", "src.explain", "src.token_maps")
 
 

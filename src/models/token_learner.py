@@ -14,7 +14,7 @@
   bilinear resampling to a fixed size (any size, so strides need not be integers; FDViT-S uses
   27 -> 19 -> 14 -> 10 -> 7, about 1/sqrt(2) per stage) -> 3x3 convolution that changes the width.
   FDViT resamples with `F.grid_sample` on a linspace(-1, 1) grid with align_corners=True, which is the same
-  as `F.interpolate(mode="bilinear", align_corners=True)` used here (tests/test_token_learner.py checks it).
+  as `F.interpolate(mode="bilinear", align_corners=True)` used here (tests/models/test_token_learner.py checks it).
   FDViT has no class token; ours goes through a Linear to the new width, as PiT's class token does
   (Heo et al. 2021, naver-ai/pit `conv_head_pooling.fc`). FDViT's masked-autoencoder training branch is
   not included.

@@ -5,7 +5,7 @@ head learns from the label, the distillation head from the teacher; any other st
 (Hinton et al. 2015): the one output learns from both. `mode`: hard (cross-entropy against the teacher's argmax)
 or soft (KL divergence at `temperature`, times temperature²); the loss is (1 - alpha) · label loss + alpha ·
 teacher term, as in deit's `DistillationLoss` and timm's `TokenDistillationTask` / `LogitDistillationTask` with
-`task_loss_weight = 1 - alpha` (tests/test_distillation.py checks both against timm on fixed logits). timm's tasks
+`task_loss_weight = 1 - alpha` (tests/training/test_distillation.py checks both against timm on fixed logits). timm's tasks
 own the student's forward pass and criterion; here the module keeps both (whatever label loss it computes, e.g.
 Mixup's soft targets, stays its own), so only the teacher term is added here, around timm's `DistillationTeacher`.
 

@@ -32,7 +32,6 @@ from src.upstream_fixes.lightning import (
     progress_bar_value,
 )
 
-
 # `_target_`s that checkpoints written before src/ was grouped into packages name in their hyper-parameters
 MOVED_TARGETS = {"src.schedulers.warmup_cosine": "src.training.schedulers.warmup_cosine"}
 
@@ -111,7 +110,7 @@ class ClassifierModule(L.LightningModule):
             from src.training.mixing import BatchMixup
 
             self.mixup = BatchMixup(num_classes, **mixup)
-        # probability targets: torch's cross-entropy is then timm's SoftTargetCrossEntropy (tests/test_recipes.py)
+        # probability targets: torch's cross-entropy is then timm's SoftTargetCrossEntropy (tests/training/test_recipes.py)
         self.soft_criterion = nn.CrossEntropyLoss()
         # no per-batch input checks: they wait for the GPU (a sync per step); a NaN loss then shows as a NaN mean
         metrics = {"acc": MulticlassAccuracy(num_classes, top_k=1, average="micro", validate_args=False)}

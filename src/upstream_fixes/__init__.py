@@ -8,20 +8,20 @@ Messages that are only noise are silenced in src/upstream_fixes/noise.py, each w
 Lightning 2.6.6 (lightning.py)
 - `RequeueAtBatchEnd`: SLURM's requeue signal saved and requeued between training batches, not inside the
   signal handler, where a DDP job hung for good (Lightning #21406, PR #21407). Added to every Trainer by
-  src/training/trainer.py `build_trainer`. Goes when: tests/test_requeue.py passes without it.
+  src/training/trainer.py `build_trainer`. Goes when: tests/runs/test_requeue.py passes without it.
 - `logger_writes_this_step`: asks Lightning's private `trainer._logger_connector.should_update_logs` whether
   the loggers write at this step (no public API). Used by src/training/module.py and src/training/nonfinite.py to read values
   off the GPU only then. Goes when: Lightning makes it public.
 - `progress_bar_value`: the step loss logged for the progress bar as a host tensor, because Lightning turns each
   progress-bar value it holds into a number after every step, bar or no bar, which for a GPU tensor waits for
   the GPU (Lightning #21232). Used by src/training/module.py. Goes when: #21232 is fixed and the GPU sync test of
-  tests/test_speed.py passes without it.
+  tests/training/test_fast_paths.py passes without it.
 - `MetricsLoggedOncePerEpoch`: metric objects handed to `self.log` once per stage and epoch, not at every step
   (~0.5 ms a call: Lightning #17988). Used by src/training/module.py. Goes when: `self.log` is cheap.
 - `TrainLoaderStateInDataModule`: the GPU-resident loader's place in its epoch saved and restored through the
   DataModule, as Lightning drops a stateful loader's state when `configure_optimizers` asked for
   `estimated_stepping_batches` (Lightning #20550; PRs #21765, #21770). Mixed into src/data/base.py
-  `ImageDataModule`. Goes when: `pytest tests/test_scale_out.py -k gpu_loader_fit_resumed` passes without it.
+  `ImageDataModule`. Goes when: `pytest tests/training/test_scale_out.py -k gpu_loader_fit_resumed` passes without it.
 - conf/callbacks/last_checkpoint.yaml: a second `ModelCheckpoint` (monitor: null) writes last.ckpt after every
   epoch. `ModelCheckpoint(monitor=..., save_top_k=1, save_last=True)` rewrites last.ckpt only at a step where it
   also saved a top-k checkpoint, i.e. only in epochs with a new best (lightning/pytorch/callbacks/
@@ -33,14 +33,14 @@ Lightning 2.6.6 (lightning.py)
   `cloud_io._atomic_save` writes through an fsspec transaction whose temporary file is in `TMPDIR`, so on
   another file system than the run dir the final step is a copy, and a kill during it leaves a truncated
   checkpoint. Goes when: Lightning writes the temporary file beside the checkpoint and renames it
-  (tests/test_checkpoint_io.py).
+  (tests/upstream_fixes/test_checkpoint_io.py).
 - src/bench/gpu.py `peak_bf16_flops`: the H200's dense bf16 peak, which Lightning's table misses or doubles
   (Lightning #20660, #21677, fixed after 2.6.6 by PR #21743). Goes when: the pinned Lightning has PR #21743.
 
 Lightning's DDP launcher in a Hydra sweep (hydra.py)
 - `one_job`: a sweep job's DDP ranks re-run that job, not the whole sweep, and its process group and
   environment are cleared before the next job (Lightning #11300, PR #18175, both open). Entered by src/train.py
-  `main`. Goes when: the sweep DDP tests of tests/test_scale_out.py pass without it.
+  `main`. Goes when: the sweep DDP tests of tests/training/test_scale_out.py pass without it.
 
 Hydra 1.3.8 (hydra.py)
 - `start_folder`, the `${cwd:}` resolver of conf/paths: `${hydra:runtime.cwd}` cannot be resolved where a sweep
@@ -50,14 +50,14 @@ Hydra 1.3.8 (hydra.py)
   it cannot parse, a missing config file) reported as one `error:` line with its fix and exit 2, where Hydra
   prints 4-6 lines and exits 1 (hydra/_internal/utils.py, `run_and_report`, which has no hook for an app's
   messages). Installed by src/cli/exits.py `exit_on_unknown_option`, which every Hydra command calls. Goes
-  when: Hydra lets an app report composition errors (tests/test_train_cli.py, `test_a_key_hydra_cannot_set_...`).
+  when: Hydra lets an app report composition errors (tests/cli/test_train_cli.py, `test_a_key_hydra_cannot_set_...`).
 
 timm 1.0.31 (timm.py)
 - `param_groups_weight_decay`: timm's rule for which parameters get weight decay, without importing timm, whose
   `__init__` imports every model family and, when installed, wandb (through timm.utils.summary, since timm PR
   #550): 1.3 s of every run's start-up. Used by src/training/freezing.py; timm's Mixup, RandAugment, random erasing,
-  models and teachers are imported where they are used. tests/test_freezing.py compares the groups with timm's;
-  tests/test_configs.py checks that a quickstart run imports no timm. Goes when: a timm submodule imports
+  models and teachers are imported where they are used. tests/training/test_freezing.py compares the groups with timm's;
+  tests/cli/test_configs.py checks that a quickstart run imports no timm. Goes when: a timm submodule imports
   without timm.models.
 
 torch 2.14

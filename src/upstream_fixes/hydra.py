@@ -52,7 +52,7 @@ def one_job():
     ...) behind, which the next job of the sweep would take for its own: both are cleared when the job ends.
 
     Remove when: the pinned Lightning starts a sweep job's ranks as that one job and tears its process group
-    down: `pytest tests/test_scale_out.py -m 'slow or not slow' -k 'sweep_of_ddp or ranks_of_a'` passes without
+    down: `pytest tests/training/test_scale_out.py -m 'slow or not slow' -k 'sweep_of_ddp or ranks_of_a'` passes without
     it."""
     import torch  # here: src.predict resolves `${cwd:}` (start_folder) without loading torch
 
@@ -82,7 +82,7 @@ def config_errors_in_one_line() -> None:
     other error, and all of them under HYDRA_FULL_ERROR=1, are Hydra's to report as before. Installed by
     src/cli/exits.py `exit_on_unknown_option`, which every Hydra command calls before `main()` (src/cli/command.py).
 
-    Remove when: the pinned Hydra lets an app report composition errors itself (then tests/test_train_cli.py's
+    Remove when: the pinned Hydra lets an app report composition errors itself (then tests/cli/test_train_cli.py's
     test of a key that is not in the config tells what to move)."""
     import hydra._internal.utils as hydra_utils
 

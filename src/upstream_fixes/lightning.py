@@ -20,7 +20,7 @@ class RequeueAtBatchEnd(L.Callback):
     signal; at the end of each training batch the ranks agree whether any got it, and then Lightning's own
     save-and-requeue runs on every rank at the same point. Outside a SLURM job with auto-requeue it does nothing.
 
-    Remove when: the pinned Lightning has PR #21407 (its handler only notes the signal) and tests/test_requeue.py
+    Remove when: the pinned Lightning has PR #21407 (its handler only notes the signal) and tests/runs/test_requeue.py
     passes with this callback left out of src/training/trainer.py.
     """
 
@@ -68,7 +68,7 @@ def progress_bar_value(value: torch.Tensor) -> torch.Tensor:
     tensor on a GPU that is a copy to the host, which waits for all the work queued so far, at every step. From
     the host, the wait is only on the steps that log it.
 
-    Remove when: #21232 is fixed; then log the tensor itself, and tests/test_speed.py's GPU sync test still passes
+    Remove when: #21232 is fixed; then log the tensor itself, and tests/training/test_fast_paths.py's GPU sync test still passes
     (on a GPU)."""
     return value.detach().cpu()
 
@@ -84,7 +84,7 @@ class MetricsLoggedOncePerEpoch:
     resumed mid-epoch starts later.
 
     Remove when: a `self.log` call costs next to nothing (#17988 closed as fixed); then log at every step as
-    documented, and `pytest tests/test_scale_out.py -k resumed_mid_epoch_still_logs` still passes."""
+    documented, and `pytest tests/training/test_scale_out.py -k resumed_mid_epoch_still_logs` still passes."""
 
     def __init__(self) -> None:
         self._handed_over: set[str] = set()  # stages whose metrics Lightning holds this epoch
@@ -112,7 +112,7 @@ class TrainLoaderStateInDataModule:
     built before the checkpoint is read, and never given its state (Lightning issue #20550, fixes proposed in
     PRs #21765 and #21770). `train_dataloader` passes its loader through `resumed_train_loader`.
 
-    Remove when: the pinned Lightning has that fix and `pytest tests/test_scale_out.py -k gpu_loader_fit_resumed`
+    Remove when: the pinned Lightning has that fix and `pytest tests/training/test_scale_out.py -k gpu_loader_fit_resumed`
     passes, for every scheduler, without this mixin (Lightning's own copy of the state is in every checkpoint
     already, so checkpoints saved with the mixin resume without it too)."""
 

@@ -17,7 +17,7 @@ def param_groups_weight_decay(
     """timm.optim.param_groups_weight_decay (timm/optim/_param_groups.py) with its defaults: the trainable
     parameters in a group without weight decay (1-d ones: norms, biases; names ending in `.bias`; names matching
     a pattern of `no_weight_decay_list`: embeddings, tokens) and a group with it; every parameter in the first
-    when `weight_decay` is 0. tests/test_freezing.py checks the groups against timm's on each model family."""
+    when `weight_decay` is 0. tests/training/test_freezing.py checks the groups against timm's on each model family."""
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         if not param.requires_grad:

@@ -19,7 +19,7 @@ def options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
 
 
-# experiments: tests/test_experiments.py (they need pretrained weights switched off here)
+# experiments: tests/training/test_experiments.py (they need pretrained weights switched off here)
 GROUP_OPTIONS = [
     (g, o)
     for g in ("data", "model", "freeze", "augment", "mixup", "trainer", "logger", "callbacks", "debug")

@@ -377,7 +377,7 @@ def test_ddp_on_two_cpu_processes_scans_once_and_tests_every_image_once(tmp_path
 @pytest.mark.parametrize("experiment", ["quickstart_imagefolder", "quickstart_csv"])
 def test_quickstart_on_digits_written_as_png_files_reaches_95_percent(tmp_path, experiment):
     """The README's "train on your own images": the quickstart's model and settings, on real image files."""
-    script = Path(__file__).resolve().parents[1] / "scripts" / "digits_to_images.py"
+    script = Path(__file__).resolve().parents[2] / "scripts" / "digits_to_images.py"
     subprocess.run([sys.executable, script, tmp_path / "digits_png"], check=True, capture_output=True)
     assert len(list((tmp_path / "digits_png").glob("*/*.png"))) == 1797
     result = run_cli("src.train", f"experiment={experiment}", f"paths.data_dir={tmp_path}",

@@ -40,11 +40,11 @@ EXCEPTIONS = {
     # `--help` and `--cfg job` print and exit: run as written
     "src.train --help": "full",
     "src.train --cfg job data=flowers102": "full",
-    # DDP with 2 gloo processes: tests/test_scale_out.py runs it
+    # DDP with 2 gloo processes: tests/training/test_scale_out.py runs it
     "src.train data=digits trainer=ddp trainer.devices=2 trainer.accelerator=cpu": "compose",
 }
-# entry points that are no Hydra app and whose placeholders need files of their own (tests/test_token_learner.py,
-# tests/test_export.py run them): asked for --help
+# entry points that are no Hydra app and whose placeholders need files of their own (tests/models/test_token_learner.py,
+# tests/inference/test_export.py run them): asked for --help
 HELP_ONLY = ("src.token_maps", "src.bench.predict")
 
 

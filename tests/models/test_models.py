@@ -15,8 +15,8 @@ from src.cli.checks import check_values
 from src.errors import UserError
 from src.models.keras_cnn import KerasCNN
 from src.models.timm_models import create_timm_model, vision_transformer
+from tests.cli.test_configs import options
 from tests.conftest import compose_config, run_cli
-from tests.test_configs import options
 
 TIMM_MODELS = ["vit_timm", "vit_tiny", "deit", "deit_tiny", "vgg19", "densenet121", "densenet201"]
 

@@ -8,8 +8,8 @@ import torch
 from hydra.utils import instantiate
 
 from src.training.trainer import build_trainer
+from tests.cli.test_configs import options
 from tests.conftest import compose_config
-from tests.test_configs import options
 
 
 @pytest.mark.slow
@@ -23,7 +23,7 @@ def test_every_experiment_builds_and_trains_a_step(experiment, tmp_path, digits_
         cfg.data.image_size = 32
     if (
         cfg.distill.mode != "none"
-    ):  # its teacher is a checkpoint to pass; tests/test_distillation.py trains with one
+    ):  # its teacher is a checkpoint to pass; tests/training/test_distillation.py trains with one
         cfg.distill = {"mode": "none"}
     assert isinstance(instantiate(cfg.data), L.LightningDataModule)
     assert isinstance(build_trainer(cfg), L.Trainer)
