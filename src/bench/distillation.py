@@ -26,7 +26,9 @@ register_resolvers()
 
 @exit_on_user_error
 def main(overrides: list[str]) -> None:
-    config_dir = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
+    config_dir = os.path.join(
+        os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "conf"
+    )
     with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
         cfg = compose("train", overrides=overrides)
     if cfg.distill.mode == "none":

@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = Path(__file__).resolve().parents[2] / "conf"
 QUICKSTART = ["experiment=quickstart", "~callbacks.rich_progress_bar"]
 # the sides whole_process compares, as (numerator, denominator)
 RATIOS = (("vitlab", "hand-written"), ("lightning", "hand-written"), ("vitlab", "lightning"))

@@ -16,7 +16,7 @@ from hydra.core.global_hydra import GlobalHydra
 from tests.conftest import CONF, QUICK, ROOT, TINY_VIT, compose_config, run_cli
 
 README = ROOT / "README.md"
-COMMAND = re.compile(r"-m (src\.\w+)((?:[^`\n\\]|\\\n)*)")
+COMMAND = re.compile(r"-m (src(?:\.\w+)+)((?:[^`\n\\]|\\\n)*)")  # src.train, src.bench.cost, ...
 # a training command is cheap on the digits (the quickstart's data), or when it resumes (the tiny run's checkpoint)
 CHEAP = re.compile(r"^(data=digits|experiment=quickstart|ckpt_path=.*)$")
 # what makes a training command expensive here (a GPU, downloads, big data sets, several processes, sweeps)
