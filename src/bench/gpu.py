@@ -6,19 +6,10 @@ import statistics
 import tempfile
 from dataclasses import dataclass
 
-import torch
-from lightning.fabric.utilities.throughput import get_available_flops
-
 from src.bench.fit_vs_raw import lightning_rate, raw_rate
 from src.bench.timing import EpochTimer
 from src.bench.workload import autocast, bench_trainer, build_module, gpu_batches, model_config, synthetic
-from src.upstream_fixes.flops import measure_flops
-
-# Lightning 2.6 does not recognise the H200 by the name its driver gives ("NVIDIA H200": Lightning issue #20660),
-# and where it does it lists the with-sparsity figure, twice the dense one (issue #21677, fixed after 2.6.6 by
-# PR #21743). The H200 has the H100 SXM's GH100 tensor cores and clocks (only more and faster memory): its
-# dense bf16 peak is the H100 SXM's, from NVIDIA's H100 data sheet. Drop this once the pinned Lightning has the fix.
-H200_DENSE_BF16 = 989.4e12
+from src.upstream_fixes.flops import measure_flops, peak_bf16_flops
 
 
 @dataclass(frozen=True)
@@ -37,13 +28,6 @@ class EpochSeconds:
     batch_size: int
     eager_s: float
     compiled_s: float
-
-
-def peak_bf16_flops(device: str) -> float | None:
-    """The device's dense bf16 peak FLOP/s: Lightning's table, but for the H200; None on a CPU."""
-    if device == "cuda" and "H200" in torch.cuda.get_device_name():
-        return H200_DENSE_BF16
-    return get_available_flops(torch.device(device), torch.bfloat16)
 
 
 def train_flops(module, images, labels, cfg, device: str) -> int:

@@ -196,7 +196,7 @@ def effective_batch_size(trainer: L.Trainer, batch_size: int) -> int:
 def log_hyperparameters(
     trainer: L.Trainer, cfg: DictConfig, model: L.LightningModule, metrics: dict[str, float] | None = None
 ) -> None:
-    """The hyper-parameters a person compares runs by (src/reporting/hparams_table.py: ~25, not the whole config, which
+    """The hyper-parameters a person compares runs by (`curated_hparams`: ~25, not the whole config, which
     TensorBoard gets as text) go to every logger; with `metrics` (after test), the run's headline numbers
     (src/reporting/run_metrics.py: the values of summary.json and src.compare) are shown beside them (TensorBoard's
     HParams view) as `hp/<name>`: loggers also write these as scalars at step 0, which under their own names

@@ -1,9 +1,9 @@
 """What vitlab does differently from plain Lightning, Hydra and torch, and why: the index.
 
 Each workaround below is tagged with the upstream issue (or the version and source line) it works around and
-with what tells that it can go. The code is here, one file per upstream (lightning.py, hydra.py, timm.py), unless it has
-a module of its own elsewhere; the rest of vitlab reads like the documented patterns and calls these by name.
-Messages that are only noise are silenced in src/upstream_fixes/noise.py, each with its reason.
+with what tells that it can go. The code is here: one file per upstream (lightning.py, hydra.py, timm.py), one per
+larger fix (checkpoint_io.py, flops.py), and noise.py, which silences messages that are only noise, each with
+its reason; the rest of vitlab reads like the documented patterns and calls these by name.
 
 Lightning 2.6.6 (lightning.py)
 - `RequeueAtBatchEnd`: SLURM's requeue signal saved and requeued between training batches, not inside the
@@ -34,7 +34,7 @@ Lightning 2.6.6 (lightning.py)
   another file system than the run dir the final step is a copy, and a kill during it leaves a truncated
   checkpoint. Goes when: Lightning writes the temporary file beside the checkpoint and renames it
   (tests/upstream_fixes/test_checkpoint_io.py).
-- src/bench/gpu.py `peak_bf16_flops`: the H200's dense bf16 peak, which Lightning's table misses or doubles
+- flops.py `peak_bf16_flops` (used by src/bench/gpu.py): the H200's dense bf16 peak, which Lightning's table misses or doubles
   (Lightning #20660, #21677, fixed after 2.6.6 by PR #21743). Goes when: the pinned Lightning has PR #21743.
 
 Lightning's DDP launcher in a Hydra sweep (hydra.py)
