@@ -220,6 +220,13 @@ class ClassifierModule(L.LightningModule):
             checkpoint["distilled_with"] = checkpoint["hyper_parameters"]["distill"]
             checkpoint["hyper_parameters"]["distill"] = None
 
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path, *args, **kwargs):
+        """Lightning's, for a checkpoint file whose configs name only what src/safe_config.py allows: building the
+        module builds what they name."""
+        read_checkpoint(checkpoint_path, how_to_pass="Pass a checkpoint file that src.train wrote")
+        return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
+
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.class_names = checkpoint.get("class_names", [])
 

@@ -1,0 +1,189 @@
+"""A checkpoint never chooses which code runs (src/safe_config.py): configs naming anything but vitlab's allow-list
+are refused, with one `error:` line and exit 2, by every command that reads a checkpoint, before anything is built;
+checkpoints that src.train writes still load in each of them."""
+
+import os
+from pathlib import Path
+
+import lightning
+import pytest
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from PIL import Image
+
+from src.errors import UserError
+from src.eval import evaluate
+from src.explain import explain
+from src.export import export
+from src.predict import predict
+from src.preprocessing import preprocessing_facts
+from src.safe_config import ALLOWED_TARGETS, check_checkpoint_config
+from src.token_maps import main as token_maps
+from src.train import train
+from tests.conftest import CONF, QUICK, TINY_VIT, compose_config
+
+# a TokenLearner, so that src.token_maps has maps to draw
+DIGITS = ["data=digits", *TINY_VIT, "model.token_learner.num_tokens=2", "model.token_learner.layer=0", *QUICK, "data.batch_size=8", "+trainer.limit_train_batches=2",
+          "+trainer.limit_val_batches=1", "+trainer.limit_test_batches=1"]  # fmt: skip
+
+
+class Pickled:
+    """Runs `touch <marker>` when unpickled."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def payloads(marker: Path, backbone: dict, folder: Path) -> dict[str, dict]:
+    """Hyper-parameters that would create `marker` (or build what they choose) when instantiated, by name."""
+    pickle_file = folder / "payload.pt"
+    torch.save(Pickled(marker), pickle_file)
+    return {
+        "getoutput": {"backbone": {"_target_": "subprocess.getoutput", "cmd": f"touch {marker}"}},
+        "torch_load": {"backbone": {"_target_": "torch.load", "f": str(pickle_file), "weights_only": False}},
+        "os_system": {"backbone": {"_target_": "os.system", "command": f"touch {marker}"}},
+        "eval_args": {
+            "backbone": {"_target_": "builtins.eval", "_args_": [f"__import__('os').system('touch {marker}')"]}
+        },
+        "partial": {"backbone": {**backbone, "_partial_": True}},
+        "nested": {"backbone": {**backbone, "token_learner": {"_target_": "os.system", "command": f"touch {marker}"}}},
+        "data": {"data": {"_target_": "os.system", "command": f"touch {marker}"}},
+    }  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> dict:
+    """A checkpoint of a tiny digits ViT shaped as src.train writes them (random weights), and a digits image."""
+    folder = tmp_path_factory.mktemp("trained")
+    cfg = compose_config("train", DIGITS, folder)
+    module = instantiate(cfg.module)
+    checkpoint = {
+        "state_dict": module.state_dict(),
+        "pytorch-lightning_version": lightning.__version__,
+        "hyper_parameters": dict(module.hparams),
+        "class_names": [str(i) for i in range(10)],
+        "preprocessing": preprocessing_facts(instantiate(cfg.data)),
+    }
+    image = folder / "digit.png"
+    Image.new("RGB", (8, 8), (200, 10, 10)).save(image)
+    return {"checkpoint": checkpoint, "image": image}
+
+
+def write(checkpoint: dict, path: Path) -> Path:
+    torch.save(checkpoint, path)
+    return path
+
+
+def run_command(command: str, checkpoint: Path, image: Path, folder: Path):
+    """`command` on `checkpoint` in this process, as its `python -m` entry point runs it."""
+    ckpt = f"ckpt_path={checkpoint}"
+    if command == "eval":
+        return evaluate(compose_config("eval", [ckpt, *QUICK[:2], "+trainer.limit_test_batches=1"], folder))
+    if command in ("predict_plain", "predict_lightning"):
+        return predict(compose_config("predict", [ckpt, f"inputs={image}", "device=cpu"], folder))
+    if command == "export":
+        return export(compose_config("export", [ckpt, "num_images=2"], folder))
+    if command == "explain":
+        return explain(
+            compose_config("explain", [ckpt, f"inputs={image}", "device=cpu", "method=gradcam"], folder)
+        )
+    if command == "token_maps":
+        return token_maps([str(checkpoint), str(image), "--out", str(folder / "maps.png")])
+    if command == "train_resume":
+        return train(compose_config("train", [*DIGITS, ckpt], folder))
+    assert command == "distill_teacher"
+    return train(
+        compose_config("train", [*DIGITS, "distill=hard", f"distill.teacher_ckpt={checkpoint}"], folder)
+    )
+
+
+COMMANDS = ["eval", "predict_plain", "predict_lightning", "export", "explain", "token_maps", "train_resume",
+            "distill_teacher"]  # fmt: skip
+# every payload through both ways of building: Hydra (Lightning's load) and src.predict's plain route; the issue's
+# two through every command
+CASES = [(c, p) for c in ("eval", "predict_plain") for p in ("getoutput", "torch_load", "os_system", "eval_args",
+                                                            "partial", "nested", "data")]  # fmt: skip
+CASES += [(c, p) for c in COMMANDS if c not in ("eval", "predict_plain") for p in ("getoutput", "torch_load")]
+
+
+@pytest.mark.parametrize(("command", "payload"), CASES)
+def test_a_checkpoint_naming_code_is_refused_before_it_runs(command, payload, trained, tmp_path, capsys):
+    marker = tmp_path / "pwned"
+    checkpoint = dict(trained["checkpoint"])
+    bad = payloads(marker, checkpoint["hyper_parameters"]["backbone"], tmp_path)[payload]
+    checkpoint["hyper_parameters"] = {**checkpoint["hyper_parameters"], **bad}
+    if command == "predict_lightning":  # a checkpoint written before src.export: Lightning rebuilds it
+        del checkpoint["preprocessing"]
+    path = write(checkpoint, tmp_path / "evil.ckpt")
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            run_command(command, path, trained["image"], tmp_path)
+    finally:  # whatever happened after
+        assert not marker.exists(), "the checkpoint's config ran a command"
+    assert exit_info.value.code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "cannot choose which code runs" in errors[0], errors
+    assert str(path) in errors[0]
+
+
+# resuming needs a checkpoint with the trainer's state: tests/test_failures.py resumes those
+@pytest.mark.parametrize("command", [c for c in COMMANDS if c != "train_resume"])
+def test_a_checkpoint_of_vitlabs_own_configs_loads_in_every_command(command, trained, tmp_path):
+    checkpoint = dict(trained["checkpoint"])
+    if command == "predict_lightning":
+        del checkpoint["preprocessing"]
+    # metrics, predicted rows or the written file
+    assert run_command(command, write(checkpoint, tmp_path / "model.ckpt"), trained["image"], tmp_path)
+
+
+def conf_targets(group: str) -> set[str]:
+    """The `_target_`s of conf/<group>/*.yaml at the place a checkpoint stores that group."""
+    found = set()
+    for file in (CONF / group).glob("*.yaml"):
+        config = OmegaConf.to_container(OmegaConf.load(file))
+        node = config.get("model", config) if group == "model" else config
+        node = (node.get("schedule") or {}) if group == "scheduler" else node
+        if isinstance(node, dict) and "_target_" in node:
+            found.add(node["_target_"])
+    return found
+
+
+@pytest.mark.parametrize(
+    ("group", "place"),
+    [
+        ("model", "backbone"),
+        ("data", "data"),
+        ("optimizer", "optimizer"),
+        ("scheduler", "scheduler.schedule"),
+    ],
+)
+def test_every_target_of_conf_is_allowed_in_checkpoints(group, place):
+    targets = conf_targets(group)
+    assert targets and targets <= ALLOWED_TARGETS[place]
+
+
+@pytest.mark.parametrize(
+    ("backbone", "words"),
+    [
+        (
+            {"model_name": "vit_tiny_patch16_224", "checkpoint_path": "/x.pth"},
+            "checkpoint_path is no argument",
+        ),
+        ({"model_name": "vit_tiny_patch16_224", "num_classes": "${oc.env:HOME}"}, "is an interpolation"),
+        ({"model_name": "vit_tiny_patch16_224", "pretrained_cfg_overlay": {"file": "/x.pth"}}, "no argument"),
+    ],
+)
+def test_timms_create_model_takes_only_plain_model_arguments(backbone, words):
+    with pytest.raises(UserError, match=words):
+        check_checkpoint_config({"backbone": {"_target_": "timm.create_model", **backbone}}, "x.ckpt")
+
+
+def test_a_value_that_is_no_plain_data_is_refused():
+    with pytest.raises(UserError, match="backbone.depth is a Tensor, not a plain value"):
+        check_checkpoint_config(
+            {"backbone": {"_target_": "src.models.vit.VisionTransformer", "depth": torch.ones(1)}}, "x.ckpt"
+        )
