@@ -98,6 +98,9 @@ KNOWN_ARGUMENTS = {
     ),
 }
 PLAIN = (str, int, float, bool, type(None))
+# a checkpoint holds its weights: rebuilding its backbone fetches and reads none (src.module stores these so), and
+# a timm name with a scheme (hf-hub:<repo>, local-dir:<folder>) would fetch or read the model's config
+WEIGHTS_FROM_NOWHERE = {"pretrained": (False, None), "weights_path": (None,)}
 
 
 class _Refused(Exception):
@@ -171,6 +174,8 @@ def _walk(value, key: str, targets: dict) -> None:
                     f"vitlab builds ({', '.join(sorted(ALLOWED_TARGETS[key]))})"
                 )
             targets[key] = value
+            if key == "backbone":
+                _weights_from_nowhere(value)
         for name, item in value.items():
             if not isinstance(name, str):
                 raise _Refused(f"{key} has a key {name!r} that is not a name")
@@ -186,3 +191,13 @@ def _walk(value, key: str, targets: dict) -> None:
         raise _Refused(f"{key}={value!r} is an interpolation, where checkpoints hold resolved values")
     elif not isinstance(value, PLAIN):
         raise _Refused(f"{key} is a {type(value).__name__}, not a plain value")
+
+
+def _weights_from_nowhere(backbone: dict) -> None:
+    for name, values in WEIGHTS_FROM_NOWHERE.items():
+        if backbone.get(name) not in values:
+            raise _Refused(
+                f"backbone.{name}={backbone[name]!r}, where a checkpoint has {values[0]!r} (its own weights)"
+            )
+    if ":" in str(backbone.get("model_name", "")):
+        raise _Refused(f"backbone.model_name={backbone['model_name']!r} is no timm architecture name")

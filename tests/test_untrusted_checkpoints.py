@@ -175,9 +175,15 @@ def test_every_target_of_conf_is_allowed_in_checkpoints(group, place):
         ),
         ({"model_name": "vit_tiny_patch16_224", "num_classes": "${oc.env:HOME}"}, "is an interpolation"),
         ({"model_name": "vit_tiny_patch16_224", "pretrained_cfg_overlay": {"file": "/x.pth"}}, "no argument"),
+        ({"model_name": "vit_tiny_patch16_224", "pretrained": True}, "backbone.pretrained=True, where"),
+        (
+            {"model_name": "vit_tiny_patch16_224", "weights_path": "/x.pth"},
+            "backbone.weights_path='/x.pth', where",
+        ),
+        ({"model_name": "hf-hub:someone/model"}, "is no timm architecture name"),
     ],
 )
-def test_timms_create_model_takes_only_plain_model_arguments(backbone, words):
+def test_a_timm_backbone_takes_plain_model_arguments_and_fetches_no_weights(backbone, words):
     with pytest.raises(UserError, match=words):
         check_checkpoint_config({"backbone": {"_target_": "timm.create_model", **backbone}}, "x.ckpt")
 
