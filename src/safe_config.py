@@ -168,7 +168,7 @@ def _walk(value, key: str, targets: dict) -> None:
             target = value["_target_"]
             if key not in ALLOWED_TARGETS:
                 raise _Refused(f"{key or 'hyper_parameters'}._target_={target!r} is no place for a target")
-            if target not in ALLOWED_TARGETS[key]:
+            if not isinstance(target, str) or target not in ALLOWED_TARGETS[key]:
                 raise _Refused(
                     f"{key}._target_={target!r} is not one of the {len(ALLOWED_TARGETS[key])} {key} targets "
                     f"vitlab builds ({', '.join(sorted(ALLOWED_TARGETS[key]))})"

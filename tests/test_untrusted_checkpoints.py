@@ -3,6 +3,7 @@ are refused, with one `error:` line and exit 2, by every command that reads a ch
 checkpoints that src.train writes still load in each of them."""
 
 import os
+import re
 from pathlib import Path
 
 import lightning
@@ -16,12 +17,13 @@ from src.errors import UserError
 from src.eval import evaluate
 from src.explain import explain
 from src.export import export
+from src.module import ClassifierModule
 from src.predict import predict
 from src.preprocessing import preprocessing_facts
 from src.safe_config import ALLOWED_TARGETS, check_checkpoint_config
 from src.token_maps import main as token_maps
 from src.train import train
-from tests.conftest import CONF, QUICK, TINY_VIT, compose_config
+from tests.conftest import CONF, QUICK, TINY_VIT, compose_config, run_cli
 
 # a TokenLearner, so that src.token_maps has maps to draw
 DIGITS = ["data=digits", *TINY_VIT, "model.token_learner.num_tokens=2", "model.token_learner.layer=0", *QUICK, "data.batch_size=8", "+trainer.limit_train_batches=2",
@@ -140,6 +142,38 @@ def test_a_checkpoint_of_vitlabs_own_configs_loads_in_every_command(command, tra
     assert run_command(command, write(checkpoint, tmp_path / "model.ckpt"), trained["image"], tmp_path)
 
 
+def test_lightnings_load_from_checkpoint_checks_the_configs_first(trained, tmp_path):
+    """README's way of rebuilding a model in one's own code."""
+    marker = tmp_path / "pwned"
+    checkpoint = dict(trained["checkpoint"])
+    bad = payloads(marker, checkpoint["hyper_parameters"]["backbone"], tmp_path)["torch_load"]
+    checkpoint["hyper_parameters"] = {**checkpoint["hyper_parameters"], **bad}
+    try:
+        with pytest.raises(UserError, match="backbone._target_='torch.load' is not one of"):
+            ClassifierModule.load_from_checkpoint(write(checkpoint, tmp_path / "evil.ckpt"))
+    finally:
+        assert not marker.exists(), "the checkpoint's config ran a command"
+
+
+def test_the_issues_checkpoint_is_one_error_line_from_the_command_line(trained, tmp_path):
+    marker = tmp_path / "pwned"
+    checkpoint = dict(trained["checkpoint"])
+    checkpoint["hyper_parameters"] = {
+        **checkpoint["hyper_parameters"],
+        "backbone": {"_target_": "subprocess.getoutput", "cmd": f"touch {marker}"},
+    }
+    path = write(checkpoint, tmp_path / "evil.ckpt")
+    result = run_cli(
+        "src.predict", f"ckpt_path={path}", f"inputs={trained['image']}", f"paths.log_dir={tmp_path}"
+    )
+    assert not marker.exists()
+    assert result.returncode == 2, result.stderr[-3000:]
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert (
+        "backbone._target_='subprocess.getoutput' is not one of" in line and "Traceback" not in result.stderr
+    )
+
+
 def conf_targets(group: str) -> set[str]:
     """The `_target_`s of conf/<group>/*.yaml at the place a checkpoint stores that group."""
     found = set()
@@ -188,8 +222,16 @@ def test_a_timm_backbone_takes_plain_model_arguments_and_fetches_no_weights(back
         check_checkpoint_config({"backbone": {"_target_": "timm.create_model", **backbone}}, "x.ckpt")
 
 
-def test_a_value_that_is_no_plain_data_is_refused():
-    with pytest.raises(UserError, match="backbone.depth is a Tensor, not a plain value"):
-        check_checkpoint_config(
-            {"backbone": {"_target_": "src.models.vit.VisionTransformer", "depth": torch.ones(1)}}, "x.ckpt"
-        )
+@pytest.mark.parametrize(
+    ("backbone", "words"),
+    [
+        (
+            {"_target_": "src.models.vit.VisionTransformer", "depth": torch.ones(1)},
+            "depth is a Tensor, not a plain",
+        ),
+        ({"_target_": ["os.system"]}, "_target_=['os.system'] is not one of"),
+    ],
+)
+def test_a_value_that_is_no_plain_data_is_refused(backbone, words):
+    with pytest.raises(UserError, match=re.escape(words)):
+        check_checkpoint_config({"backbone": backbone}, "x.ckpt")
