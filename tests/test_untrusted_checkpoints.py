@@ -235,3 +235,13 @@ def test_a_timm_backbone_takes_plain_model_arguments_and_fetches_no_weights(back
 def test_a_value_that_is_no_plain_data_is_refused(backbone, words):
     with pytest.raises(UserError, match=re.escape(words)):
         check_checkpoint_config({"backbone": backbone}, "x.ckpt")
+
+
+def test_class_names_are_shown_as_written_not_as_markup(trained, tmp_path, capsys):
+    """Rich markup in a checkpoint's class names (or in file names) is text: "[old]" stays, "[/x]" ends nothing."""
+    checkpoint = {**trained["checkpoint"], "class_names": [f"[/c{i}] [old]" for i in range(10)]}
+    cfg = compose_config("predict", [f"ckpt_path={write(checkpoint, tmp_path / 'model.ckpt')}",
+                                     f"inputs={trained['image']}", "device=cpu", "topk=2"], tmp_path)  # fmt: skip
+    predict(cfg)
+    shown = capsys.readouterr().out
+    assert "[/c" in shown and "[old]" in shown
