@@ -98,8 +98,7 @@ KNOWN_ARGUMENTS = {
     ),
 }
 PLAIN = (str, int, float, bool, type(None))
-# a checkpoint holds its weights: rebuilding its backbone fetches and reads none (src.module stores these so), and
-# a timm name with a scheme (hf-hub:<repo>, local-dir:<folder>) would fetch or read the model's config
+# a checkpoint holds its weights: rebuilding its backbone fetches and reads none (src.module stores these so)
 WEIGHTS_FROM_NOWHERE = {"pretrained": (False, None), "weights_path": (None,)}
 
 
@@ -147,6 +146,7 @@ def check_checkpoint_config(hparams: dict, source, built=tuple(ALLOWED_TARGETS))
     try:
         targets = {}
         _walk(hparams, "", targets)
+        _nothing_loaded_from_elsewhere(hparams)
         for place, config in targets.items():
             if place not in built:
                 continue
@@ -174,8 +174,6 @@ def _walk(value, key: str, targets: dict) -> None:
                     f"vitlab builds ({', '.join(sorted(ALLOWED_TARGETS[key]))})"
                 )
             targets[key] = value
-            if key == "backbone":
-                _weights_from_nowhere(value)
         for name, item in value.items():
             if not isinstance(name, str):
                 raise _Refused(f"{key} has a key {name!r} that is not a name")
@@ -193,7 +191,12 @@ def _walk(value, key: str, targets: dict) -> None:
         raise _Refused(f"{key} is a {type(value).__name__}, not a plain value")
 
 
-def _weights_from_nowhere(backbone: dict) -> None:
+def _nothing_loaded_from_elsewhere(hparams: dict) -> None:
+    """A checkpoint holds its weights and no teacher, so rebuilding it reads no other file and fetches nothing (a
+    timm name with a scheme, hf-hub:<repo> or local-dir:<folder>, would fetch or read the model's config)."""
+    backbone, distill = (
+        hparams.get(key) if isinstance(hparams.get(key), dict) else {} for key in ("backbone", "distill")
+    )
     for name, values in WEIGHTS_FROM_NOWHERE.items():
         if backbone.get(name) not in values:
             raise _Refused(
@@ -201,3 +204,5 @@ def _weights_from_nowhere(backbone: dict) -> None:
             )
     if ":" in str(backbone.get("model_name", "")):
         raise _Refused(f"backbone.model_name={backbone['model_name']!r} is no timm architecture name")
+    if distill.get("mode", "none") != "none":  # src.module keeps a run's teacher config as distilled_with
+        raise _Refused(f"distill.mode={distill['mode']!r}, where a checkpoint has no teacher (distill: null)")

@@ -222,6 +222,12 @@ def test_a_timm_backbone_takes_plain_model_arguments_and_fetches_no_weights(back
         check_checkpoint_config({"backbone": {"_target_": "timm.create_model", **backbone}}, "x.ckpt")
 
 
+def test_a_checkpoint_brings_no_teacher():
+    distill = {"mode": "hard", "teacher": "vit_tiny_patch16_224", "pretrained": True}
+    with pytest.raises(UserError, match="distill.mode='hard', where a checkpoint has no teacher"):
+        check_checkpoint_config({"distill": distill}, "x.ckpt")
+
+
 @pytest.mark.parametrize(
     ("backbone", "words"),
     [
