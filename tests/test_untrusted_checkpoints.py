@@ -26,8 +26,9 @@ from src.train import train
 from tests.conftest import CONF, QUICK, TINY_VIT, compose_config, run_cli
 
 # a TokenLearner, so that src.token_maps has maps to draw
-DIGITS = ["data=digits", *TINY_VIT, "model.token_learner.num_tokens=2", "model.token_learner.layer=0", *QUICK, "data.batch_size=8", "+trainer.limit_train_batches=2",
-          "+trainer.limit_val_batches=1", "+trainer.limit_test_batches=1"]  # fmt: skip
+DIGITS = ["data=digits", *TINY_VIT, "model.token_learner.num_tokens=2", "model.token_learner.layer=0", *QUICK,
+          "data.batch_size=8", "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1",
+          "+trainer.limit_test_batches=1"]  # fmt: skip
 
 
 class Pickled:
@@ -75,6 +76,13 @@ def trained(tmp_path_factory) -> dict:
     return {"checkpoint": checkpoint, "image": image}
 
 
+def with_hparams(trained: dict, **hparams) -> dict:
+    """The trained checkpoint with some of its hyper-parameters replaced."""
+    checkpoint = dict(trained["checkpoint"])
+    checkpoint["hyper_parameters"] = {**checkpoint["hyper_parameters"], **hparams}
+    return checkpoint
+
+
 def write(checkpoint: dict, path: Path) -> Path:
     torch.save(checkpoint, path)
     return path
@@ -115,16 +123,15 @@ CASES += [(c, p) for c in COMMANDS if c not in ("eval", "predict_plain") for p i
 @pytest.mark.parametrize(("command", "payload"), CASES)
 def test_a_checkpoint_naming_code_is_refused_before_it_runs(command, payload, trained, tmp_path, capsys):
     marker = tmp_path / "pwned"
-    checkpoint = dict(trained["checkpoint"])
-    bad = payloads(marker, checkpoint["hyper_parameters"]["backbone"], tmp_path)[payload]
-    checkpoint["hyper_parameters"] = {**checkpoint["hyper_parameters"], **bad}
+    backbone = trained["checkpoint"]["hyper_parameters"]["backbone"]
+    checkpoint = with_hparams(trained, **payloads(marker, backbone, tmp_path)[payload])
     if command == "predict_lightning":  # a checkpoint written before src.export: Lightning rebuilds it
         del checkpoint["preprocessing"]
     path = write(checkpoint, tmp_path / "evil.ckpt")
     try:
         with pytest.raises(SystemExit) as exit_info:
             run_command(command, path, trained["image"], tmp_path)
-    finally:  # whatever happened after
+    finally:  # also when the command failed in another way
         assert not marker.exists(), "the checkpoint's config ran a command"
     assert exit_info.value.code == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
@@ -145,9 +152,8 @@ def test_a_checkpoint_of_vitlabs_own_configs_loads_in_every_command(command, tra
 def test_lightnings_load_from_checkpoint_checks_the_configs_first(trained, tmp_path):
     """README's way of rebuilding a model in one's own code."""
     marker = tmp_path / "pwned"
-    checkpoint = dict(trained["checkpoint"])
-    bad = payloads(marker, checkpoint["hyper_parameters"]["backbone"], tmp_path)["torch_load"]
-    checkpoint["hyper_parameters"] = {**checkpoint["hyper_parameters"], **bad}
+    backbone = trained["checkpoint"]["hyper_parameters"]["backbone"]
+    checkpoint = with_hparams(trained, **payloads(marker, backbone, tmp_path)["torch_load"])
     try:
         with pytest.raises(UserError, match="backbone._target_='torch.load' is not one of"):
             ClassifierModule.load_from_checkpoint(write(checkpoint, tmp_path / "evil.ckpt"))
@@ -157,11 +163,9 @@ def test_lightnings_load_from_checkpoint_checks_the_configs_first(trained, tmp_p
 
 def test_the_issues_checkpoint_is_one_error_line_from_the_command_line(trained, tmp_path):
     marker = tmp_path / "pwned"
-    checkpoint = dict(trained["checkpoint"])
-    checkpoint["hyper_parameters"] = {
-        **checkpoint["hyper_parameters"],
-        "backbone": {"_target_": "subprocess.getoutput", "cmd": f"touch {marker}"},
-    }
+    checkpoint = with_hparams(
+        trained, backbone={"_target_": "subprocess.getoutput", "cmd": f"touch {marker}"}
+    )
     path = write(checkpoint, tmp_path / "evil.ckpt")
     result = run_cli(
         "src.predict", f"ckpt_path={path}", f"inputs={trained['image']}", f"paths.log_dir={tmp_path}"
