@@ -222,9 +222,10 @@ class ClassifierModule(L.LightningModule):
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path, *args, **kwargs):
-        """Lightning's, for a checkpoint file whose configs name only what src/safe_config.py allows: building the
-        module builds what they name."""
-        read_checkpoint(checkpoint_path, how_to_pass="Pass a checkpoint file that src.train wrote")
+        """Lightning's, for a checkpoint file that src.train wrote and whose configs name only what
+        src/safe_config.py allows (building the module builds what they name); read memory-mapped first, so
+        checking costs no full read of the weights."""
+        read_checkpoint(checkpoint_path, how_to_pass="Pass ckpt_path=<run dir>/checkpoints/<file>.ckpt")
         return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
@@ -269,6 +270,4 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}. Pass ckpt_path=<run dir>/checkpoints/<file>.ckpt")
-    # memory-mapped, so checking costs no full read of the weights
-    read_checkpoint(path, how_to_pass="Pass ckpt_path=<run dir>/checkpoints/<file>.ckpt")
     return ClassifierModule.load_from_checkpoint(path, map_location=map_location, weights_only=True)
