@@ -68,7 +68,8 @@ def find_runs(paths: list[Path]) -> list[Path]:
 
 def _overrides(run: Path) -> list[str]:
     path = run / ".hydra" / "overrides.yaml"
-    return list(OmegaConf.load(path)) if path.is_file() else []
+    # as written: resolving would read the environment (${oc.env:...}) of whoever compares a downloaded run
+    return OmegaConf.to_container(OmegaConf.load(path)) if path.is_file() else []
 
 
 def run_labels(runs: list[Path]) -> list[str]:

@@ -2,7 +2,6 @@
 (NumPy and Pillow, no torch); a checkpoint whose backbone is rebuilt from its plain hyper-parameters runs on torch
 alone; other checkpoints go through Lightning's ClassifierModule. Each maps RGB images to class probabilities."""
 
-import importlib
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -67,17 +66,14 @@ def onnx_classifier(path: Path) -> Classifier:
 
 
 def plain_backbone(checkpoint: dict):
-    """The checkpoint's backbone, built from its `_target_` and plain arguments without Hydra or Lightning;
-    None when its config needs Hydra (nested targets, Hydra's own keys)."""
-    config = dict(checkpoint.get("hyper_parameters", {}).get("backbone") or {})
+    """The backbone of a checkpoint whose configs passed src/runs/safe_config.py, built from its `_target_` and plain
+    arguments without Hydra or Lightning."""
+    from src.runs.safe_config import allowed_callable
+
+    config = dict(checkpoint["hyper_parameters"]["backbone"])
     config.pop("compile", None)  # src.training.module's speed switches, not the backbone's arguments
     config.pop("channels_last", None)
-    target = config.pop("_target_", None)
-    nested = any(isinstance(v, dict) and "_target_" in v for v in config.values())
-    if not isinstance(target, str) or nested or any(key.startswith("_") for key in config):
-        return None
-    module_name, _, name = target.rpartition(".")
-    model = getattr(importlib.import_module(module_name), name)(**config)
+    model = allowed_callable("backbone", config.pop("_target_"))(**config)
     state = {
         key.removeprefix("backbone."): value
         for key, value in checkpoint["state_dict"].items()
@@ -85,6 +81,19 @@ def plain_backbone(checkpoint: dict):
     }
     model.load_state_dict(state)
     return model.eval()
+
+
+def _rebuilds_without_lightning(checkpoint) -> bool:
+    """A src.train checkpoint with its preprocessing facts (written since src.export) and a backbone `_target_`;
+    other files go to load_checkpoint, which says what they lack."""
+    if not (isinstance(checkpoint, dict) and checkpoint.get("preprocessing") and "state_dict" in checkpoint):
+        return False
+    hparams = checkpoint.get("hyper_parameters")
+    return (
+        isinstance(hparams, dict)
+        and isinstance(hparams.get("backbone"), dict)
+        and "_target_" in hparams["backbone"]
+    )
 
 
 def torch_classifier(path: Path, device) -> Classifier:
@@ -98,11 +107,11 @@ def torch_classifier(path: Path, device) -> Classifier:
         checkpoint = torch.load(path, map_location=device, weights_only=True)
     except Exception:  # missing, or not a checkpoint: load_checkpoint below says so in its own words
         checkpoint = None
-    model = None
-    if isinstance(checkpoint, dict) and checkpoint.get("preprocessing") and "state_dict" in checkpoint:
-        model = plain_backbone(checkpoint)
-    if model is not None:
-        model = model.to(device)
+    if _rebuilds_without_lightning(checkpoint):
+        from src.runs.safe_config import check_checkpoint_config
+
+        check_checkpoint_config(checkpoint["hyper_parameters"], path, built=("backbone",))
+        model = plain_backbone(checkpoint).to(device)
         # the ONNX route's Pillow/NumPy preprocessing: torchvision's import alone (it loads torch._dynamo) takes
         # longer than the rest of a prediction
         to_array = numpy_eval_transform(checkpoint["preprocessing"])

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from PIL import Image
 from rich.table import Table
+from rich.text import Text
 
 from src.data.files import READ_ERRORS, open_rgb
 from src.errors import UserError
@@ -62,12 +63,14 @@ def write_predictions(rows: list[tuple[Path, list[tuple[str, float]]]], path: Pa
 
 
 def predictions_table(rows: list[tuple[Path, list[tuple[str, float]]]], title: str) -> Table:
-    table = Table(title=title)
+    # Text, not markup: file and class names such as "cat [old]" show as they are ("[/x]" would end the run)
+    table = Table(title=Text(title))
     table.add_column("file", overflow="fold")
     for rank in range(1, len(rows[0][1]) + 1):
         table.add_column(f"top {rank}")
     # short, unambiguous names; absolute paths without following links (a linked file may lie anywhere)
     root = os.path.commonpath([os.path.dirname(os.path.abspath(file)) for file, _ in rows])
     for file, top in rows:
-        table.add_row(os.path.relpath(os.path.abspath(file), root), *(f"{name} {p:.1%}" for name, p in top))
+        cells = [os.path.relpath(os.path.abspath(file), root), *(f"{name} {p:.1%}" for name, p in top)]
+        table.add_row(*map(Text, cells))
     return table

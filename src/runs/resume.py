@@ -13,6 +13,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from src.errors import UserError
+from src.runs.safe_config import check_checkpoint_config
 
 # settings that change no weight: switches of the run, and pretrained weights the checkpoint replaces
 IGNORED_MODEL_KEYS = ("pretrained", "weights_path", "compile", "channels_last")
@@ -29,7 +30,7 @@ def read_checkpoint(
     path: str | Path, how_to_pass: str = "Pass ckpt_path=<run dir>/checkpoints/<file>.ckpt, or ckpt_path=last"
 ) -> dict:
     """The checkpoint's contents (tensors memory-mapped); a file that is no src.train checkpoint is one UserError
-    naming it, ending with `how_to_pass`."""
+    naming it, ending with `how_to_pass`, and so are configs that would choose code (src/runs/safe_config.py)."""
     problem = None
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -47,6 +48,7 @@ def read_checkpoint(
             )
     if problem:
         raise UserError(f"{path} is not a checkpoint written by src.train ({problem}). {how_to_pass}")
+    check_checkpoint_config(hparams, path)  # before anything is built from them
     return checkpoint
 
 

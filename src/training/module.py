@@ -19,6 +19,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from src.data.preprocessing import preprocessing_facts
 from src.errors import UserError
 from src.runs.resume import read_checkpoint
+from src.runs.safe_config import current_target
 from src.training.freezing import (
     UnfreezeAtEpoch,
     apply_freezing,
@@ -32,18 +33,14 @@ from src.upstream_fixes.lightning import (
     progress_bar_value,
 )
 
-# `_target_`s that checkpoints written before src/ was grouped into packages name in their hyper-parameters
-MOVED_TARGETS = {"src.schedulers.warmup_cosine": "src.training.schedulers.warmup_cosine"}
-
 
 def _plain(config):
-    """A plain dict (or None) whose `_target_`s are today's names (MOVED_TARGETS)."""
+    """A plain dict (or None) whose `_target_`s are today's names (src/runs/safe_config.py, MOVED_TARGETS)."""
     config = OmegaConf.to_container(config, resolve=True) if isinstance(config, DictConfig) else config
     if not isinstance(config, dict):
         return config
     return {
-        key: MOVED_TARGETS.get(value, value) if key == "_target_" else _plain(value)
-        for key, value in config.items()
+        key: current_target(value) if key == "_target_" else _plain(value) for key, value in config.items()
     }
 
 
@@ -232,6 +229,14 @@ class ClassifierModule(L.LightningModule):
             checkpoint["distilled_with"] = checkpoint["hyper_parameters"]["distill"]
             checkpoint["hyper_parameters"]["distill"] = None
 
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path, *args, **kwargs):
+        """Lightning's, for a checkpoint file that src.train wrote and whose configs name only what
+        src/runs/safe_config.py allows (building the module builds what they name); read memory-mapped first, so
+        checking costs no full read of the weights."""
+        read_checkpoint(checkpoint_path, how_to_pass="Pass ckpt_path=<run dir>/checkpoints/<file>.ckpt")
+        return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
+
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.class_names = checkpoint.get("class_names", [])
 
@@ -274,6 +279,4 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}. Pass ckpt_path=<run dir>/checkpoints/<file>.ckpt")
-    # memory-mapped, so checking costs no full read of the weights
-    read_checkpoint(path, how_to_pass="Pass ckpt_path=<run dir>/checkpoints/<file>.ckpt")
     return ClassifierModule.load_from_checkpoint(path, map_location=map_location, weights_only=True)

@@ -6,7 +6,7 @@ import json
 import matplotlib.image
 import pytest
 
-from src.compare import main
+from src.compare import main, run_labels
 from tests.conftest import run_cli
 
 
@@ -58,3 +58,13 @@ def test_compare_out_must_be_a_folder(tiny_sweep, tmp_path, capsys):
         main([str(tiny_sweep), "--out", str(tmp_path / "taken")])
     assert exit_info.value.code == 2 and "is a file: pass a folder" in capsys.readouterr().err
     assert (tmp_path / "taken").read_text() == "a user's file"
+
+
+def test_run_labels_are_the_overrides_as_written_not_resolved(tmp_path, monkeypatch):
+    """A run folder from elsewhere: its overrides.yaml must not read this machine's environment."""
+    monkeypatch.setenv("VITLAB_TEST_SECRET", "s3cret")
+    for name, depth in (("a", "1"), ("b", "${oc.env:VITLAB_TEST_SECRET}")):
+        (tmp_path / name / ".hydra").mkdir(parents=True)
+        (tmp_path / name / ".hydra" / "overrides.yaml").write_text(f"- model.depth={depth}\n- data=digits\n")
+    labels = run_labels([tmp_path / "a", tmp_path / "b"])
+    assert labels == ["model.depth=1", "model.depth=${oc.env:VITLAB_TEST_SECRET}"]
