@@ -45,8 +45,16 @@ def compose_config(config_name: str, overrides: list[str], output_dir: Path):
 def run_cli(
     module: str, *overrides: str, cwd: Path = ROOT, timeout: int = 1800, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess:
-    """Runs `python -m <module> <overrides>` as a user would (with `env` added to the environment)."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore", **(env or {})}
+    """Runs `python -m <module> <overrides>` as a user would (with `env` added to the environment), on this
+    checkout's `src` also from another folder (the editable install may point at another checkout)."""
+    pythonpath = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONWARNINGS": "ignore",
+        "PYTHONPATH": pythonpath,
+        **(env or {}),
+    }
     return subprocess.run(
         [sys.executable, "-m", module, *overrides],
         cwd=cwd,
