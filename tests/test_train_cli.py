@@ -127,27 +127,56 @@ def test_a_key_hydra_cannot_set_is_one_line_with_the_fix(entry, override, line, 
     assert full.returncode == 1 and "Traceback" in full.stderr  # Hydra's traceback, when asked for
 
 
-@pytest.mark.slow
-def test_quickstart_trains_then_eval_reproduces_test_accuracy(tmp_path):
-    """`make train`: the scratch ViT on digits reaches >= 95 % test accuracy; src.eval on its best
-    checkpoint gives the same test/acc."""
-    result = run_cli(
-        "src.train", "experiment=quickstart", f"paths.log_dir={tmp_path}", "~callbacks.rich_progress_bar"
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    (run_dir,) = run_dirs(tmp_path, "quickstart")
-    assert_complete_run(run_dir)
-    best = next(p for p in (run_dir / "checkpoints").glob("epoch_*.ckpt"))
-    train_acc = EventAccumulator(str(run_dir / "tensorboard"))
-    train_acc.Reload()
-    test_acc = train_acc.Scalars("test/acc")[-1].value
-    assert test_acc >= 0.95
-    val_steps = [point.step for point in train_acc.Scalars("val/acc")]
-    assert len(val_steps) == 60 and val_steps == sorted(set(val_steps))  # one point per epoch, none at step 0
-    assert train_acc.Scalars("hp/test/acc")[-1].value == test_acc  # the HParams tab's copy
+# the quickstart's promise (README, conf/experiment/quickstart.yaml): over these seeds, on any host
+QUICKSTART_SEEDS = (42, 1, 2, 3, 4)
 
+
+def quickstart_seed_table(sweep: Path) -> list[tuple[int, float, int]]:
+    """(seed, test/acc, tested epoch) of each job of a quickstart sweep, in job order."""
+    table = []
+    for job in sorted((p for p in sweep.iterdir() if p.is_dir()), key=lambda p: int(p.name)):
+        summary = json.loads((job / "summary.json").read_text())
+        seed = next(int(o.split("=")[1]) for o in (job / ".hydra" / "overrides.yaml").read_text().split() if
+                    o.startswith("seed="))  # fmt: skip
+        epoch = int(Path(summary["tested_checkpoint"]).stem.removeprefix("epoch_"))
+        table.append((seed, summary["test"]["test/acc"], epoch))
+    return table
+
+
+@pytest.mark.slow
+def test_quickstart_holds_its_accuracy_over_five_seeds_and_eval_reproduces_it(tmp_path, capsys):
+    """`make train` at each of the seeds the README states: test accuracy >= 95 % at every seed and >= 96.5 % on
+    average, on whichever host runs the tests (the table goes to the terminal, so CI's log shows this host's
+    numbers); src.eval on one job's tested checkpoint gives the same test/acc."""
+    seeds = ",".join(map(str, QUICKSTART_SEEDS))
+    result = run_cli("src.train", "-m", "experiment=quickstart", f"seed={seeds}", f"paths.log_dir={tmp_path}",
+                     "~callbacks.rich_progress_bar")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    (sweep,) = (tmp_path / "quickstart" / "multiruns").iterdir()
+    table = quickstart_seed_table(sweep)
+    accuracies = [acc for _, acc, _ in table]
+    mean = sum(accuracies) / len(accuracies)
+    with capsys.disabled():
+        print("\nquickstart on this host: seed, test/acc, tested epoch")
+        for seed, acc, epoch in table:
+            print(f"  {seed:>4}  {100 * acc:5.1f} %  {epoch:>3}")
+        print(f"  mean {100 * mean:5.1f} %, min {100 * min(accuracies):5.1f} %")
+    assert [seed for seed, _, _ in table] == list(QUICKSTART_SEEDS)
+    assert min(accuracies) >= 0.95 and mean >= 0.965, table
+
+    run_dir = sweep / "0"
+    assert_complete_run(run_dir)
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    test_acc = events.Scalars("test/acc")[-1].value
+    assert test_acc == pytest.approx(table[0][1])
+    val_steps = [point.step for point in events.Scalars("val/acc")]
+    assert len(val_steps) == 60 and val_steps == sorted(set(val_steps))  # one point per epoch, none at step 0
+    assert events.Scalars("hp/test/acc")[-1].value == test_acc  # the HParams tab's copy
+
+    tested = json.loads((run_dir / "summary.json").read_text())["tested_checkpoint"]
     result = run_cli(
-        "src.eval", f"ckpt_path={best}", f"paths.log_dir={tmp_path}", "~callbacks.rich_progress_bar"
+        "src.eval", f"ckpt_path={tested}", f"paths.log_dir={tmp_path}", "~callbacks.rich_progress_bar"
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "test/acc" in result.stdout
@@ -155,7 +184,7 @@ def test_quickstart_trains_then_eval_reproduces_test_accuracy(tmp_path):
     events = EventAccumulator(str(eval_dir / "tensorboard"))
     events.Reload()
     assert abs(events.Scalars("test/acc")[-1].value - test_acc) < 1e-3
-    assert torch.load(best, weights_only=True)["hyper_parameters"]["data"]["_target_"].endswith(
+    assert torch.load(tested, weights_only=True)["hyper_parameters"]["data"]["_target_"].endswith(
         "DigitsDataModule"
     )
 
