@@ -1,7 +1,7 @@
 """What a training run does around its work: it holds a lock on its run dir (a second process resuming the same
 run is refused), and when it fails, a run dir it left without anything useful (no checkpoint, no summary.json) is
 removed after a user error (the `error:` line says all) and renamed `<name>_failed` after a crash (its `.log` keeps
-the traceback)."""
+the traceback). A run stopped by SIGTERM or Ctrl-C is no failure: its dir is kept and marked (src/interrupts.py)."""
 
 import fcntl
 import os
@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from src.errors import UserError, log_traceback_to_files
+from src.interrupts import exit_code, mark_interrupted, sigterm_raises, stopping_signal, unmark
 
 LOCK_FILE = ".lock"
 # what Hydra and a run's first moments put into a run dir: such a folder holds nothing of value
@@ -81,24 +82,27 @@ def _tidy_failed(run_dir: Path, user_error: bool) -> None:
 
 @contextmanager
 def guarded_run(run_dir: str | Path):
-    """Rank 0 of a run: the lock, the full traceback of any failure in the run's .log, and a failed run's dir
-    tidied as the module says. Other ranks share rank 0's dir and leave all of this to it."""
+    """Rank 0 of a run: the lock, the full traceback of any failure in the run's .log, a failed run's dir tidied
+    as the module says, and a run stopped by a signal marked and ended with 128 + its number (src/interrupts.py).
+    Other ranks share rank 0's dir and leave all of this to it."""
     if _rank() > 0:
         yield
         return
     run_dir = Path(run_dir)
-    failure = None
     try:
-        with locked(run_dir):
+        with locked(run_dir), sigterm_raises():
             yield
-    except SystemExit as exit_:  # exit_on_user_error has reported a user error (and logged its traceback)
-        failure = exit_
-        raise
-    except BaseException as err:
-        failure = err
+    except BaseException as failure:
+        signum = stopping_signal(failure)
+        if signum is not None:  # not a failure of the run: nothing is tidied away
+            log_traceback_to_files(sys.exc_info())
+            print(f"error: {mark_interrupted(run_dir, signum)}", file=sys.stderr)
+            sys.exit(exit_code(signum))
+        if isinstance(failure, SystemExit):  # exit_on_user_error has reported a user error (and logged it)
+            if failure.code not in (0, None):
+                _tidy_failed(run_dir, user_error=True)
+            raise
         log_traceback_to_files(sys.exc_info())
+        _tidy_failed(run_dir, user_error=isinstance(failure, UserError))
         raise
-    finally:
-        if failure is not None and not (isinstance(failure, SystemExit) and failure.code in (0, None)):
-            user_error = isinstance(failure, SystemExit | UserError)
-            _tidy_failed(run_dir, user_error)
+    unmark(run_dir)

@@ -22,8 +22,8 @@ Lightning 2.6.6 (lightning.py)
   DataModule, as Lightning drops a stateful loader's state when `configure_optimizers` asked for
   `estimated_stepping_batches` (Lightning #20550; PRs #21765, #21770). Mixed into src/data/base.py
   `ImageDataModule`. Goes when: `pytest tests/test_scale_out.py -k gpu_loader_fit_resumed` passes without it.
-- conf/callbacks/last_checkpoint.yaml: a second `ModelCheckpoint` (monitor: null) writes last.ckpt after every
-  epoch. `ModelCheckpoint(monitor=..., save_top_k=1, save_last=True)` rewrites last.ckpt only at a step where it
+- conf/callbacks/last_checkpoint.yaml: a second `ModelCheckpoint` (monitor: null; src/interrupts.py
+  `LastCheckpoint`, which also saves it when SIGTERM stops a fit) writes last.ckpt after every epoch. `ModelCheckpoint(monitor=..., save_top_k=1, save_last=True)` rewrites last.ckpt only at a step where it
   also saved a top-k checkpoint, i.e. only in epochs with a new best (lightning/pytorch/callbacks/
   model_checkpoint.py, `on_train_epoch_end` and `on_validation_end`: "Only save last checkpoint if a checkpoint
   was actually saved in this step"), so `ckpt_path=last` would resume from the best epoch, not the last. Goes

@@ -1,0 +1,114 @@
+"""Faults and signals (docs/reliability.md): a run stopped by SIGTERM or Ctrl-C exits non-zero, keeps and marks
+its folder and says how to resume; a folder that holds a run is never trained into afresh; a failed run's folder
+is tidied without hiding the error."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from src.interrupts import INTERRUPTED
+from src.run_guard import guarded_run
+from tests.conftest import QUICK, ROOT, TINY_VIT, run_cli
+
+# tiny epochs of ~180 batches of digits: long enough to send a signal inside one
+SIGNALLED = ["data=digits", *TINY_VIT, *QUICK, "trainer.max_epochs=20", "data.batch_size=8",
+             "+trainer.limit_val_batches=2", "+trainer.limit_test_batches=2"]  # fmt: skip
+
+
+def start_train(*args: str, log: Path) -> subprocess.Popen:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
+    with open(log, "w") as out:
+        return subprocess.Popen([sys.executable, "-m", "src.train", *args], cwd=ROOT, env=env, stdout=out,
+                                stderr=subprocess.STDOUT)  # fmt: skip
+
+
+def wait_for(pattern: str, folder: Path, process: subprocess.Popen) -> Path:
+    deadline = time.monotonic() + 600
+    while not (found := list(folder.glob(pattern))):
+        assert process.poll() is None, f"the run ended before {pattern} existed"
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    return found[0]
+
+
+def error_lines(log: Path) -> list[str]:
+    return [line for line in log.read_text().splitlines() if line.startswith("error:")]
+
+
+@pytest.mark.slow
+def test_sigterm_mid_fit_exits_143_saves_last_checkpoint_and_marks_the_run(tmp_path):
+    log = tmp_path / "out.log"
+    run = start_train(*SIGNALLED, f"paths.log_dir={tmp_path}", log=log)
+    last = wait_for("train/runs/*/checkpoints/last.ckpt", tmp_path, run)  # epoch 0 done
+    epoch_0 = torch.load(last, weights_only=True)["global_step"]
+    run.send_signal(signal.SIGTERM)
+    assert run.wait(timeout=300) == 143, log.read_text()[-3000:]
+    run_dir = last.parent.parent
+    saved = torch.load(last, weights_only=True)
+    assert saved["epoch"] >= 1 and saved["global_step"] > epoch_0, "last.ckpt not saved when the run stopped"
+    (line,) = error_lines(log)
+    assert "SIGTERM" in line and f"ckpt_path={last}" in line and "Traceback" not in log.read_text()
+    assert "SIGTERM" in (run_dir / INTERRUPTED).read_text()
+
+    resumed = run_cli(
+        "src.train", *SIGNALLED, "trainer.max_epochs=2", f"ckpt_path={last}", f"paths.log_dir={tmp_path}"
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert (run_dir / "summary.json").is_file() and not (run_dir / INTERRUPTED).exists()
+
+
+@pytest.mark.slow
+def test_ctrl_c_before_any_checkpoint_keeps_the_folder_marked_and_exits_130(tmp_path):
+    log = tmp_path / "out.log"
+    run = start_train(*SIGNALLED, f"paths.log_dir={tmp_path}", log=log)
+    events = wait_for("train/runs/*/tensorboard/events.*", tmp_path, run)  # the fit has started
+    run.send_signal(signal.SIGINT)
+    assert run.wait(timeout=300) == 130, log.read_text()[-3000:]
+    run_dir = events.parent.parent
+    assert (
+        run_dir.is_dir() and (run_dir / "train.log").is_file() and list((run_dir / "tensorboard").iterdir())
+    )
+    assert not list(run_dir.rglob("*.ckpt"))
+    (line,) = error_lines(log)
+    assert "SIGINT" in line and "no checkpoint" in line and str(run_dir) in line
+    assert "SIGINT" in (run_dir / INTERRUPTED).read_text()
+
+
+def test_sigterm_outside_a_trainer_call_stops_the_run_with_143_and_marks_it(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stopped, guarded_run(tmp_path):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler raises first
+    assert stopped.value.code == 143
+    assert "SIGTERM" in (tmp_path / INTERRUPTED).read_text()
+    assert capsys.readouterr().err.startswith("error: stopped by SIGTERM")
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL, "the handler before is restored"
+
+
+@pytest.mark.parametrize("how", ["KeyboardInterrupt", "Lightning's sys.exit(1)"])
+def test_ctrl_c_keeps_a_folder_with_nothing_saved_and_marks_it(how, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    with pytest.raises(SystemExit) as stopped, guarded_run(run_dir):
+        (run_dir / "train.log").write_text("the steps done\n")
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            if how != "KeyboardInterrupt":
+                sys.exit(1)
+            raise
+    assert stopped.value.code == 130
+    assert (run_dir / "train.log").read_text() == "the steps done\n"
+    assert "SIGINT" in (run_dir / INTERRUPTED).read_text()
+    assert "no checkpoint" in capsys.readouterr().err
+
+
+def test_a_run_that_finishes_is_no_longer_marked_interrupted(tmp_path):
+    (tmp_path / INTERRUPTED).write_text("stopped by SIGTERM\n")
+    with guarded_run(tmp_path):
+        pass
+    assert not (tmp_path / INTERRUPTED).exists()
