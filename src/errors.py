@@ -28,11 +28,7 @@ def exit_on_user_error(task):
         try:
             return task(*args, **kwargs)
         except (UserError, InstantiationException, InterpolationResolutionError) as err:
-            # hydra.utils.instantiate wraps what a constructor raises (a model's UserError, say), OmegaConf what a
-            # resolver raises (data.num_classes of a folder that has no classes; as context, not cause): unwrap it
-            cause = err
-            while cause is not None and not isinstance(cause, UserError):
-                cause = cause.__cause__ or cause.__context__
+            cause = user_error_in(err)
             if cause is None:
                 raise
             log_traceback_to_files(sys.exc_info())
@@ -41,6 +37,16 @@ def exit_on_user_error(task):
             sys.exit(2)
 
     return wrapper
+
+
+def user_error_in(err: BaseException) -> UserError | None:
+    """The UserError that `err` is or wraps: hydra.utils.instantiate wraps what a constructor raises (a model's
+    UserError, say), OmegaConf what a resolver raises (data.num_classes of a folder that has no classes; as
+    context, not cause)."""
+    cause = err
+    while cause is not None and not isinstance(cause, UserError):
+        cause = cause.__cause__ or cause.__context__
+    return cause
 
 
 # colour and bold codes in upstream messages (torch's weights_only refusal): raw escapes in logs and files

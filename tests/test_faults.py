@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from src.errors import UserError
 from src.interrupts import INTERRUPTED
 from src.run_guard import guarded_run
+from src.runs import config_subdir
 from tests.conftest import QUICK, ROOT, TINY_VIT, run_cli
 
 # tiny epochs of ~180 batches of digits: long enough to send a signal inside one
@@ -112,3 +114,32 @@ def test_a_run_that_finishes_is_no_longer_marked_interrupted(tmp_path):
     with guarded_run(tmp_path):
         pass
     assert not (tmp_path / INTERRUPTED).exists()
+
+
+def files_and_times(folder: Path) -> dict[str, tuple[int, bytes]]:
+    return {str(p): (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_fresh_run_into_a_folder_that_holds_a_run_is_refused_and_touches_nothing(tmp_path):
+    run_dir = tmp_path / "run"
+    for name, text in [(".hydra/config.yaml", "seed: 1\n"), ("checkpoints/last.ckpt", "weights"),
+                       ("summary.json", "{}\n"), ("train.log", "the first run\n")]:  # fmt: skip
+        (run_dir / name).parent.mkdir(parents=True, exist_ok=True)
+        (run_dir / name).write_text(text)
+    before = files_and_times(run_dir)
+    result = run_cli("src.train", "data=digits", *TINY_VIT, *QUICK, f"hydra.run.dir={run_dir}")
+    assert result.returncode == 2, result.stderr[-3000:]
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"error: {run_dir} holds a run already")
+    assert f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}" in line and "new folder" in line
+    assert files_and_times(run_dir) == before
+
+
+def test_a_requeued_slurm_job_may_continue_in_its_run_dir(tmp_path, monkeypatch):
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "config.yaml").write_text("seed: 1\n")
+    with pytest.raises(UserError, match="holds a run already"):
+        config_subdir(str(tmp_path))
+    (tmp_path / "hpc_ckpt_1.ckpt").write_bytes(b"")  # Lightning resumes it by itself
+    assert config_subdir(str(tmp_path)).startswith(".hydra/resumed_")
+    assert config_subdir(str(tmp_path / "other"), None) == ".hydra"

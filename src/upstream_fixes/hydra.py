@@ -11,7 +11,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import ConfigCompositionException, OverrideParseException
 from hydra.types import RunMode
 from omegaconf import DictConfig, read_write
-from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, InterpolationResolutionError
+
+from src.errors import user_error_in
 
 
 def start_folder() -> str:
@@ -78,8 +80,10 @@ def config_errors_in_one_line() -> None:
     `experiment=` of a file that is missing; an override it cannot parse) in four to six lines ending in "Set the
     environment variable HYDRA_FULL_ERROR=1 for a complete stack trace", and exits 1: hydra/_internal/utils.py,
     `run_and_report`, which `_run_app` looks up as a module global and which has no hook for an app's own
-    messages. So it is wrapped: a ConfigCompositionException or OverrideParseException becomes one line; every
-    other error, and all of them under HYDRA_FULL_ERROR=1, are Hydra's to report as before. Installed by
+    messages. So it is wrapped: a ConfigCompositionException or OverrideParseException becomes one line, and so
+    does a UserError that a resolver of the hydra config raises (src/runs.py `config_subdir`: a fresh run into a
+    folder that holds a run); every other error, and all of them under HYDRA_FULL_ERROR=1, are Hydra's to
+    report as before. Installed by
     src/errors.py `exit_on_unknown_option`, which every Hydra entry point calls before `main()`.
 
     Remove when: the pinned Hydra lets an app report composition errors itself (then tests/test_train_cli.py's
@@ -98,6 +102,12 @@ def config_errors_in_one_line() -> None:
                 if os.environ.get("HYDRA_FULL_ERROR") == "1":
                     raise
                 print(f"error: {config_error_line(err)}", file=sys.stderr)
+                sys.exit(2)
+            except InterpolationResolutionError as err:  # a resolver of the hydra config refused
+                cause = user_error_in(err)
+                if cause is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
+                    raise
+                print(f"error: {cause}", file=sys.stderr)
                 sys.exit(2)
 
         return report(run)
