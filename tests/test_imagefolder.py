@@ -116,6 +116,35 @@ def test_split_folders_keep_class_order_and_carve_a_missing_split(tmp_path):
     assert [dm.class_names[t] for t in dm.data_test.dataset.targets[dm.data_test.indices]][:3] == ["a"] * 3
 
 
+def test_linked_folders_and_files_are_read_once_each_in_one_split_and_loops_are_named(tmp_path, caplog):
+    for name in ("cat", "dog"):
+        write_images(tmp_path / name, 10)
+    (tmp_path / "cat" / "self").symlink_to(".")  # a loop: cat/self/self/... once gave 410 images
+    (tmp_path / "cat" / "up").symlink_to("..")  # the whole data set again, labelled cat
+    (tmp_path / "dog" / "again.png").symlink_to(tmp_path / "dog" / "000.png")
+    (tmp_path / "dog" / "hard.png").hardlink_to(tmp_path / "dog" / "001.png")
+    with caplog.at_level(logging.WARNING):
+        dm = folder_module(tmp_path, num_classes=2)
+    assert {split: counts for split, counts in dm.split_counts.items()} == {
+        "train": {"cat": 6, "dog": 6}, "val": {"cat": 2, "dog": 2}, "test": {"cat": 2, "dog": 2}
+    }  # fmt: skip
+    files = dm.data_train.dataset.files
+    in_splits = [
+        str(Path(files[i]).resolve())
+        for split in ("train", "val", "test")
+        for i in getattr(dm, f"data_{split}").indices
+    ]
+    assert len(in_splits) == len(set(in_splits)) == 20, "each file on disk once, in one split"
+    labels = {Path(files[i]).parent.name for i in range(len(files)) if dm.data_train.dataset.targets[i] == 0}
+    assert labels == {"cat"}, "no dog image labelled cat through cat/up"
+    warnings = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    assert (
+        f"{tmp_path / 'cat' / 'self'} -> {tmp_path / 'cat'}" in warnings
+        and str(tmp_path / "cat" / "up") in warnings
+    )
+    assert "again.png (the same file as another" in warnings and "hard.png" in warnings
+
+
 @pytest.mark.parametrize("val_size, test_size, expected", [(0.1, 0.2, (70, 10, 20)), (5, 15, (80, 5, 15))])
 def test_splits_by_fraction_or_count_are_stratified_and_seeded(tmp_path, val_size, test_size, expected):
     write_images(tmp_path / "many", 80)
