@@ -70,6 +70,7 @@ def exit_on_unknown_option(args: list[str] | None = None, config_dir: Path = CON
     to Hydra; so is anything its parser rejects, which, like a key that is not in the config, Hydra then reports
     in one line too (src/upstream_fixes/hydra.py, `config_errors_in_one_line`)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import Glob
 
     from src.upstream_fixes.hydra import config_errors_in_one_line
 
@@ -87,6 +88,8 @@ def exit_on_unknown_option(args: list[str] | None = None, config_dir: Path = CON
         if override.is_delete() or group.startswith("hydra") or not folder.is_dir():
             continue
         value = override.value()
+        if isinstance(value, Glob):  # Hydra matches it against the group's options, at compose time
+            continue
         chosen = list(override.sweep_string_iterator()) if override.is_sweep_override() else value
         options = sorted(p.stem for p in folder.glob("*.yaml"))
         for option in chosen if isinstance(chosen, list) else [chosen]:

@@ -11,7 +11,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from src.checks import check_values, optimized_value, optuna_sweep
-from src.config_tree import show_config
+from src.config_tree import show_config, task_config
 from src.errors import UserError, exit_on_unknown_option, exit_on_user_error
 from src.garbage_collector import freeze_imports
 from src.nonfinite import DivergedTrial, NonFiniteLossError
@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 @exit_on_user_error
 def train(cfg: DictConfig) -> dict[str, float]:
+    cfg = task_config(cfg)  # called from Python with a config that holds its `hydra` section
     if cfg.get("ckpt_path") and HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
         raise UserError(
             f"ckpt_path={cfg.ckpt_path} in a sweep (-m) would make every job resume the same checkpoint: "
