@@ -15,6 +15,8 @@ import torch
 from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from src.disk_space import DiskFullError, disk_full_message, no_space
+
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
     """torch.save(obj, path), all or nothing: on any failure the previous file is intact and no temp file stays
@@ -30,8 +32,11 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
             file.flush()
             os.fsync(file.fileno())
         os.replace(temp, path)
-    except BaseException:
+    except BaseException as err:
         temp.unlink(missing_ok=True)
+        if no_space(err):  # torch says `inline_container.cc: unexpected pos`, the cause only in its context
+            kept = f"; the previous {path.name} is intact" if path.exists() else ""
+            raise DiskFullError(disk_full_message(path, needed=tensor_bytes(obj)) + kept) from err
         raise
     try:  # the rename itself survives a power cut once the folder is synced (not possible on every file system)
         folder = os.open(path.parent, os.O_RDONLY)
@@ -43,6 +48,17 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
         pass
     finally:
         os.close(folder)
+
+
+def tensor_bytes(obj: Any) -> int:
+    """The bytes of the tensors in `obj` (dicts, lists and tuples of them): about the size of its checkpoint."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(tensor_bytes(value) for value in obj.values())
+    if isinstance(obj, list | tuple):
+        return sum(tensor_bytes(value) for value in obj)
+    return 0
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -73,16 +73,17 @@ def _resume_command(checkpoint: Path) -> str:
     return shlex.join(["python", "-m", "src.train", *options, f"ckpt_path={checkpoint}"])
 
 
-def mark_interrupted(run_dir: Path, signum: signal.Signals) -> str:
-    """Writes `<run dir>/INTERRUPTED` (what stopped the run, and how to resume it); returns that, for the screen."""
+def mark_interrupted(run_dir: Path, why: str) -> str:
+    """Writes `<run dir>/INTERRUPTED`: why the run stopped (`stopped by SIGTERM`) and how to resume it; returns
+    that line, for the screen."""
     checkpoint = run_dir / "checkpoints" / "last.ckpt"
     if checkpoint.is_file():
         how = f"resume it with: {_resume_command(checkpoint)}"
     else:
         how = "it saved no checkpoint yet: start it again (or pass hydra.run.dir=<a new folder>)"
-    line = f"stopped by {signum.name} at {datetime.now():%Y-%m-%d %H:%M:%S}: {run_dir} is kept; {how}"
+    line = f"{why}. {run_dir} is kept; {how}"
     try:
-        (run_dir / INTERRUPTED).write_text(line + "\n")
+        (run_dir / INTERRUPTED).write_text(f"{datetime.now():%Y-%m-%d %H:%M:%S} {line}\n")
     except OSError as err:  # a full disk, say: the screen still says it
         line += f" (could not write {run_dir / INTERRUPTED}: {err.strerror})"
     else:

@@ -10,6 +10,7 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
+from src.disk_space import DiskFullError, disk_full_message, no_space
 from src.errors import UserError, log_traceback_to_files
 from src.interrupts import exit_code, mark_interrupted, sigterm_raises, stopping_signal, unmark
 
@@ -80,6 +81,14 @@ def _tidy_failed(run_dir: Path, user_error: bool) -> None:
         run_dir.rename(run_dir.with_name(f"{run_dir.name}_failed"))
 
 
+def _disk_full(failure: BaseException, run_dir: Path) -> str:
+    """The DiskFullError's message (a checkpoint save: it knows the size), else the run dir's file system."""
+    cause = failure
+    while cause is not None and not isinstance(cause, DiskFullError):
+        cause = cause.__cause__ or cause.__context__
+    return f"stopped: {cause or disk_full_message(run_dir)}"
+
+
 @contextmanager
 def guarded_run(run_dir: str | Path):
     """Rank 0 of a run: the lock, the full traceback of any failure in the run's .log, a failed run's dir tidied
@@ -96,8 +105,12 @@ def guarded_run(run_dir: str | Path):
         signum = stopping_signal(failure)
         if signum is not None:  # not a failure of the run: nothing is tidied away
             log_traceback_to_files(sys.exc_info())
-            print(f"error: {mark_interrupted(run_dir, signum)}", file=sys.stderr)
+            print(f"error: {mark_interrupted(run_dir, f'stopped by {signum.name}')}", file=sys.stderr)
             sys.exit(exit_code(signum))
+        if no_space(failure):  # the run's results so far (log, TensorBoard, checkpoints) are kept
+            log_traceback_to_files(sys.exc_info())
+            print(f"error: {mark_interrupted(run_dir, _disk_full(failure, run_dir))}", file=sys.stderr)
+            sys.exit(2)
         if isinstance(failure, SystemExit):  # exit_on_user_error has reported a user error (and logged it)
             if failure.code not in (0, None):
                 _tidy_failed(run_dir, user_error=True)

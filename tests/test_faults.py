@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from src.checkpoint_io import atomic_torch_save
+from src.disk_space import DiskFullError
 from src.errors import UserError
 from src.interrupts import INTERRUPTED
 from src.run_guard import guarded_run
@@ -143,3 +145,59 @@ def test_a_requeued_slurm_job_may_continue_in_its_run_dir(tmp_path, monkeypatch)
     (tmp_path / "hpc_ckpt_1.ckpt").write_bytes(b"")  # Lightning resumes it by itself
     assert config_subdir(str(tmp_path)).startswith(".hydra/resumed_")
     assert config_subdir(str(tmp_path / "other"), None) == ".hydra"
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """small_disk(size): a folder on a tmpfs of that size (mount needs root: skipped without it)."""
+    mounted = []
+
+    def mount(size: str) -> Path:
+        folder = tmp_path / f"disk{len(mounted)}"
+        folder.mkdir()
+        result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                                capture_output=True, text=True)  # fmt: skip
+        if result.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here ({result.stderr.strip()})")
+        mounted.append(folder)
+        return folder
+
+    yield mount
+    for folder in mounted:
+        subprocess.run(["umount", str(folder)], check=False)
+
+
+def test_a_checkpoint_save_on_a_full_disk_names_the_disk_and_keeps_the_previous_file(small_disk):
+    disk = small_disk("64k")
+    path = disk / "last.ckpt"
+    atomic_torch_save({"weights": torch.ones(100)}, path)
+    with pytest.raises(DiskFullError) as error:
+        atomic_torch_save({"weights": torch.ones(100_000)}, path)
+    message = str(error.value)
+    assert message.startswith(f"no space left on tmpfs at {disk} for {path}: ")
+    assert "KiB free, at least 391 KiB needed" in message and "the previous last.ckpt is intact" in message
+    assert torch.equal(torch.load(path, weights_only=True)["weights"], torch.ones(100))
+    assert [p.name for p in disk.iterdir()] == ["last.ckpt"], "no temporary file left"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("size", "epochs", "saved"), [("120k", 1, None), ("450k", 3, 0)])
+def test_a_full_disk_during_a_fit_is_one_line_keeps_the_last_checkpoint_and_marks_the_run(
+    size, epochs, saved, small_disk
+):
+    """At the first save (nothing saved yet), and at a later one (last.ckpt of epoch 0 saved before)."""
+    log_dir = small_disk(size)
+    result = run_cli("src.train", "data=digits", *TINY_VIT, *QUICK, f"trainer.max_epochs={epochs}",
+                     "+trainer.limit_train_batches=3", "+trainer.limit_val_batches=2", "data.batch_size=8",
+                     f"paths.log_dir={log_dir}")  # fmt: skip
+    assert result.returncode == 2, result.stderr[-3000:]
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert f"no space left on tmpfs at {log_dir} for " in line and "free, at least" in line
+    assert "Traceback" not in result.stderr and "inline_container" not in result.stderr
+    (run_dir,) = (log_dir / "train" / "runs").iterdir()
+    assert (run_dir / INTERRUPTED).is_file() and "Traceback" in (run_dir / "train.log").read_text()
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if saved is None:
+        assert "saved no checkpoint yet" in line and not last.exists()
+    else:
+        assert torch.load(last, weights_only=True)["epoch"] == saved and f"ckpt_path={last}" in line
