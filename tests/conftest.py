@@ -57,6 +57,13 @@ def run_cli(
     )
 
 
+def mount_tmpfs(folder: Path, size: str) -> bool:
+    """Mounts a tmpfs of `size` (`1m`, `120k`) on `folder`, a small disk to fill; False where this process may
+    not mount (not root, or a container that forbids it). The caller unmounts it."""
+    mount = ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)]
+    return os.geteuid() == 0 and subprocess.run(mount, capture_output=True).returncode == 0
+
+
 def run_dirs(log_dir: Path, task_name: str) -> list[Path]:
     return sorted((log_dir / task_name / "runs").iterdir())
 
