@@ -43,6 +43,8 @@ def file_system(path: str | Path) -> str:
 
 
 def readable_size(size: int) -> str:
+    if size >= 2**30:
+        return f"{size / 2**30:.1f} GiB"
     return f"{size / 2**20:.1f} MiB" if size >= 2**20 else f"{size / 2**10:.0f} KiB"
 
 

@@ -77,8 +77,15 @@ def _tidy_failed(run_dir: Path, user_error: bool) -> None:
         return
     if user_error:
         shutil.rmtree(run_dir, ignore_errors=True)
-    else:
-        run_dir.rename(run_dir.with_name(f"{run_dir.name}_failed"))
+        return
+    # an earlier failed run into the same folder (a fixed hydra.run.dir) may have taken `_failed`
+    names = (f"{run_dir.name}_failed", *(f"{run_dir.name}_failed_{n}" for n in range(2, 1000)))
+    target = next((run_dir.with_name(name) for name in names if not run_dir.with_name(name).exists()), None)
+    try:
+        if target is not None:
+            run_dir.rename(target)
+    except OSError:  # the run's own error is what the user needs to see; the folder stays as it is
+        pass
 
 
 def _disk_full(failure: BaseException, run_dir: Path) -> str:

@@ -184,3 +184,11 @@ def test_a_full_disk_during_a_fit_is_one_line_keeps_the_last_checkpoint_and_mark
         assert "saved no checkpoint yet" in line and not last.exists()
     else:
         assert torch.load(last, weights_only=True)["epoch"] == saved and f"ckpt_path={last}" in line
+
+
+def test_a_second_crash_into_the_same_folder_keeps_both_and_shows_its_own_error(tmp_path):
+    run_dir = tmp_path / "run"
+    for attempt in (1, 2):
+        with pytest.raises(RuntimeError, match=f"crash {attempt}"), guarded_run(run_dir):
+            raise RuntimeError(f"crash {attempt}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run_failed", "run_failed_2"]
