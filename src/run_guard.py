@@ -12,7 +12,6 @@ from pathlib import Path
 
 from src.disk_space import DiskFullError, disk_full_message, no_space
 from src.errors import UserError, log_traceback_to_files
-from src.interrupts import exit_code, mark_interrupted, sigterm_raises, stopping_signal, unmark
 
 LOCK_FILE = ".lock"
 # what Hydra and a run's first moments put into a run dir: such a folder holds nothing of value
@@ -101,6 +100,14 @@ def guarded_run(run_dir: str | Path):
     """Rank 0 of a run: the lock, the full traceback of any failure in the run's .log, a failed run's dir tidied
     as the module says, and a run stopped by a signal marked and ended with 128 + its number (src/interrupts.py).
     Other ranks share rank 0's dir and leave all of this to it."""
+    from src.interrupts import (
+        exit_code,
+        mark_interrupted,
+        sigterm_raises,
+        stopping_signal,
+        unmark,
+    )  # Lightning
+
     if _rank() > 0:
         yield
         return
@@ -126,3 +133,24 @@ def guarded_run(run_dir: str | Path):
         _tidy_failed(run_dir, user_error=isinstance(failure, UserError))
         raise
     unmark(run_dir)
+
+
+@contextmanager
+def tidied_on_failure(run_dir: str | Path):
+    """For src.eval, src.predict, src.export and src.explain: a failure leaves no folder that holds only Hydra's
+    bookkeeping and the log (removed after a user error; renamed `_failed` after a crash, its log keeping the
+    traceback). Light: src.predict imports no Lightning."""
+    if _rank() > 0:
+        yield
+        return
+    try:
+        yield
+    except BaseException as failure:
+        if isinstance(failure, KeyboardInterrupt) or (
+            isinstance(failure, SystemExit) and failure.code in (0, None)
+        ):
+            raise
+        if not isinstance(failure, SystemExit):
+            log_traceback_to_files(sys.exc_info())
+        _tidy_failed(Path(run_dir), user_error=isinstance(failure, SystemExit | UserError))
+        raise

@@ -14,7 +14,7 @@ import torch
 
 from src.errors import UserError
 from src.interrupts import INTERRUPTED
-from src.run_guard import guarded_run
+from src.run_guard import guarded_run, tidied_on_failure
 from src.runs import config_subdir
 from tests.conftest import QUICK, ROOT, TINY_VIT, mount_tmpfs, run_cli
 
@@ -192,3 +192,31 @@ def test_a_second_crash_into_the_same_folder_keeps_both_and_shows_its_own_error(
         with pytest.raises(RuntimeError, match=f"crash {attempt}"), guarded_run(run_dir):
             raise RuntimeError(f"crash {attempt}")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run_failed", "run_failed_2"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("entry", ["src.eval", "src.predict", "src.export", "src.explain"])
+def test_a_command_that_fails_on_bad_input_leaves_no_folder(entry, tmp_path):
+    missing = tmp_path / "nope.ckpt"
+    inputs = [f"inputs={tmp_path}"] if entry in ("src.predict", "src.explain") else []
+    result = run_cli(entry, f"ckpt_path={missing}", *inputs, f"paths.log_dir={tmp_path / 'outputs'}")
+    assert result.returncode == 2 and f"checkpoint not found: {missing}" in result.stderr, result.stderr[
+        -3000:
+    ]
+    assert not list((tmp_path / "outputs").glob("*/runs/*")), "a folder with only .hydra and a log"
+
+
+def test_a_read_only_command_keeps_its_results_and_tidies_a_folder_without_any(tmp_path):
+    def fail(run_dir: Path, error: BaseException) -> None:
+        with pytest.raises(type(error)), tidied_on_failure(run_dir):
+            (run_dir / ".hydra").mkdir(parents=True)
+            (run_dir / "predict.log").write_text("the traceback\n")
+            raise error
+
+    fail(tmp_path / "bad_input", UserError("bad input"))
+    fail(tmp_path / "crash", RuntimeError("a bug"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["crash_failed"]
+    (tmp_path / "with_results").mkdir()
+    (tmp_path / "with_results" / "predictions.csv").write_text("path,class\n")
+    fail(tmp_path / "with_results", UserError("bad input"))
+    assert (tmp_path / "with_results" / "predictions.csv").is_file()
