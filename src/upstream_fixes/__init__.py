@@ -46,6 +46,11 @@ Hydra 1.3.8 (hydra.py)
 - `start_folder`, the `${cwd:}` resolver of conf/paths: `${hydra:runtime.cwd}` cannot be resolved where a sweep
   resolves `hydra.sweep.dir` (hydra/_internal/core_plugins/basic_launcher.py). Registered with vitlab's other
   resolvers by src/resolvers.py `register_resolvers`, which every entry point calls.
+- `failed_job_recorded`: a sweep job that fails (a user error's SystemExit too) is recorded in the sweep's
+  `failed_jobs.txt` and ends as an exception, so the sweep runs its other jobs and then ends with one line and a
+  non-zero exit; Hydra's `run_job` catches Exception only, so a SystemExit stopped the whole sweep. Entered by
+  src/train.py `main`. Goes when: Hydra goes on after a job's SystemExit (tests/test_failures.py,
+  `test_a_sweep_runs_every_job_...`).
 - `config_errors_in_one_line`: a command line Hydra cannot apply (a key that is not in the config, an override
   it cannot parse, a missing config file) reported as one `error:` line with its fix and exit 2, where Hydra
   prints 4-6 lines and exits 1 (hydra/_internal/utils.py, `run_and_report`, which has no hook for an app's
