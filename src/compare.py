@@ -78,10 +78,25 @@ def run_labels(runs: list[Path]) -> list[str]:
     return [label or run.name for label, run in zip(labels, runs, strict=True)]
 
 
+def read_summary(path: Path) -> dict:
+    """A run's summary.json; one that is no JSON object (cut short by a full disk, edited) is a UserError."""
+    try:
+        summary = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        summary = err
+    if not isinstance(summary, dict):
+        problem = summary if isinstance(summary, Exception) else f"a JSON {type(summary).__name__}"
+        raise UserError(
+            f"{path} is not a summary.json that src.train or src.eval wrote ({problem}): leave its run out, or "
+            f"write it again with python -m src.eval ckpt_path={path.parent}/checkpoints/<best>.ckpt"
+        )
+    return summary
+
+
 def comparison_rows(runs: list[Path]) -> list[dict]:
     rows = []
     for run, label in zip(runs, run_labels(runs), strict=True):
-        summary = json.loads((run / "summary.json").read_text())
+        summary = read_summary(run / "summary.json")
         rows.append({"run": label, **{name: get(summary) for name, get, _ in COLUMNS}, "dir": str(run)})
     return rows
 
