@@ -14,6 +14,7 @@ import torch
 
 from src.errors import UserError
 from src.interrupts import INTERRUPTED
+from src.resume import read_checkpoint
 from src.run_guard import guarded_run, tidied_on_failure
 from src.runs import config_subdir
 from tests.conftest import QUICK, ROOT, TINY_VIT, mount_tmpfs, run_cli
@@ -220,3 +221,24 @@ def test_a_read_only_command_keeps_its_results_and_tidies_a_folder_without_any(t
     (tmp_path / "with_results" / "predictions.csv").write_text("path,class\n")
     fail(tmp_path / "with_results", UserError("bad input"))
     assert (tmp_path / "with_results" / "predictions.csv").is_file()
+
+
+@pytest.mark.parametrize("kept", [0, 5000])
+def test_a_truncated_last_ckpt_is_named_so_and_the_other_checkpoint_of_its_run_offered(kept, tmp_path):
+    folder = tmp_path / "run" / "checkpoints"
+    folder.mkdir(parents=True)
+    checkpoint = {"state_dict": {"w": torch.ones(5000)}, "hyper_parameters": {"backbone": {"name": "vit"}},
+                  "pytorch-lightning_version": "2.6.6"}  # fmt: skip
+    torch.save(checkpoint, folder / "epoch_003.ckpt")
+    torch.save(checkpoint, folder / "last.ckpt")
+    (folder / "last.ckpt").write_bytes((folder / "last.ckpt").read_bytes()[:kept])
+    with pytest.raises(UserError) as error:
+        read_checkpoint(folder / "last.ckpt")
+    message = str(error.value)
+    assert (
+        f"{folder / 'last.ckpt'} is not a checkpoint written by src.train (it is cut short: {kept} bytes"
+        in message
+    )
+    assert message.endswith(
+        f"Resume from another checkpoint of its run: ckpt_path={folder / 'epoch_003.ckpt'}"
+    )
