@@ -17,7 +17,8 @@ from src.interrupts import INTERRUPTED
 from src.resume import read_checkpoint
 from src.run_guard import guarded_run, tidied_on_failure
 from src.runs import config_subdir
-from tests.conftest import QUICK, ROOT, TINY_VIT, mount_tmpfs, run_cli
+from src.trainer import build_trainer
+from tests.conftest import QUICK, ROOT, TINY_VIT, compose_config, mount_tmpfs, run_cli
 
 # tiny epochs of ~180 batches of digits: long enough to send a signal inside one
 SIGNALLED = ["data=digits", *TINY_VIT, *QUICK, "trainer.max_epochs=20", "data.batch_size=8",
@@ -242,3 +243,12 @@ def test_a_truncated_last_ckpt_is_named_so_and_the_other_checkpoint_of_its_run_o
     assert message.endswith(
         f"Resume from another checkpoint of its run: ckpt_path={folder / 'epoch_003.ckpt'}"
     )
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_a_gpu_trainer_on_a_machine_without_one_is_a_user_error_naming_the_setting(tmp_path):
+    cfg = compose_config("train", ["data=digits", "trainer.accelerator=gpu"], tmp_path)
+    with pytest.raises(
+        UserError, match=r"^trainer.accelerator=gpu, trainer.devices=1: No supported gpu backend"
+    ):
+        build_trainer(cfg)
