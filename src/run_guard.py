@@ -71,7 +71,7 @@ def _nothing_useful(run_dir: Path) -> bool:
     return all(entry.name in BOOKKEEPING or entry.suffix == ".log" for entry in run_dir.iterdir())
 
 
-def _tidy_failed(run_dir: Path, user_error: bool) -> None:
+def tidy_failed(run_dir: Path, user_error: bool) -> None:
     if not run_dir.is_dir() or not _nothing_useful(run_dir):
         return
     if user_error:
@@ -127,10 +127,10 @@ def guarded_run(run_dir: str | Path):
             sys.exit(2)
         if isinstance(failure, SystemExit):  # exit_on_user_error has reported a user error (and logged it)
             if failure.code not in (0, None):
-                _tidy_failed(run_dir, user_error=True)
+                tidy_failed(run_dir, user_error=True)
             raise
         log_traceback_to_files(sys.exc_info())
-        _tidy_failed(run_dir, user_error=isinstance(failure, UserError))
+        tidy_failed(run_dir, user_error=isinstance(failure, UserError))
         raise
     unmark(run_dir)
 
@@ -152,5 +152,5 @@ def tidied_on_failure(run_dir: str | Path):
             raise
         if not isinstance(failure, SystemExit):
             log_traceback_to_files(sys.exc_info())
-        _tidy_failed(Path(run_dir), user_error=isinstance(failure, SystemExit | UserError))
+        tidy_failed(Path(run_dir), user_error=isinstance(failure, SystemExit | UserError))
         raise

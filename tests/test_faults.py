@@ -149,13 +149,14 @@ def test_a_requeued_slurm_job_may_continue_in_its_run_dir(tmp_path, monkeypatch)
 
 @pytest.fixture
 def small_disk(tmp_path):
-    """small_disk(size): a folder on a tmpfs of that size (skipped where this process may not mount one)."""
+    """small_disk(size, read_only): a folder on a tmpfs of that size (skipped where this process may not mount
+    one)."""
     mounted = []
 
-    def mount(size: str) -> Path:
+    def mount(size: str, read_only: bool = False) -> Path:
         folder = tmp_path / f"disk{len(mounted)}"
         folder.mkdir()
-        if not mount_tmpfs(folder, size):
+        if not mount_tmpfs(folder, size, read_only):
             pytest.skip("cannot mount a tmpfs here (needs root)")
         mounted.append(folder)
         return folder
@@ -252,3 +253,19 @@ def test_a_gpu_trainer_on_a_machine_without_one_is_a_user_error_naming_the_setti
         UserError, match=r"^trainer.accelerator=gpu, trainer.devices=1: No supported gpu backend"
     ):
         build_trainer(cfg)
+
+
+@pytest.mark.parametrize(("entry", "read_only", "message"), [
+    ("src.train", True, "cannot write {disk}/train: Read-only file system. Pass paths.log_dir="),
+    ("src.train", False, "no space left on tmpfs at {disk} for {disk}/train/runs/"),
+    ("src.eval", False, "no space left on tmpfs at {disk} for {disk}/eval/runs/"),
+])  # fmt: skip
+def test_an_outputs_folder_that_cannot_be_written_is_one_line_and_leaves_nothing(
+    entry, read_only, message, small_disk
+):
+    disk = small_disk("4k", read_only)  # 4k: Hydra's folders fit, its config files do not
+    result = run_cli(entry, "data=digits", f"paths.log_dir={disk}")
+    assert result.returncode == 2, result.stderr[-3000:]
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("error: " + message.format(disk=disk)), line
+    assert not list(disk.glob("*/runs/*")), "a folder of what Hydra wrote before it failed"

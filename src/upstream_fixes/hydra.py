@@ -2,9 +2,11 @@
 src/upstream_fixes/__init__.py): each says what upstream does, the issue, and what tells that it can go."""
 
 import difflib
+import errno
 import os
 import re
 import sys
+import traceback
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -14,6 +16,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, read_write
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, InterpolationResolutionError
 
+from src.disk_space import disk_full_message
 from src.errors import user_error_in
 
 
@@ -163,6 +166,18 @@ def config_errors_in_one_line() -> None:
                 line, code = failed.summary()
                 print(f"error: {line}", file=sys.stderr)
                 sys.exit(code)
+            except (
+                OSError
+            ) as err:  # Hydra's own writes: the run dir, its .hydra/ (read-only, full, not allowed)
+                if os.environ.get("HYDRA_FULL_ERROR") == "1" or _raised_in_vitlab(err):
+                    raise
+                from src.run_guard import tidy_failed
+
+                run_dir = _hydra_job_dir(err)
+                print(f"error: {unwritable_line(err, run_dir)}", file=sys.stderr)
+                if run_dir:  # what Hydra wrote before it failed (.hydra/, an empty log), if that is all
+                    tidy_failed(Path(run_dir), user_error=True)
+                sys.exit(2)
             except InterpolationResolutionError as err:  # a resolver of the hydra config refused
                 cause = user_error_in(err)
                 if cause is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
@@ -174,6 +189,34 @@ def config_errors_in_one_line() -> None:
 
     run_and_report.in_one_line = True
     hydra_utils.run_and_report = run_and_report
+
+
+def _raised_in_vitlab(err: BaseException) -> bool:
+    """Whether vitlab's code (the `src` package, but for this wrapper) is on the traceback: a job's own error,
+    which its log has already."""
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    files = {os.path.abspath(frame.filename) for frame in traceback.extract_tb(err.__traceback__)}
+    return any(file.startswith(package + os.sep) for file in files - {os.path.abspath(__file__)})
+
+
+def _hydra_job_dir(err: BaseException) -> str | None:
+    """The run dir Hydra's `run_job` was setting up when `err` was raised (its local `output_dir`), if it was."""
+    frame = err.__traceback__
+    while frame is not None:
+        if frame.tb_frame.f_code.co_name == "run_job" and "output_dir" in frame.tb_frame.f_locals:
+            return str(frame.tb_frame.f_locals["output_dir"])
+        frame = frame.tb_next
+    return None
+
+
+def unwritable_line(err: OSError, run_dir: str | None) -> str:
+    """What Hydra could not write, and where to write instead."""
+    if err.errno == errno.ENOSPC:
+        return disk_full_message(err.filename or run_dir or os.getcwd())
+    return (
+        f"cannot write {err.filename or 'the run folder'}: {err.strerror}. Pass paths.log_dir=<a folder you can "
+        "write to> (or hydra.run.dir=...)"
+    )
 
 
 def config_error_line(err: Exception) -> str:
