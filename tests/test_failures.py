@@ -87,6 +87,17 @@ def test_an_optuna_search_records_a_diverged_trial_as_failed_and_goes_on(tmp_pat
     assert "1000000" not in best and "1e6" not in best.lower()
 
 
+@pytest.mark.slow
+def test_an_optuna_search_whose_every_trial_fails_ends_with_one_line(tmp_path):
+    result = run_cli("src.train", "hparams_search=vit_optuna", *DIGITS, "trainer.max_epochs=abc",
+                     "hydra.sweeper.n_trials=2", f"paths.log_dir={tmp_path}")  # fmt: skip
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert result.stderr.splitlines()[-1].startswith(
+        "error: no trial of the Optuna search completed; 2 job(s) of the sweep failed: job 0: bad input: "
+        "trainer.max_epochs='abc'"
+    )
+
+
 @pytest.mark.parametrize(
     ("override", "key"),
     [
@@ -151,7 +162,7 @@ def test_a_sweep_runs_every_job_records_each_failure_and_exits_non_zero_at_the_e
     assert [line.split(":")[0] for line in failed] == ["job 0", "job 2"]
     assert "bad input: optimizer.lr=-1 is not allowed" in failed[0] and "optimizer.lr=-2" in failed[1]
     assert result.stderr.splitlines()[-1].startswith(
-        "error: 2 job(s) of the sweep failed, the others finished"
+        "error: 2 job(s) of the sweep failed: job 0: bad input: optimizer.lr=-1"
     )
     assert "Traceback" not in result.stderr
 

@@ -92,9 +92,7 @@ class SweepJobFailed(Exception):
         """The end of the sweep in one line, and its exit code: 2 when every failure was bad input, else 1."""
         failures = [line.partition(" (overrides: ")[0] for line in self.record.read_text().splitlines()]
         shown = "; ".join(failures[:3]) + ("; ..." if len(failures) > 3 else "")
-        line = (
-            f"{len(failures)} job(s) of the sweep failed, the others finished: {shown} (all in {self.record})"
-        )
+        line = f"{len(failures)} job(s) of the sweep failed: {shown} (all in {self.record})"
         return line, 2 if all(": bad input: " in failure for failure in failures) else 1
 
 
@@ -125,10 +123,15 @@ def failed_job_recorded():
         raise SweepJobFailed(_record_failure(hydra_cfg, f"bad input: {cause}")) from None
 
 
+# the failed_jobs.txt this process wrote last: where the end of a sweep whose jobs ran in-process finds them
+_recorded: dict[str, Path | None] = {"file": None}
+
+
 def _record_failure(hydra_cfg: DictConfig, reason: str) -> Path:
     record = Path(hydra_cfg.runtime.output_dir).parent / FAILED_JOBS
     with open(record, "a") as file:
         file.write(f"job {hydra_cfg.job.num}: {reason} (overrides: {' '.join(hydra_cfg.overrides.task)})\n")
+    _recorded["file"] = record
     return record
 
 
@@ -178,6 +181,12 @@ def config_errors_in_one_line() -> None:
                 if run_dir:  # what Hydra wrote before it failed (.hydra/, an empty log), if that is all
                     tidy_failed(Path(run_dir), user_error=True)
                 sys.exit(2)
+            except ValueError as err:  # Optuna's sweeper asks for the best trial when none completed
+                if str(err) != "No trials are completed yet." or _recorded["file"] is None:
+                    raise
+                line, code = SweepJobFailed(_recorded["file"]).summary()
+                print(f"error: no trial of the Optuna search completed; {line}", file=sys.stderr)
+                sys.exit(code)
             except InterpolationResolutionError as err:  # a resolver of the hydra config refused
                 cause = user_error_in(err)
                 if cause is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
