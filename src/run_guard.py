@@ -43,26 +43,44 @@ def run_dir_in_use(run_dir: str | Path) -> str | None:
     return None
 
 
-@contextmanager
-def locked(run_dir: Path):
-    """flock on <run dir>/.lock for the run's life (the kernel drops it when the process dies, even by kill -9)."""
+# the run dirs whose lock this process holds, and the open lock file that holds each
+_held: dict[Path, object] = {}
+
+
+def hold_lock(run_dir: str | Path) -> None:
+    """Takes the flock on <run dir>/.lock now, for the rest of the run (src/runs.py `config_subdir` calls it
+    before Hydra writes the config copy, so that a second process resuming the same run at the same moment is
+    refused before it writes anything there). The kernel drops it when the process dies, even by kill -9."""
+    run_dir = Path(run_dir).resolve()
+    if run_dir in _held:
+        return
     run_dir.mkdir(parents=True, exist_ok=True)
     lock_path = run_dir / LOCK_FILE
-    with open(lock_path, "a+") as file:
-        try:
-            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise UserError(
-                f"{run_dir} is being written by {_holder(lock_path)}: wait for it to end (or stop it) before "
-                "resuming this run"
-            ) from None
-        file.truncate(0)
-        file.write(f"pid {os.getpid()} on {os.uname().nodename}\n")
-        file.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(file, fcntl.LOCK_UN)
+    file = open(lock_path, "a+")  # noqa: SIM115 (open for the run's life: closing it drops the lock)
+    try:
+        fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        file.close()
+        raise UserError(
+            f"{run_dir} is being written by {_holder(lock_path)}: wait for it to end (or stop it) before "
+            "resuming this run"
+        ) from None
+    file.truncate(0)
+    file.write(f"pid {os.getpid()} on {os.uname().nodename}\n")
+    file.flush()
+    _held[run_dir] = file
+
+
+@contextmanager
+def locked(run_dir: Path):
+    """The run dir's lock (hold_lock) for the run's life, released at its end."""
+    hold_lock(run_dir)
+    try:
+        yield
+    finally:
+        file = _held.pop(Path(run_dir).resolve())
+        fcntl.flock(file, fcntl.LOCK_UN)
+        file.close()
 
 
 def _nothing_useful(run_dir: Path) -> bool:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from src.errors import UserError
 from src.resume import check_resume
+from src.run_guard import hold_lock
 
 
 def find_checkpoint(ckpt_path: str | None, task_dir: str | Path) -> Path | None:
@@ -43,15 +44,17 @@ def resume_dir(ckpt_path: str | None, task_dir: str, fresh_dir: str, *configs) -
 
 def config_subdir(run_dir: str, ckpt_path: str | None = None) -> str | None:
     """`.hydra`, unless the run dir has a config already: then `.hydra/resumed_<time>` for a resumed run, and a
-    UserError for a fresh one (`hydra.run.dir=<a run>` without ckpt_path), before anything is written there.
+    UserError for a fresh one (`hydra.run.dir=<a run>` without ckpt_path), before anything is written there; so
+    is a run dir whose lock another process holds. Takes the run dir's lock (src/run_guard.py).
     None (no copy) on ranks > 0 that srun or torchrun started: they share rank 0's run dir."""
     if int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", 0))) > 0:
         return None
-    if not (Path(run_dir) / ".hydra" / "config.yaml").is_file():
-        return ".hydra"
-    if ckpt_path is None and not _requeued(Path(run_dir)):
+    has_config = (Path(run_dir) / ".hydra" / "config.yaml").is_file()
+    if has_config and ckpt_path is None and not _requeued(Path(run_dir)):
         raise UserError(_holds_a_run(Path(run_dir)))
-    return f".hydra/resumed_{datetime.now():%Y-%m-%d_%H-%M-%S_%f}"
+    # before Hydra writes: of two resumes started together, the second writes nothing into the first one's run
+    hold_lock(run_dir)
+    return f".hydra/resumed_{datetime.now():%Y-%m-%d_%H-%M-%S_%f}" if has_config else ".hydra"
 
 
 def _requeued(run_dir: Path) -> bool:

@@ -2,6 +2,7 @@
 its folder and says how to resume; a folder that holds a run is never trained into afresh; a failed run's folder
 is tidied without hiding the error."""
 
+import fcntl
 import os
 import signal
 import subprocess
@@ -269,3 +270,23 @@ def test_an_outputs_folder_that_cannot_be_written_is_one_line_and_leaves_nothing
     (line,) = result.stderr.splitlines()
     assert line.startswith("error: " + message.format(disk=disk)), line
     assert not list(disk.glob("*/runs/*")), "a folder of what Hydra wrote before it failed"
+
+
+def test_a_resume_into_a_run_another_process_holds_is_one_line_and_writes_nothing_there(tmp_path):
+    """Two resumes started together both find the run free; the second to reach Hydra's config copy is refused
+    there, before it writes into the first one's folder (forced here with hydra.run.dir: no resolver looks)."""
+    run_dir = tmp_path / "run"
+    for name in (".hydra/config.yaml", "checkpoints/last.ckpt", "train.log"):
+        (run_dir / name).parent.mkdir(parents=True, exist_ok=True)
+        (run_dir / name).write_text(name)
+    with open(run_dir / ".lock", "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as the winning src.train holds it
+        lock.write("pid 1 on elsewhere\n")
+        lock.flush()
+        before = files_and_times(run_dir)
+        result = run_cli("src.train", "data=digits", f"hydra.run.dir={run_dir}",
+                         f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}")  # fmt: skip
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stderr.splitlines() == [f"error: {run_dir} is being written by pid 1 on elsewhere: wait for it "
+                                          "to end (or stop it) before resuming this run"]  # fmt: skip
+    assert files_and_times(run_dir) == before

@@ -142,11 +142,12 @@ def config_errors_in_one_line() -> None:
     `experiment=` of a file that is missing; an override it cannot parse) in four to six lines ending in "Set the
     environment variable HYDRA_FULL_ERROR=1 for a complete stack trace", and exits 1: hydra/_internal/utils.py,
     `run_and_report`, which `_run_app` looks up as a module global and which has no hook for an app's own
-    messages. So it is wrapped: a ConfigCompositionException or OverrideParseException becomes one line, and so
-    does a UserError that a resolver of the hydra config raises (src/runs.py `config_subdir`: a fresh run into a
-    folder that holds a run); every other error, and all of them under HYDRA_FULL_ERROR=1, are Hydra's to
-    report as before. Installed by
-    src/errors.py `exit_on_unknown_option`, which every Hydra entry point calls before `main()`.
+    messages. So it is wrapped, and `one_line_report` turns into one line: a ConfigCompositionException or
+    OverrideParseException; a UserError that a resolver of the hydra config raises (src/runs.py `config_subdir`:
+    a fresh run into a folder that holds a run, or one whose lock another process holds); the end of a sweep
+    with failed jobs (`failed_job_recorded`); and an OSError of Hydra's own writes (a read-only or full outputs
+    folder). Every other error, and all of them under HYDRA_FULL_ERROR=1, are Hydra's to report as before.
+    Installed by src/errors.py `exit_on_unknown_option`, which every Hydra entry point calls before `main()`.
 
     Remove when: the pinned Hydra lets an app report composition errors itself (then tests/test_train_cli.py's
     test of a key that is not in the config tells what to move)."""
@@ -160,44 +161,42 @@ def config_errors_in_one_line() -> None:
         def run():
             try:
                 return func()
-            except (ConfigCompositionException, OverrideParseException) as err:
-                if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            except Exception as err:
+                reported = None if os.environ.get("HYDRA_FULL_ERROR") == "1" else one_line_report(err)
+                if reported is None:
                     raise
-                print(f"error: {config_error_line(err)}", file=sys.stderr)
-                sys.exit(2)
-            except SweepJobFailed as failed:  # after the last job of a sweep (failed_job_recorded)
-                line, code = failed.summary()
+                line, code = reported
                 print(f"error: {line}", file=sys.stderr)
                 sys.exit(code)
-            except (
-                OSError
-            ) as err:  # Hydra's own writes: the run dir, its .hydra/ (read-only, full, not allowed)
-                if os.environ.get("HYDRA_FULL_ERROR") == "1" or _raised_in_vitlab(err):
-                    raise
-                from src.run_guard import tidy_failed
-
-                run_dir = _hydra_job_dir(err)
-                print(f"error: {unwritable_line(err, run_dir)}", file=sys.stderr)
-                if run_dir:  # what Hydra wrote before it failed (.hydra/, an empty log), if that is all
-                    tidy_failed(Path(run_dir), user_error=True)
-                sys.exit(2)
-            except ValueError as err:  # Optuna's sweeper asks for the best trial when none completed
-                if str(err) != "No trials are completed yet." or _recorded["file"] is None:
-                    raise
-                line, code = SweepJobFailed(_recorded["file"]).summary()
-                print(f"error: no trial of the Optuna search completed; {line}", file=sys.stderr)
-                sys.exit(code)
-            except InterpolationResolutionError as err:  # a resolver of the hydra config refused
-                cause = user_error_in(err)
-                if cause is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
-                    raise
-                print(f"error: {cause}", file=sys.stderr)
-                sys.exit(2)
 
         return report(run)
 
     run_and_report.in_one_line = True
     hydra_utils.run_and_report = run_and_report
+
+
+def one_line_report(err: Exception) -> tuple[str, int] | None:
+    """The `error:` line and exit code for an error Hydra would report in a paragraph or a traceback; None for
+    one that Hydra reports as before."""
+    if isinstance(err, ConfigCompositionException | OverrideParseException):
+        return config_error_line(err), 2
+    if isinstance(err, SweepJobFailed):  # after the last job of a sweep (failed_job_recorded)
+        return err.summary()
+    if isinstance(err, InterpolationResolutionError):  # a resolver of the hydra config refused (src/runs.py)
+        cause = user_error_in(err)
+        return (str(cause), 2) if cause is not None else None
+    if isinstance(err, ValueError) and str(err) == "No trials are completed yet." and _recorded["file"]:
+        line, code = SweepJobFailed(_recorded["file"]).summary()  # Optuna's sweeper asked for the best trial
+        return f"no trial of the Optuna search completed; {line}", code
+    if isinstance(err, OSError) and not _raised_in_vitlab(err):  # Hydra's own writes: read-only, full, ...
+        from src.run_guard import tidy_failed
+
+        run_dir = _hydra_job_dir(err)
+        line = unwritable_line(err, run_dir)
+        if run_dir:  # what Hydra wrote before it failed (.hydra/, an empty log), if that is all
+            tidy_failed(Path(run_dir), user_error=True)
+        return line, 2
+    return None
 
 
 def _raised_in_vitlab(err: BaseException) -> bool:
