@@ -17,6 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 from src.errors import UserError, exit_on_user_error  # noqa: E402
+from src.run_guard import INTERRUPTED  # noqa: E402
 from src.run_metrics import HEADLINE  # noqa: E402
 
 
@@ -57,12 +58,28 @@ def find_runs(paths: list[Path]) -> list[Path]:
             runs.append(path)
         else:
             runs += sorted((p.parent for p in path.rglob("summary.json")), key=_natural)
+    stopped = _interrupted(paths)
     if not runs:
         raise UserError(
-            f"no summary.json found in {', '.join(map(str, paths))}: pass run dirs or a multirun dir of runs "
-            "that finished testing (src.train / src.eval write summary.json after test)"
+            f"no summary.json found in {', '.join(map(str, paths))}{stopped}: pass run dirs or a multirun dir of "
+            "runs that finished testing (src.train / src.eval write summary.json after test)"
         )
+    if stopped:
+        print(f"left out{stopped}")
     return runs
+
+
+def _interrupted(paths: list[Path]) -> str:
+    """` N interrupted runs (...): their INTERRUPTED files say how to resume them` for the runs at or below
+    `paths` that a signal or a full disk stopped before their summary.json (src/interrupts.py), else ''."""
+    runs = sorted(
+        {p.parent for path in paths for p in [path / INTERRUPTED, *path.rglob(INTERRUPTED)] if p.is_file()}
+        - {p.parent for path in paths for p in path.rglob("summary.json")},
+        key=_natural,
+    )
+    if not runs:
+        return ""
+    return f" {len(runs)} interrupted run(s) ({', '.join(map(str, runs))}): their {INTERRUPTED} files say how to resume them"
 
 
 def _overrides(run: Path) -> list[str]:

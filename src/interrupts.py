@@ -20,8 +20,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-# the file in a run dir that says the run was stopped before it finished (removed when a resume finishes it)
-INTERRUPTED = "INTERRUPTED"
+from src.run_guard import INTERRUPTED
 
 
 class Terminated(SIGTERMException):

@@ -14,6 +14,9 @@ from src.disk_space import DiskFullError, disk_full_message, no_space
 from src.errors import UserError, log_traceback_to_files
 
 LOCK_FILE = ".lock"
+# the file in a run dir that says the run was stopped before it finished (src/interrupts.py; removed when a
+# resume finishes it)
+INTERRUPTED = "INTERRUPTED"
 # what Hydra and a run's first moments put into a run dir: such a folder holds nothing of value
 BOOKKEEPING = {".hydra", LOCK_FILE, "tensorboard"}
 

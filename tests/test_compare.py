@@ -88,3 +88,18 @@ def test_summary_json_is_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
         write_summary({"test": {"test/acc": 0.9}}, path)
     assert json.loads(path.read_text()) == {"test": {"test/acc": 0.5}}
     assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]
+
+
+def test_compare_names_the_interrupted_runs_it_leaves_out(tiny_sweep, tmp_path, capsys):
+    stopped = tmp_path / "2"
+    stopped.mkdir()
+    (stopped / "INTERRUPTED").write_text("stopped by SIGTERM. ...\n")
+    main([str(tiny_sweep / "0"), str(tmp_path), "--out", str(tmp_path / "out")])
+    assert (
+        f"left out 1 interrupted run(s) ({stopped}): their INTERRUPTED files say how"
+        in capsys.readouterr().out
+    )
+    with pytest.raises(SystemExit):
+        main([str(tmp_path)])
+    error = capsys.readouterr().err
+    assert "no summary.json found" in error and "1 interrupted run(s)" in error

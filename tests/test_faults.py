@@ -14,9 +14,8 @@ import pytest
 import torch
 
 from src.errors import UserError
-from src.interrupts import INTERRUPTED
 from src.resume import read_checkpoint
-from src.run_guard import guarded_run, tidied_on_failure
+from src.run_guard import INTERRUPTED, guarded_run, tidied_on_failure
 from src.runs import config_subdir
 from src.trainer import build_trainer
 from tests.conftest import QUICK, ROOT, TINY_VIT, compose_config, mount_tmpfs, run_cli
