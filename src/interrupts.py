@@ -7,7 +7,8 @@ What Lightning 2.6 does by itself: during a Trainer call, SIGTERM is noted and t
 at the end of the batch, a SystemExit with no code (exit 0); Ctrl-C ends in `sys.exit(1)`
 (lightning/pytorch/trainer/call.py, `_call_and_handle_interrupt`), which reads like a user error. Outside a
 Trainer call (data scan, report), SIGTERM would end the process at once: `sigterm_raises` makes it an exception
-there, and leaves it to Lightning during Trainer calls."""
+there, and leaves it to Lightning during Trainer calls. A run stopped by a full disk is kept and marked the same
+way (src/run_guard.py)."""
 
 import shlex
 import signal

@@ -119,15 +119,11 @@ def _disk_full(failure: BaseException, run_dir: Path) -> str:
 @contextmanager
 def guarded_run(run_dir: str | Path):
     """Rank 0 of a run: the lock, the full traceback of any failure in the run's .log, a failed run's dir tidied
-    as the module says, and a run stopped by a signal marked and ended with 128 + its number (src/interrupts.py).
+    as the module says, and a run stopped by a signal (exit 128 + its number) or a full disk (exit 2) kept and
+    marked (src/interrupts.py).
     Other ranks share rank 0's dir and leave all of this to it."""
-    from src.interrupts import (
-        exit_code,
-        mark_interrupted,
-        sigterm_raises,
-        stopping_signal,
-        unmark,
-    )  # Lightning
+    # here: it loads Lightning, which this module's other users (src.predict, src.compare) do without
+    from src.interrupts import exit_code, mark_interrupted, sigterm_raises, stopping_signal, unmark
 
     if _rank() > 0:
         yield
