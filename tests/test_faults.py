@@ -51,6 +51,7 @@ def test_sigterm_mid_fit_exits_143_saves_last_checkpoint_and_marks_the_run(tmp_p
     run = start_train(*SIGNALLED, f"paths.log_dir={tmp_path}", log=log)
     last = wait_for("train/runs/*/checkpoints/last.ckpt", tmp_path, run)  # epoch 0 done
     epoch_0 = torch.load(last, weights_only=True)["global_step"]
+    time.sleep(0.5)  # into epoch 1's batches: SIGTERM during epoch 0's saves stops the fit at their end
     run.send_signal(signal.SIGTERM)
     assert run.wait(timeout=300) == 143, log.read_text()[-3000:]
     run_dir = last.parent.parent
