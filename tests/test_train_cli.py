@@ -229,6 +229,12 @@ def test_a_sweep_over_every_experiment_by_glob_launches_them_all(tmp_path):
     assert f"Launching {len(experiments)} jobs locally" in result.stdout, result.stderr[-3000:]
     assert f"experiment={experiments[0]} trainer.max_epochs=abc" in result.stdout
     assert "Traceback" not in result.stderr and "trainer.max_epochs='abc'" in result.stderr
+    single = run_cli(
+        "src.train", "experiment=glob(*)", f"paths.log_dir={tmp_path}"
+    )  # as plain Hydra: needs -m
+    assert single.returncode == 2 and single.stderr.splitlines() == [
+        "error: Sweep parameters 'experiment=glob(*)' requires --multirun"
+    ]
 
 
 def test_train_takes_a_config_that_holds_its_hydra_section(tmp_path):
