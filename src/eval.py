@@ -14,6 +14,7 @@ from src.errors import UserError, exit_on_unknown_option, exit_on_user_error
 from src.garbage_collector import freeze_imports
 from src.module import load_checkpoint
 from src.resolvers import register_resolvers
+from src.run_guard import tidied_on_failure
 from src.trainer import build_trainer
 from src.utils import log_hyperparameters, metrics_to_floats
 
@@ -103,7 +104,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
 def main(cfg: DictConfig) -> None:
-    evaluate(cfg)
+    with tidied_on_failure(HydraConfig.get().runtime.output_dir):
+        evaluate(cfg)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from pathlib import Path
 import hydra
 import matplotlib.pyplot as plt
 import torch
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from src.errors import UserError, exit_on_unknown_option, exit_on_user_error
@@ -18,6 +19,7 @@ from src.module import load_checkpoint
 from src.predict import eval_transform, expand_inputs, load_image, pick_device, write_predictions
 from src.reporting.attention import plot_overlays
 from src.resolvers import register_resolvers
+from src.run_guard import tidied_on_failure
 
 # before Hydra composes the config (on import: the DDP ranks and SLURM jobs import this module again)
 register_resolvers()
@@ -89,7 +91,8 @@ def explain(cfg: DictConfig) -> Path:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="explain")
 def main(cfg: DictConfig) -> None:
-    explain(cfg)
+    with tidied_on_failure(HydraConfig.get().runtime.output_dir):
+        explain(cfg)
 
 
 if __name__ == "__main__":

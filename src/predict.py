@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from PIL import Image
 from rich.console import Console
@@ -23,6 +24,7 @@ from src.errors import UserError, exit_on_unknown_option, exit_on_user_error
 from src.garbage_collector import freeze_imports
 from src.inference import onnx_classifier, torch_classifier
 from src.resolvers import register_resolvers
+from src.run_guard import tidied_on_failure
 
 # before Hydra composes the config (on import: the DDP ranks and SLURM jobs import this module again)
 register_resolvers()
@@ -164,7 +166,8 @@ def predict(cfg: DictConfig) -> list[tuple[Path, list[tuple[str, float]]]]:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
 def main(cfg: DictConfig) -> None:
-    predict(cfg)
+    with tidied_on_failure(HydraConfig.get().runtime.output_dir):
+        predict(cfg)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from src.checks import check_values, optimized_value, optuna_sweep
-from src.config_tree import show_config
+from src.config_tree import show_config, task_config
 from src.errors import UserError, exit_on_unknown_option, exit_on_user_error
 from src.garbage_collector import freeze_imports
 from src.nonfinite import DivergedTrial, NonFiniteLossError
@@ -20,7 +20,7 @@ from src.resume import check_resume
 from src.run_guard import guarded_run
 from src.runs import find_checkpoint
 from src.trainer import build_trainer
-from src.upstream_fixes.hydra import one_job
+from src.upstream_fixes.hydra import failed_job_recorded, one_job
 from src.utils import log_hyperparameters, metrics_to_floats
 
 # before Hydra composes the config (on import: the DDP ranks and SLURM jobs import this module again)
@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 @exit_on_user_error
 def train(cfg: DictConfig) -> dict[str, float]:
+    cfg = task_config(cfg)  # called from Python with a config that holds its `hydra` section
     if cfg.get("ckpt_path") and HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
         raise UserError(
             f"ckpt_path={cfg.ckpt_path} in a sweep (-m) would make every job resume the same checkpoint: "
@@ -89,7 +90,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    with one_job(), guarded_run(HydraConfig.get().runtime.output_dir):
+    with failed_job_recorded(), one_job(), guarded_run(HydraConfig.get().runtime.output_dir):
         metrics = train(cfg)
     # the value a sweeper (Optuna) optimises: the best epoch's (by the checkpoint callback), else the last one
     return optimized_value(metrics, cfg.get("optimized_metric"))

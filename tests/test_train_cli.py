@@ -221,3 +221,68 @@ def test_eval_of_a_file_that_is_no_checkpoint_says_so(tmp_path):
     result = run_cli("src.eval", f"ckpt_path={not_a_checkpoint}", f"paths.log_dir={tmp_path}")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert f"error: {not_a_checkpoint} is not a checkpoint written by src.train" in result.stderr
+
+
+# every form of Hydra's override grammar that names options of a group or sweeps a value, as plain Hydra takes it
+@pytest.mark.parametrize(
+    "override",
+    ["experiment=glob(*)", "model=glob(vit*)", "model=glob(*,exclude=vit_timm)", "model=sort(glob(*))",
+     "model=choice(vit,cct)", "model=vit,cct", "model=shuffle(vit,cct)", "model=sort(vit,cct)",
+     "seed=range(1,3)", "seed=tag(seeds,range(1,3))", "optimizer.lr=interval(0.001,0.1)",
+     "optimizer.lr=tag(log,interval(0.001,0.1))", "+experiment=quickstart", "~experiment",
+     "experiment=quickstart"],
+)  # fmt: skip
+def test_the_option_check_leaves_every_hydra_override_form_to_hydra(override):
+    from src.errors import exit_on_unknown_option
+
+    exit_on_unknown_option([override])  # no exit, no "ConfigLoader is not set"
+
+
+@pytest.mark.parametrize("override", ["model=vitt", "model=choice(vit,vitt)", "model=vit,vitt"])
+def test_the_option_check_still_names_an_unknown_option_in_a_sweep(override, capsys):
+    from src.errors import exit_on_unknown_option
+
+    with pytest.raises(SystemExit) as exit_:
+        exit_on_unknown_option([override])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.startswith("error: model=vitt: no such option (did you mean model=vit?)")
+
+
+@pytest.mark.slow
+def test_a_sweep_over_every_experiment_by_glob_launches_them_all(tmp_path):
+    # trainer.max_epochs=abc: each job stops at its value check, before any data is read
+    result = run_cli(
+        "src.train", "-m", "experiment=glob(*)", "trainer.max_epochs=abc", f"paths.log_dir={tmp_path}"
+    )
+    experiments = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
+    assert f"Launching {len(experiments)} jobs locally" in result.stdout, result.stderr[-3000:]
+    assert f"experiment={experiments[0]} trainer.max_epochs=abc" in result.stdout
+    assert "Traceback" not in result.stderr and "trainer.max_epochs='abc'" in result.stderr
+    single = run_cli(
+        "src.train", "experiment=glob(*)", f"paths.log_dir={tmp_path}"
+    )  # as plain Hydra: needs -m
+    assert single.returncode == 2 and single.stderr.splitlines() == [
+        "error: Sweep parameters 'experiment=glob(*)' requires --multirun"
+    ]
+
+
+def test_train_takes_a_config_that_holds_its_hydra_section(tmp_path):
+    """As lightning-hydra-template's fixtures compose it: compose(..., return_hydra_config=True), hydra kept."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from src.train import train
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", ["data=digits", *TINY_VIT, *QUICK, "+trainer.limit_train_batches=2",
+                                "+trainer.limit_val_batches=1", "+trainer.limit_test_batches=1"],
+                      return_hydra_config=True)  # fmt: skip
+    HydraConfig().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.output_dir = cfg.paths.log_dir = str(tmp_path)
+    metrics = train(cfg)
+    assert 0 <= metrics["test/acc"] <= 1
+    assert "hydra" in cfg and (tmp_path / "config_tree.log").is_file()

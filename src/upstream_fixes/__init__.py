@@ -22,8 +22,8 @@ Lightning 2.6.6 (lightning.py)
   DataModule, as Lightning drops a stateful loader's state when `configure_optimizers` asked for
   `estimated_stepping_batches` (Lightning #20550; PRs #21765, #21770). Mixed into src/data/base.py
   `ImageDataModule`. Goes when: `pytest tests/test_scale_out.py -k gpu_loader_fit_resumed` passes without it.
-- conf/callbacks/last_checkpoint.yaml: a second `ModelCheckpoint` (monitor: null) writes last.ckpt after every
-  epoch. `ModelCheckpoint(monitor=..., save_top_k=1, save_last=True)` rewrites last.ckpt only at a step where it
+- conf/callbacks/last_checkpoint.yaml: a second `ModelCheckpoint` (monitor: null; src/interrupts.py
+  `LastCheckpoint`, which also saves it when SIGTERM stops a fit) writes last.ckpt after every epoch. `ModelCheckpoint(monitor=..., save_top_k=1, save_last=True)` rewrites last.ckpt only at a step where it
   also saved a top-k checkpoint, i.e. only in epochs with a new best (lightning/pytorch/callbacks/
   model_checkpoint.py, `on_train_epoch_end` and `on_validation_end`: "Only save last checkpoint if a checkpoint
   was actually saved in this step"), so `ckpt_path=last` would resume from the best epoch, not the last. Goes
@@ -46,6 +46,11 @@ Hydra 1.3.8 (hydra.py)
 - `start_folder`, the `${cwd:}` resolver of conf/paths: `${hydra:runtime.cwd}` cannot be resolved where a sweep
   resolves `hydra.sweep.dir` (hydra/_internal/core_plugins/basic_launcher.py). Registered with vitlab's other
   resolvers by src/resolvers.py `register_resolvers`, which every entry point calls.
+- `failed_job_recorded`: a sweep job that fails (a user error's SystemExit too) is recorded in the sweep's
+  `failed_jobs.txt` and ends as an exception, so the sweep runs its other jobs and then ends with one line and a
+  non-zero exit; Hydra's `run_job` catches Exception only, so a SystemExit stopped the whole sweep. Entered by
+  src/train.py `main`. Goes when: Hydra goes on after a job's SystemExit (tests/test_failures.py,
+  `test_a_sweep_runs_every_job_...`).
 - `config_errors_in_one_line`: a command line Hydra cannot apply (a key that is not in the config, an override
   it cannot parse, a missing config file) reported as one `error:` line with its fix and exit 2, where Hydra
   prints 4-6 lines and exits 1 (hydra/_internal/utils.py, `run_and_report`, which has no hook for an app's
