@@ -19,6 +19,7 @@ from omegaconf import OmegaConf  # noqa: E402
 from src.cli.exits import exit_on_user_error  # noqa: E402
 from src.errors import UserError  # noqa: E402
 from src.reporting.run_metrics import HEADLINE  # noqa: E402
+from src.runs.marks import INTERRUPTED  # noqa: E402
 
 
 def _headline(name: str, fmt: str) -> tuple:
@@ -58,12 +59,28 @@ def find_runs(paths: list[Path]) -> list[Path]:
             runs.append(path)
         else:
             runs += sorted((p.parent for p in path.rglob("summary.json")), key=_natural)
+    stopped = _interrupted(paths)
     if not runs:
         raise UserError(
-            f"no summary.json found in {', '.join(map(str, paths))}: pass run dirs or a multirun dir of runs "
-            "that finished testing (src.train / src.eval write summary.json after test)"
+            f"no summary.json found in {', '.join(map(str, paths))}{stopped}: pass run dirs or a multirun dir of "
+            "runs that finished testing (src.train / src.eval write summary.json after test)"
         )
+    if stopped:
+        print(f"left out{stopped}")
     return runs
+
+
+def _interrupted(paths: list[Path]) -> str:
+    """` N interrupted runs (...): their INTERRUPTED files say how to resume them` for the runs at or below
+    `paths` that a signal or a full disk stopped before their summary.json (src/runs/interrupts.py), else ''."""
+    runs = sorted(
+        {p.parent for path in paths for p in [path / INTERRUPTED, *path.rglob(INTERRUPTED)] if p.is_file()}
+        - {p.parent for path in paths for p in path.rglob("summary.json")},
+        key=_natural,
+    )
+    if not runs:
+        return ""
+    return f" {len(runs)} interrupted run(s) ({', '.join(map(str, runs))}): their {INTERRUPTED} files say how to resume them"
 
 
 def _overrides(run: Path) -> list[str]:
@@ -80,10 +97,25 @@ def run_labels(runs: list[Path]) -> list[str]:
     return [label or run.name for label, run in zip(labels, runs, strict=True)]
 
 
+def read_summary(path: Path) -> dict:
+    """A run's summary.json; one that is no JSON object (cut short by a full disk, edited) is a UserError."""
+    try:
+        summary = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        summary = err
+    if not isinstance(summary, dict):
+        problem = summary if isinstance(summary, Exception) else f"a JSON {type(summary).__name__}"
+        raise UserError(
+            f"{path} is not a summary.json that src.train or src.eval wrote ({problem}): leave its run out, or "
+            f"write it again with python -m src.eval ckpt_path={path.parent}/checkpoints/<best>.ckpt"
+        )
+    return summary
+
+
 def comparison_rows(runs: list[Path]) -> list[dict]:
     rows = []
     for run, label in zip(runs, run_labels(runs), strict=True):
-        summary = json.loads((run / "summary.json").read_text())
+        summary = read_summary(run / "summary.json")
         rows.append({"run": label, **{name: get(summary) for name, get, _ in COLUMNS}, "dir": str(run)})
     return rows
 

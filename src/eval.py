@@ -15,6 +15,7 @@ from src.cli.resolvers import register_resolvers
 from src.errors import UserError
 from src.reporting.hparams_table import log_hyperparameters
 from src.reporting.run_metrics import metrics_to_floats
+from src.runs.guard import tidied_on_failure
 from src.training.module import load_checkpoint
 from src.training.trainer import build_trainer
 
@@ -104,7 +105,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
 def main(cfg: DictConfig) -> None:
-    evaluate(cfg)
+    with tidied_on_failure(HydraConfig.get().runtime.output_dir):
+        evaluate(cfg)
 
 
 if __name__ == "__main__":

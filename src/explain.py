@@ -9,6 +9,7 @@ from pathlib import Path
 import hydra
 import matplotlib.pyplot as plt
 import torch
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from src.cli.command import run_command
@@ -19,6 +20,7 @@ from src.inference.attention_maps import METHODS, heatmaps
 from src.inference.classifiers import eval_transform, pick_device
 from src.inference.files import expand_inputs, load_image, write_predictions
 from src.reporting.attention import plot_overlays
+from src.runs.guard import tidied_on_failure
 from src.training.module import load_checkpoint
 
 # before Hydra composes the config (on import: the DDP ranks and SLURM jobs import this module again)
@@ -91,7 +93,8 @@ def explain(cfg: DictConfig) -> Path:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="explain")
 def main(cfg: DictConfig) -> None:
-    explain(cfg)
+    with tidied_on_failure(HydraConfig.get().runtime.output_dir):
+        explain(cfg)
 
 
 if __name__ == "__main__":

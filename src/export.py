@@ -12,6 +12,7 @@ from pathlib import Path
 
 import hydra
 import torch
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
@@ -23,6 +24,7 @@ from src.data.preprocessing import preprocessing_facts
 from src.errors import UserError
 from src.inference.attention_maps import unfused_attention
 from src.inference.classifiers import METADATA_KEY, import_onnxruntime
+from src.runs.guard import tidied_on_failure
 from src.training.module import load_checkpoint
 
 # before Hydra composes the config (on import: the DDP ranks and SLURM jobs import this module again)
@@ -123,7 +125,8 @@ def export(cfg: DictConfig) -> Path:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="export")
 def main(cfg: DictConfig) -> None:
-    export(cfg)
+    with tidied_on_failure(HydraConfig.get().runtime.output_dir):
+        export(cfg)
 
 
 if __name__ == "__main__":

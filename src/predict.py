@@ -9,6 +9,7 @@ import logging
 from pathlib import Path
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from rich.console import Console
 
@@ -18,6 +19,7 @@ from src.cli.resolvers import register_resolvers
 from src.errors import UserError
 from src.inference.classifiers import onnx_classifier, pick_device, torch_classifier
 from src.inference.files import expand_inputs, load_image, predictions_table, write_predictions
+from src.runs.guard import tidied_on_failure
 
 # before Hydra composes the config (on import: the DDP ranks and SLURM jobs import this module again)
 register_resolvers()
@@ -70,7 +72,8 @@ def predict(cfg: DictConfig) -> list[tuple[Path, list[tuple[str, float]]]]:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
 def main(cfg: DictConfig) -> None:
-    predict(cfg)
+    with tidied_on_failure(HydraConfig.get().runtime.output_dir):
+        predict(cfg)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 
 from src.cli.checks import check_values, optimized_value, optuna_sweep
 from src.cli.command import run_command
-from src.cli.config_tree import show_config
+from src.cli.config_tree import show_config, task_config
 from src.cli.exits import exit_on_user_error
 from src.cli.resolvers import register_resolvers
 from src.errors import UserError
@@ -23,7 +23,7 @@ from src.runs.guard import guarded_run
 from src.runs.resume import check_resume
 from src.training.nonfinite import DivergedTrial, NonFiniteLossError
 from src.training.trainer import build_trainer
-from src.upstream_fixes.hydra import one_job
+from src.upstream_fixes.hydra import failed_job_recorded, one_job
 
 # before Hydra composes the config (on import: the DDP ranks and SLURM jobs import this module again)
 register_resolvers()
@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 @exit_on_user_error
 def train(cfg: DictConfig) -> dict[str, float]:
+    cfg = task_config(cfg)  # called from Python with a config that holds its `hydra` section
     if cfg.get("ckpt_path") and HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
         raise UserError(
             f"ckpt_path={cfg.ckpt_path} in a sweep (-m) would make every job resume the same checkpoint: "
@@ -91,7 +92,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    with one_job(), guarded_run(HydraConfig.get().runtime.output_dir):
+    with failed_job_recorded(), one_job(), guarded_run(HydraConfig.get().runtime.output_dir):
         metrics = train(cfg)
     # the value a sweeper (Optuna) optimises: the best epoch's (by the checkpoint callback), else the last one
     return optimized_value(metrics, cfg.get("optimized_metric"))

@@ -65,6 +65,14 @@ def run_cli(
     )
 
 
+def mount_tmpfs(folder: Path, size: str, read_only: bool = False) -> bool:
+    """Mounts a tmpfs of `size` (`1m`, `120k`) on `folder`, a small disk to fill (or a read-only one); False
+    where this process may not mount (not root, or a container that forbids it). The caller unmounts it."""
+    options = f"size={size}" + (",ro" if read_only else "")
+    mount = ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)]
+    return os.geteuid() == 0 and subprocess.run(mount, capture_output=True).returncode == 0
+
+
 def run_dirs(log_dir: Path, task_name: str) -> list[Path]:
     return sorted((log_dir / task_name / "runs").iterdir())
 

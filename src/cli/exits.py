@@ -11,7 +11,7 @@ from pathlib import Path
 from hydra.errors import InstantiationException
 from omegaconf.errors import InterpolationResolutionError
 
-from src.errors import UserError, log_traceback_to_files
+from src.errors import UserError, log_traceback_to_files, user_error_in
 
 
 def exit_on_user_error(task):
@@ -22,11 +22,7 @@ def exit_on_user_error(task):
         try:
             return task(*args, **kwargs)
         except (UserError, InstantiationException, InterpolationResolutionError) as err:
-            # hydra.utils.instantiate wraps what a constructor raises (a model's UserError, say), OmegaConf what a
-            # resolver raises (data.num_classes of a folder that has no classes; as context, not cause): unwrap it
-            cause = err
-            while cause is not None and not isinstance(cause, UserError):
-                cause = cause.__cause__ or cause.__context__
+            cause = user_error_in(err)
             if cause is None:
                 raise
             log_traceback_to_files(sys.exc_info())
@@ -49,10 +45,12 @@ def exit_on_unknown_option(args: list[str] | None = None, config_dir: Path = CON
     to Hydra; so is anything its parser rejects, which, like a key that is not in the config, Hydra then reports
     in one line too (src/upstream_fixes/hydra.py, `config_errors_in_one_line`)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import Glob
 
+    from src.runs.guard import tidy_failed
     from src.upstream_fixes.hydra import config_errors_in_one_line
 
-    config_errors_in_one_line()
+    config_errors_in_one_line(lambda run_dir: tidy_failed(run_dir, user_error=True))
 
     try:
         overrides = OverridesParser.create().parse_overrides(
@@ -66,6 +64,8 @@ def exit_on_unknown_option(args: list[str] | None = None, config_dir: Path = CON
         if override.is_delete() or group.startswith("hydra") or not folder.is_dir():
             continue
         value = override.value()
+        if isinstance(value, Glob):  # Hydra matches it against the group's options, at compose time
+            continue
         chosen = list(override.sweep_string_iterator()) if override.is_sweep_override() else value
         options = sorted(p.stem for p in folder.glob("*.yaml"))
         for option in chosen if isinstance(chosen, list) else [chosen]:

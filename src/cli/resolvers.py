@@ -20,10 +20,10 @@ def _resume_dir(*args) -> str:
     return resume_dir(*args)
 
 
-def _config_subdir(run_dir) -> str | None:
+def _config_subdir(run_dir, ckpt_path=None) -> str | None:
     from src.runs.folders import config_subdir
 
-    return config_subdir(run_dir)
+    return config_subdir(run_dir, ckpt_path)
 
 
 def _folder_num_classes(data_dir) -> int:

@@ -5,6 +5,7 @@ Two layouts: `data_dir/{train,val,test}/<class>/<image>` (a missing val or test 
 folder names, sorted. Files are scanned once, at setup, by global rank 0 (the others receive its result):
 hidden files, non-images and unreadable or truncated images are left out with one warning."""
 
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,8 @@ from src.data.files import IMAGE_EXTENSIONS, is_hidden, open_rgb, unreadable, wa
 from src.errors import UserError
 
 SPLITS = ("train", "val", "test")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -99,20 +102,59 @@ def folder_classes(data_dir: str | Path) -> list[str]:
     return names
 
 
-def _walk(folder: Path):
-    """Every file below `folder` (followed links included), as paths; hidden folders are not entered."""
+def _identity(path: Path) -> tuple[int, int] | None:
+    """What a path is on disk, links followed (device, inode); None for a path that cannot be read (a link to
+    nothing: the readability check names it)."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
+
+
+def _walk(folder: Path, entered: set, not_followed: dict[str, str]):
+    """Every file below `folder` (followed links included), as paths; hidden folders are not entered, nor is a
+    folder that is in `entered` (each folder entered is added): a link loop such as `cat/self -> .` or
+    `cat/up -> ..`, or a link into another class folder, is noted in `not_followed` instead."""
     for root, dirs, files in os.walk(folder, followlinks=True):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        kept = []
+        for name in sorted(d for d in dirs if not d.startswith(".")):
+            identity = _identity(Path(root) / name)
+            if identity in entered:
+                not_followed[str(Path(root) / name)] = str((Path(root) / name).resolve())
+                continue
+            entered.add(identity)
+            kept.append(name)
+        dirs[:] = kept
         for name in sorted(files):
             yield Path(root) / name
 
 
+def _warn_not_followed(not_followed: dict[str, str], shown: int = 5) -> None:
+    if not not_followed:
+        return
+    named = "; ".join(f"{link} -> {target}" for link, target in list(not_followed.items())[:shown])
+    more = f"; and {len(not_followed) - shown} more" if len(not_followed) > shown else ""
+    log.warning(
+        "did not follow %d folder link(s) to folders scanned already (a loop, or a link into another class "
+        "folder: each file is read once, with the class of the folder it is in): %s%s",
+        len(not_followed), named, more,
+    )  # fmt: skip
+
+
 def scan_folder(data_dir: str | Path) -> Index:
-    """Every image of every class folder, per split folder (layout 1) or unassigned (layout 2)."""
+    """Every image of every class folder, per split folder (layout 1) or unassigned (layout 2). Each file on
+    disk is read once, however many links lead to it."""
     data_dir = _expand(data_dir)
     names = folder_classes(data_dir)
     classes_dir, split_dirs = _layout(data_dir)
     index = Index(class_names=names)
+    roots = [data_dir, classes_dir, *split_dirs.values()]
+    entered = {_identity(folder / name) for folder in roots for name in _class_folders(folder)}
+    entered |= {_identity(folder) for folder in roots}
+    entered.discard(None)
+    not_followed: dict[str, str] = {}
+    first_path: dict[tuple[int, int], str] = {}  # of each file on disk
     for split, split_dir in split_dirs.items() or [("", classes_dir)]:
         found = _class_folders(split_dir)
         if split and set(found) != set(names):
@@ -124,14 +166,20 @@ def scan_folder(data_dir: str | Path) -> Index:
             )
         for label, name in enumerate(names):
             index.origin[split, label] = str(split_dir / name)
-            for path in _walk(split_dir / name):
+            for path in _walk(split_dir / name, entered, not_followed):
                 index.total += 1
+                identity = _identity(path)
                 if is_hidden(path.relative_to(split_dir)):
                     index.skipped[str(path)] = "hidden file"
                 elif path.suffix.lower() not in IMAGE_EXTENSIONS:
                     index.skipped[str(path)] = f"not an image: {path.suffix or 'no'} extension"
+                elif identity in first_path:
+                    index.skipped[str(path)] = f"the same file as another: {first_path[identity]}"
                 else:
+                    if identity is not None:
+                        first_path[identity] = str(path)
                     index.add(str(path), label, split)
+    _warn_not_followed(not_followed)
     index.drop_unreadable(str(data_dir))
     return index
 

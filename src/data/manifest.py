@@ -6,7 +6,7 @@ import csv
 from pathlib import Path
 
 from src.data.files import IMAGE_EXTENSIONS
-from src.data.imagefolder import SPLITS, FileDataModule, Index, _expand
+from src.data.imagefolder import SPLITS, FileDataModule, Index, _expand, _identity
 from src.errors import UserError
 
 
@@ -26,7 +26,18 @@ def read_manifest(csv_path: str | Path, columns: dict[str, str | None]) -> list[
                     f"{csv_path} has no column {column!r} (its columns: {', '.join(header) or 'none'}): "
                     f"name the {key} column with data.{key}_column=<name>"
                 )
-        return list(reader)
+        rows = []
+        for row in reader:
+            if None in row or None in row.values():  # more fields than the header (restkey), or fewer
+                fields = sum(v is not None for k, v in row.items() if k is not None) + len(
+                    row.get(None) or []
+                )
+                raise UserError(
+                    f"{csv_path}, line {reader.line_num}: {fields} fields where the header has {len(header)}: "
+                    'quote a value that holds a comma ("a,b.png"), or give every column a value'
+                )
+            rows.append(row)
+        return rows
 
 
 def manifest_classes(csv_path: str | Path, label_column: str) -> list[str]:
@@ -56,6 +67,7 @@ def scan_manifest(
     label_of = {name: i for i, name in enumerate(names)}
     root = _expand(image_root) if image_root else _expand(csv_path).parent
     index = Index(class_names=names)
+    listed: dict[tuple[int, int], tuple[int, int, str]] = {}  # each file on disk: (line, label, split)
     for line, row in enumerate(rows, start=2):
         label = row[label_column].strip()
         split = row[split_column].strip().lower() if split_column else ""
@@ -74,6 +86,13 @@ def scan_manifest(
             index.skipped[str(path)] = f"not an image: {path.suffix or 'no'} extension"
         elif not path.is_file():
             index.skipped[str(path)] = "missing file"
+        elif (first := listed.setdefault(_identity(path), (line, label, split))) != (line, label, split):
+            if first[1:] != (label, split):  # one file in two classes, or in two splits
+                raise UserError(
+                    f"{csv_path}, lines {first[0]} and {line} list the same file {path} with another label or "
+                    "split: keep one of the two rows"
+                )
+            index.skipped[str(path)] = f"listed again: line {line} repeats line {first[0]}"
         else:
             index.add(str(path), label, split)
     index.drop_unreadable(str(csv_path))

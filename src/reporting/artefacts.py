@@ -19,6 +19,8 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from rich.table import Table  # noqa: E402
 from sklearn.metrics import ConfusionMatrixDisplay, classification_report, confusion_matrix  # noqa: E402
 
+from src.upstream_fixes.checkpoint_io import atomic_write  # noqa: E402
+
 REPORT_COLUMNS = ("precision", "recall", "f1-score", "support")
 SUMMARY_ROWS = ("accuracy", "macro avg", "weighted avg")
 
@@ -183,7 +185,8 @@ def plot_misclassified(
 def write_summary(summary: dict, path: Path) -> None:
     """Strict JSON: a non-finite number (a diverged loss) is written as null, not as NaN, which most readers reject."""
     plain = json.loads(json.dumps(summary, default=_json_default))
-    path.write_text(json.dumps(_finite_or_none(plain), indent=2, allow_nan=False) + "\n")
+    text = json.dumps(_finite_or_none(plain), indent=2, allow_nan=False) + "\n"
+    atomic_write(path, lambda file: file.write(text.encode()))  # src.compare never reads half a file
 
 
 def _finite_or_none(value):

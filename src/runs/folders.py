@@ -6,6 +6,7 @@ from datetime import datetime
 from pathlib import Path
 
 from src.errors import UserError
+from src.runs.guard import hold_lock
 from src.runs.resume import check_resume
 
 
@@ -41,11 +42,31 @@ def resume_dir(ckpt_path: str | None, task_dir: str, fresh_dir: str, *configs) -
     return str(checkpoint.parent.parent)
 
 
-def config_subdir(run_dir: str) -> str | None:
-    """`.hydra`, unless the run dir has a config already (a resumed run): then `.hydra/resumed_<time>`.
+def config_subdir(run_dir: str, ckpt_path: str | None = None) -> str | None:
+    """`.hydra`, unless the run dir has a config already: then `.hydra/resumed_<time>` for a resumed run, and a
+    UserError for a fresh one (`hydra.run.dir=<a run>` without ckpt_path), before anything is written there; so
+    is a run dir whose lock another process holds. Takes the run dir's lock (src/runs/guard.py).
     None (no copy) on ranks > 0 that srun or torchrun started: they share rank 0's run dir."""
     if int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", 0))) > 0:
         return None
-    if (Path(run_dir) / ".hydra" / "config.yaml").is_file():
-        return f".hydra/resumed_{datetime.now():%Y-%m-%d_%H-%M-%S_%f}"
-    return ".hydra"
+    has_config = (Path(run_dir) / ".hydra" / "config.yaml").is_file()
+    if has_config and ckpt_path is None and not _requeued(Path(run_dir)):
+        raise UserError(_holds_a_run(Path(run_dir)))
+    # before Hydra writes: of two resumes started together, the second writes nothing into the first one's run
+    hold_lock(run_dir)
+    return f".hydra/resumed_{datetime.now():%Y-%m-%d_%H-%M-%S_%f}" if has_config else ".hydra"
+
+
+def _requeued(run_dir: Path) -> bool:
+    """A SLURM job requeued into its run dir: Lightning resumes its hpc checkpoint by itself."""
+    return any(run_dir.glob("hpc_ckpt_*.ckpt")) or int(os.environ.get("SLURM_RESTART_COUNT", 0)) > 0
+
+
+def _holds_a_run(run_dir: Path) -> str:
+    last = run_dir / "checkpoints" / "last.ckpt"
+    fixes = [f"resume it with ckpt_path={last}"] if last.is_file() else []
+    fixes.append("train into a new folder (another hydra.run.dir, or none: a new one is made)")
+    return (
+        f"{run_dir} holds a run already (.hydra/config.yaml): a fresh run would overwrite its checkpoints and "
+        f"report; {', or '.join(fixes)}"
+    )

@@ -37,6 +37,12 @@ def read_checkpoint(
     except UNREADABLE as err:
         first_line = (str(err).strip().splitlines() or [""])[0]
         problem = f"{type(err).__name__}: {first_line[:200]}"
+        if _cut_short(Path(path)):
+            size = Path(path).stat().st_size
+            problem = (
+                f"it is cut short: {size} bytes, without a zip's end; a save that was killed, or a full disk"
+            )
+            how_to_pass = _other_checkpoints(Path(path)) or how_to_pass
     else:
         hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
         lightning_keys = isinstance(hparams, dict) and {"state_dict", "pytorch-lightning_version"} <= set(
@@ -50,6 +56,30 @@ def read_checkpoint(
         raise UserError(f"{path} is not a checkpoint written by src.train ({problem}). {how_to_pass}")
     check_checkpoint_config(hparams, path)  # before anything is built from them
     return checkpoint
+
+
+def _cut_short(path: Path) -> bool:
+    """Empty, or a zip (torch.save's format) whose end record is missing: the end of the file was never written."""
+    try:
+        with open(path, "rb") as file:
+            start = file.read(4)
+            file.seek(
+                max(0, path.stat().st_size - 2**16 - 22)
+            )  # the end record is in the last 64 KiB + 22 bytes
+            tail = file.read()
+    except OSError:
+        return False
+    return not start or (start == b"PK\x03\x04" and b"PK\x05\x06" not in tail)
+
+
+def _other_checkpoints(path: Path) -> str | None:
+    """`Resume from another checkpoint of its run: ckpt_path=<the newest other one> (others: ...)`, or None."""
+    others = sorted(path.parent.glob("*.ckpt"), key=lambda other: other.stat().st_mtime, reverse=True)
+    others = [other for other in others if other.name != path.name]
+    if not others:
+        return None
+    rest = f" (or {', '.join(other.name for other in others[1:])})" if others[1:] else ""
+    return f"Resume from another checkpoint of its run: ckpt_path={others[0]}{rest}"
 
 
 def _plain(config) -> dict:

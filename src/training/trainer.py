@@ -2,10 +2,13 @@
 without validation or checkpoints) and the tests that build a config's Trainer all come here."""
 
 import lightning as L
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig
 
 from src.cli.checks import needing_no_logger
+from src.errors import UserError
 from src.training.config_groups import instantiate_group
 from src.training.loggers import instantiate_loggers
 from src.upstream_fixes.lightning import RequeueAtBatchEnd
@@ -18,4 +21,13 @@ def build_trainer(cfg: DictConfig, *callbacks: L.Callback, **settings) -> L.Trai
     loggers = instantiate_loggers(cfg.get("logger"))
     configured = needing_no_logger(instantiate_group(cfg.get("callbacks")), loggers)
     built = {"callbacks": [*configured, *callbacks, RequeueAtBatchEnd()], "logger": loggers}
-    return instantiate(cfg.trainer, **(built | settings))
+    try:
+        return instantiate(cfg.trainer, **(built | settings))
+    except InstantiationException as err:
+        # Lightning's own check of the trainer settings (no GPU for accelerator=gpu, more devices than there are)
+        if not isinstance(err.__cause__, MisconfigurationException):
+            raise
+        chosen = ", ".join(f"trainer.{key}={cfg.trainer.get(key)}" for key in ("accelerator", "devices"))
+        raise UserError(
+            f"{chosen}: {str(err.__cause__).rstrip('.!')}. Pick what this machine has (trainer.accelerator=auto uses it)"
+        ) from err

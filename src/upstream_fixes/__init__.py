@@ -2,7 +2,7 @@
 
 Each workaround below is tagged with the upstream issue (or the version and source line) it works around and
 with what tells that it can go. The code is here: one file per upstream (lightning.py, hydra.py, timm.py), one per
-larger fix (checkpoint_io.py, flops.py), and noise.py, which silences messages that are only noise, each with
+larger fix (checkpoint_io.py, disk_space.py, flops.py), and noise.py, which silences messages that are only noise, each with
 its reason; the rest of vitlab reads like the documented patterns and calls these by name.
 
 Lightning 2.6.6 (lightning.py)
@@ -22,8 +22,8 @@ Lightning 2.6.6 (lightning.py)
   DataModule, as Lightning drops a stateful loader's state when `configure_optimizers` asked for
   `estimated_stepping_batches` (Lightning #20550; PRs #21765, #21770). Mixed into src/data/base.py
   `ImageDataModule`. Goes when: `pytest tests/training/test_scale_out.py -k gpu_loader_fit_resumed` passes without it.
-- conf/callbacks/last_checkpoint.yaml: a second `ModelCheckpoint` (monitor: null) writes last.ckpt after every
-  epoch. `ModelCheckpoint(monitor=..., save_top_k=1, save_last=True)` rewrites last.ckpt only at a step where it
+- conf/callbacks/last_checkpoint.yaml: a second `ModelCheckpoint` (monitor: null; src/runs/interrupts.py
+  `LastCheckpoint`, which also saves it when SIGTERM stops a fit) writes last.ckpt after every epoch. `ModelCheckpoint(monitor=..., save_top_k=1, save_last=True)` rewrites last.ckpt only at a step where it
   also saved a top-k checkpoint, i.e. only in epochs with a new best (lightning/pytorch/callbacks/
   model_checkpoint.py, `on_train_epoch_end` and `on_validation_end`: "Only save last checkpoint if a checkpoint
   was actually saved in this step"), so `ckpt_path=last` would resume from the best epoch, not the last. Goes
@@ -34,6 +34,10 @@ Lightning 2.6.6 (lightning.py)
   another file system than the run dir the final step is a copy, and a kill during it leaves a truncated
   checkpoint. Goes when: Lightning writes the temporary file beside the checkpoint and renames it
   (tests/upstream_fixes/test_checkpoint_io.py).
+- disk_space.py `DiskFullError`, `no_space`: torch.save on a full disk fails with `inline_container.cc:
+  unexpected pos` (a 200-line report), its `No space left on device` only in the exception's context; the atomic
+  writes turn it into one line naming the file system, the free space and the space needed. Goes when: torch's
+  own error names ENOSPC (tests/upstream_fixes/test_checkpoint_io.py, the full-disk test).
 - flops.py `peak_bf16_flops` (used by src/bench/gpu.py): the H200's dense bf16 peak, which Lightning's table misses or doubles
   (Lightning #20660, #21677, fixed after 2.6.6 by PR #21743). Goes when: the pinned Lightning has PR #21743.
 
@@ -46,6 +50,11 @@ Hydra 1.3.8 (hydra.py)
 - `start_folder`, the `${cwd:}` resolver of conf/paths: `${hydra:runtime.cwd}` cannot be resolved where a sweep
   resolves `hydra.sweep.dir` (hydra/_internal/core_plugins/basic_launcher.py). Registered with vitlab's other
   resolvers by src/cli/resolvers.py `register_resolvers`, which every entry point calls.
+- `failed_job_recorded`: a sweep job that fails (a user error's SystemExit too) is recorded in the sweep's
+  `failed_jobs.txt` and ends as an exception, so the sweep runs its other jobs and then ends with one line and a
+  non-zero exit; Hydra's `run_job` catches Exception only, so a SystemExit stopped the whole sweep. Entered by
+  src/train.py `main`. Goes when: Hydra goes on after a job's SystemExit (tests/runs/test_failures.py,
+  `test_a_sweep_runs_every_job_...`).
 - `config_errors_in_one_line`: a command line Hydra cannot apply (a key that is not in the config, an override
   it cannot parse, a missing config file) reported as one `error:` line with its fix and exit 2, where Hydra
   prints 4-6 lines and exits 1 (hydra/_internal/utils.py, `run_and_report`, which has no hook for an app's

@@ -8,17 +8,21 @@ fsynced, given the mode of any new file (umask applies) and then renamed over it
 
 import os
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from src.upstream_fixes.disk_space import DiskFullError, disk_full_message, no_space
 
-def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """torch.save(obj, path), all or nothing: on any failure the previous file is intact and no temp file stays
-    (a kill -9 can leave a hidden `.<name>.<pid>.<random>.tmp` beside it, never a broken `<name>`)."""
+
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], Any], needed: int | None = None) -> None:
+    """`write(file)` into `path`, all or nothing: on any failure the previous file is intact and no temp file
+    stays (a kill -9 can leave a hidden `.<name>.<pid>.<random>.tmp` beside it, never a broken `<name>`). A full
+    disk is a DiskFullError naming it (`needed`: about how many bytes the file takes)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
@@ -26,12 +30,15 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as file:
-            torch.save(obj, file)
+            write(file)
             file.flush()
             os.fsync(file.fileno())
         os.replace(temp, path)
-    except BaseException:
+    except BaseException as err:
         temp.unlink(missing_ok=True)
+        if no_space(err):  # torch says `inline_container.cc: unexpected pos`, the cause only in its context
+            kept = f"; the previous {path.name} is intact" if path.exists() else ""
+            raise DiskFullError(disk_full_message(path, needed) + kept) from err
         raise
     try:  # the rename itself survives a power cut once the folder is synced (not possible on every file system)
         folder = os.open(path.parent, os.O_RDONLY)
@@ -43,6 +50,22 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
         pass
     finally:
         os.close(folder)
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    """torch.save(obj, path), all or nothing (atomic_write)."""
+    atomic_write(path, lambda file: torch.save(obj, file), needed=tensor_bytes(obj))
+
+
+def tensor_bytes(obj: Any) -> int:
+    """The bytes of the tensors in `obj` (dicts, lists and tuples of them): about the size of its checkpoint."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(tensor_bytes(value) for value in obj.values())
+    if isinstance(obj, list | tuple):
+        return sum(tensor_bytes(value) for value in obj)
+    return 0
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -127,27 +127,56 @@ def test_a_key_hydra_cannot_set_is_one_line_with_the_fix(entry, override, line, 
     assert full.returncode == 1 and "Traceback" in full.stderr  # Hydra's traceback, when asked for
 
 
-@pytest.mark.slow
-def test_quickstart_trains_then_eval_reproduces_test_accuracy(tmp_path):
-    """`make train`: the scratch ViT on digits reaches >= 95 % test accuracy; src.eval on its best
-    checkpoint gives the same test/acc."""
-    result = run_cli(
-        "src.train", "experiment=quickstart", f"paths.log_dir={tmp_path}", "~callbacks.rich_progress_bar"
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    (run_dir,) = run_dirs(tmp_path, "quickstart")
-    assert_complete_run(run_dir)
-    best = next(p for p in (run_dir / "checkpoints").glob("epoch_*.ckpt"))
-    train_acc = EventAccumulator(str(run_dir / "tensorboard"))
-    train_acc.Reload()
-    test_acc = train_acc.Scalars("test/acc")[-1].value
-    assert test_acc >= 0.95
-    val_steps = [point.step for point in train_acc.Scalars("val/acc")]
-    assert len(val_steps) == 60 and val_steps == sorted(set(val_steps))  # one point per epoch, none at step 0
-    assert train_acc.Scalars("hp/test/acc")[-1].value == test_acc  # the HParams tab's copy
+# the quickstart's promise (README, conf/experiment/quickstart.yaml): over these seeds, on any host
+QUICKSTART_SEEDS = (42, 1, 2, 3, 4)
 
+
+def quickstart_seed_table(sweep: Path) -> list[tuple[int, float, int]]:
+    """(seed, test/acc, tested epoch) of each job of a quickstart sweep, in job order."""
+    table = []
+    for job in sorted((p for p in sweep.iterdir() if p.is_dir()), key=lambda p: int(p.name)):
+        summary = json.loads((job / "summary.json").read_text())
+        seed = next(int(o.split("=")[1]) for o in (job / ".hydra" / "overrides.yaml").read_text().split() if
+                    o.startswith("seed="))  # fmt: skip
+        epoch = int(Path(summary["tested_checkpoint"]).stem.removeprefix("epoch_"))
+        table.append((seed, summary["test"]["test/acc"], epoch))
+    return table
+
+
+@pytest.mark.slow
+def test_quickstart_holds_its_accuracy_over_five_seeds_and_eval_reproduces_it(tmp_path, capsys):
+    """`make train` at each of the seeds the README states: test accuracy >= 95 % at every seed and >= 96.5 % on
+    average, on whichever host runs the tests (the table goes to the terminal, so CI's log shows this host's
+    numbers); src.eval on one job's tested checkpoint gives the same test/acc."""
+    seeds = ",".join(map(str, QUICKSTART_SEEDS))
+    result = run_cli("src.train", "-m", "experiment=quickstart", f"seed={seeds}", f"paths.log_dir={tmp_path}",
+                     "~callbacks.rich_progress_bar")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    (sweep,) = (tmp_path / "quickstart" / "multiruns").iterdir()
+    table = quickstart_seed_table(sweep)
+    accuracies = [acc for _, acc, _ in table]
+    mean = sum(accuracies) / len(accuracies)
+    with capsys.disabled():
+        print("\nquickstart on this host: seed, test/acc, tested epoch")
+        for seed, acc, epoch in table:
+            print(f"  {seed:>4}  {100 * acc:5.1f} %  {epoch:>3}")
+        print(f"  mean {100 * mean:5.1f} %, min {100 * min(accuracies):5.1f} %")
+    assert [seed for seed, _, _ in table] == list(QUICKSTART_SEEDS)
+    assert min(accuracies) >= 0.95 and mean >= 0.965, table
+
+    run_dir = sweep / "0"
+    assert_complete_run(run_dir)
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    test_acc = events.Scalars("test/acc")[-1].value
+    assert test_acc == pytest.approx(table[0][1])
+    val_steps = [point.step for point in events.Scalars("val/acc")]
+    assert len(val_steps) == 60 and val_steps == sorted(set(val_steps))  # one point per epoch, none at step 0
+    assert events.Scalars("hp/test/acc")[-1].value == test_acc  # the HParams tab's copy
+
+    tested = json.loads((run_dir / "summary.json").read_text())["tested_checkpoint"]
     result = run_cli(
-        "src.eval", f"ckpt_path={best}", f"paths.log_dir={tmp_path}", "~callbacks.rich_progress_bar"
+        "src.eval", f"ckpt_path={tested}", f"paths.log_dir={tmp_path}", "~callbacks.rich_progress_bar"
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "test/acc" in result.stdout
@@ -155,7 +184,7 @@ def test_quickstart_trains_then_eval_reproduces_test_accuracy(tmp_path):
     events = EventAccumulator(str(eval_dir / "tensorboard"))
     events.Reload()
     assert abs(events.Scalars("test/acc")[-1].value - test_acc) < 1e-3
-    assert torch.load(best, weights_only=True)["hyper_parameters"]["data"]["_target_"].endswith(
+    assert torch.load(tested, weights_only=True)["hyper_parameters"]["data"]["_target_"].endswith(
         "DigitsDataModule"
     )
 
@@ -192,3 +221,68 @@ def test_eval_of_a_file_that_is_no_checkpoint_says_so(tmp_path):
     result = run_cli("src.eval", f"ckpt_path={not_a_checkpoint}", f"paths.log_dir={tmp_path}")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert f"error: {not_a_checkpoint} is not a checkpoint written by src.train" in result.stderr
+
+
+# every form of Hydra's override grammar that names options of a group or sweeps a value, as plain Hydra takes it
+@pytest.mark.parametrize(
+    "override",
+    ["experiment=glob(*)", "model=glob(vit*)", "model=glob(*,exclude=vit_timm)", "model=sort(glob(*))",
+     "model=choice(vit,cct)", "model=vit,cct", "model=shuffle(vit,cct)", "model=sort(vit,cct)",
+     "seed=range(1,3)", "seed=tag(seeds,range(1,3))", "optimizer.lr=interval(0.001,0.1)",
+     "optimizer.lr=tag(log,interval(0.001,0.1))", "+experiment=quickstart", "~experiment",
+     "experiment=quickstart"],
+)  # fmt: skip
+def test_the_option_check_leaves_every_hydra_override_form_to_hydra(override):
+    from src.cli.exits import exit_on_unknown_option
+
+    exit_on_unknown_option([override])  # no exit, no "ConfigLoader is not set"
+
+
+@pytest.mark.parametrize("override", ["model=vitt", "model=choice(vit,vitt)", "model=vit,vitt"])
+def test_the_option_check_still_names_an_unknown_option_in_a_sweep(override, capsys):
+    from src.cli.exits import exit_on_unknown_option
+
+    with pytest.raises(SystemExit) as exit_:
+        exit_on_unknown_option([override])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.startswith("error: model=vitt: no such option (did you mean model=vit?)")
+
+
+@pytest.mark.slow
+def test_a_sweep_over_every_experiment_by_glob_launches_them_all(tmp_path):
+    # trainer.max_epochs=abc: each job stops at its value check, before any data is read
+    result = run_cli(
+        "src.train", "-m", "experiment=glob(*)", "trainer.max_epochs=abc", f"paths.log_dir={tmp_path}"
+    )
+    experiments = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
+    assert f"Launching {len(experiments)} jobs locally" in result.stdout, result.stderr[-3000:]
+    assert f"experiment={experiments[0]} trainer.max_epochs=abc" in result.stdout
+    assert "Traceback" not in result.stderr and "trainer.max_epochs='abc'" in result.stderr
+    single = run_cli(
+        "src.train", "experiment=glob(*)", f"paths.log_dir={tmp_path}"
+    )  # as plain Hydra: needs -m
+    assert single.returncode == 2 and single.stderr.splitlines() == [
+        "error: Sweep parameters 'experiment=glob(*)' requires --multirun"
+    ]
+
+
+def test_train_takes_a_config_that_holds_its_hydra_section(tmp_path):
+    """As lightning-hydra-template's fixtures compose it: compose(..., return_hydra_config=True), hydra kept."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from src.train import train
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", ["data=digits", *TINY_VIT, *QUICK, "+trainer.limit_train_batches=2",
+                                "+trainer.limit_val_batches=1", "+trainer.limit_test_batches=1"],
+                      return_hydra_config=True)  # fmt: skip
+    HydraConfig().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.output_dir = cfg.paths.log_dir = str(tmp_path)
+    metrics = train(cfg)
+    assert 0 <= metrics["test/acc"] <= 1
+    assert "hydra" in cfg and (tmp_path / "config_tree.log").is_file()

@@ -20,7 +20,7 @@ from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
 from PIL import Image
 
 from src.data.files import open_rgb
-from src.data.imagefolder import EpochSeededSampler, ImageFolderDataModule
+from src.data.imagefolder import SPLITS, EpochSeededSampler, ImageFolderDataModule
 from src.data.manifest import CSVDataModule
 from src.errors import UserError
 from src.eval import checkpoint_data_overrides, data_config
@@ -116,6 +116,35 @@ def test_split_folders_keep_class_order_and_carve_a_missing_split(tmp_path):
     assert [dm.class_names[t] for t in dm.data_test.dataset.targets[dm.data_test.indices]][:3] == ["a"] * 3
 
 
+def test_linked_folders_and_files_are_read_once_each_in_one_split_and_loops_are_named(tmp_path, caplog):
+    for name in ("cat", "dog"):
+        write_images(tmp_path / name, 10)
+    (tmp_path / "cat" / "self").symlink_to(".")  # a loop: cat/self/self/... once gave 410 images
+    (tmp_path / "cat" / "up").symlink_to("..")  # the whole data set again, labelled cat
+    (tmp_path / "dog" / "again.png").symlink_to(tmp_path / "dog" / "000.png")
+    (tmp_path / "dog" / "hard.png").hardlink_to(tmp_path / "dog" / "001.png")
+    with caplog.at_level(logging.WARNING):
+        dm = folder_module(tmp_path, num_classes=2)
+    assert {split: counts for split, counts in dm.split_counts.items()} == {
+        "train": {"cat": 6, "dog": 6}, "val": {"cat": 2, "dog": 2}, "test": {"cat": 2, "dog": 2}
+    }  # fmt: skip
+    files = dm.data_train.dataset.files
+    in_splits = [
+        str(Path(files[i]).resolve())
+        for split in ("train", "val", "test")
+        for i in getattr(dm, f"data_{split}").indices
+    ]
+    assert len(in_splits) == len(set(in_splits)) == 20, "each file on disk once, in one split"
+    labels = {Path(files[i]).parent.name for i in range(len(files)) if dm.data_train.dataset.targets[i] == 0}
+    assert labels == {"cat"}, "no dog image labelled cat through cat/up"
+    warnings = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    assert (
+        f"{tmp_path / 'cat' / 'self'} -> {tmp_path / 'cat'}" in warnings
+        and str(tmp_path / "cat" / "up") in warnings
+    )
+    assert "again.png (the same file as another" in warnings and "hard.png" in warnings
+
+
 @pytest.mark.parametrize("val_size, test_size, expected", [(0.1, 0.2, (70, 10, 20)), (5, 15, (80, 5, 15))])
 def test_splits_by_fraction_or_count_are_stratified_and_seeded(tmp_path, val_size, test_size, expected):
     write_images(tmp_path / "many", 80)
@@ -177,6 +206,34 @@ def test_csv_errors_name_the_column_and_the_line(tmp_path):
         UserError, match=r"has no column 'file' \(its columns: path, label, split\): name the path"
     ):
         CSVDataModule(csv_path=str(manifest), path_column="file", num_classes=1, **SETTINGS).setup()
+
+
+@pytest.mark.parametrize(("row", "fields"), [("x/001.png,x", 2), ("x/001,2.png,x,train", 4)])
+def test_a_csv_row_with_too_few_or_too_many_fields_is_named_by_its_line(row, fields, tmp_path):
+    write_images(tmp_path / "x", 3)
+    manifest = write_manifest(tmp_path / "l.csv", [("x/000.png", "x", "train")])
+    manifest.write_text(manifest.read_text() + row + "\n")
+    with pytest.raises(
+        UserError, match=rf"l.csv, line 3: {fields} fields where the header has 3: quote a value"
+    ):
+        CSVDataModule(csv_path=str(manifest), num_classes=1, **SETTINGS).setup()
+
+
+def test_a_file_listed_twice_in_a_csv_is_read_once_and_in_two_classes_is_refused(tmp_path, caplog):
+    files = write_images(tmp_path / "x", 10) + write_images(tmp_path / "y", 10)
+    rows = [(str(f.relative_to(tmp_path)), f.parent.name, "") for f in files]
+    manifest = write_manifest(tmp_path / "l.csv", rows + rows[:4])  # 4 rows again
+    with caplog.at_level(logging.WARNING):
+        dm = CSVDataModule(csv_path=str(manifest), num_classes=2, **SETTINGS)
+        dm.setup()
+    in_splits = [dm.data_train.dataset.files[i] for s in SPLITS for i in getattr(dm, f"data_{s}").indices]
+    assert sorted(in_splits) == sorted(map(str, files)), "each file once, in one split"
+    assert "listed again: line 22 repeats line 2" in caplog.text
+    write_manifest(tmp_path / "l.csv", [*rows, (rows[0][0], "y", "")])
+    with pytest.raises(
+        UserError, match=r"l.csv, lines 2 and 22 list the same file .*x/000.png with another label"
+    ):
+        CSVDataModule(csv_path=str(manifest), num_classes=2, **SETTINGS).setup()
 
 
 def test_class_weights_are_the_inverse_class_frequencies(tmp_path):

@@ -2,11 +2,14 @@
 
 import csv
 import json
+import os
 
 import matplotlib.image
 import pytest
 
 from src.compare import main, run_labels
+from src.reporting.artefacts import write_summary
+from src.upstream_fixes.disk_space import DiskFullError
 from tests.conftest import run_cli
 
 
@@ -68,3 +71,45 @@ def test_run_labels_are_the_overrides_as_written_not_resolved(tmp_path, monkeypa
         (tmp_path / name / ".hydra" / "overrides.yaml").write_text(f"- model.depth={depth}\n- data=digits\n")
     labels = run_labels([tmp_path / "a", tmp_path / "b"])
     assert labels == ["model.depth=1", "model.depth=${oc.env:VITLAB_TEST_SECRET}"]
+
+
+@pytest.mark.parametrize("text", ['{"model": "vit", "test": {"test/a', "[1, 2]\n", "\xff\xfe"])
+def test_compare_names_a_summary_json_that_is_cut_short_or_no_summary(text, tmp_path, capsys):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "summary.json").write_bytes(text.encode("latin-1"))
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path / "run")])
+    error = capsys.readouterr().err
+    assert exit_info.value.code == 2 and error.count("\n") == 1, error
+    assert error.startswith(
+        f"error: {tmp_path / 'run' / 'summary.json'} is not a summary.json that src.train"
+    )
+
+
+def test_summary_json_is_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
+    path = tmp_path / "summary.json"
+    write_summary({"test": {"test/acc": 0.5}}, path)
+
+    def cut_short(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", cut_short)
+    with pytest.raises(DiskFullError):
+        write_summary({"test": {"test/acc": 0.9}}, path)
+    assert json.loads(path.read_text()) == {"test": {"test/acc": 0.5}}
+    assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]
+
+
+def test_compare_names_the_interrupted_runs_it_leaves_out(tiny_sweep, tmp_path, capsys):
+    stopped = tmp_path / "2"
+    stopped.mkdir()
+    (stopped / "INTERRUPTED").write_text("stopped by SIGTERM. ...\n")
+    main([str(tiny_sweep / "0"), str(tmp_path), "--out", str(tmp_path / "out")])
+    assert (
+        f"left out 1 interrupted run(s) ({stopped}): their INTERRUPTED files say how"
+        in capsys.readouterr().out
+    )
+    with pytest.raises(SystemExit):
+        main([str(tmp_path)])
+    error = capsys.readouterr().err
+    assert "no summary.json found" in error and "1 interrupted run(s)" in error

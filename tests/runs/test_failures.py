@@ -87,6 +87,17 @@ def test_an_optuna_search_records_a_diverged_trial_as_failed_and_goes_on(tmp_pat
     assert "1000000" not in best and "1e6" not in best.lower()
 
 
+@pytest.mark.slow
+def test_an_optuna_search_whose_every_trial_fails_ends_with_one_line(tmp_path):
+    result = run_cli("src.train", "hparams_search=vit_optuna", *DIGITS, "trainer.max_epochs=abc",
+                     "hydra.sweeper.n_trials=2", f"paths.log_dir={tmp_path}")  # fmt: skip
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert result.stderr.splitlines()[-1].startswith(
+        "error: no trial of the Optuna search completed; 2 job(s) of the sweep failed: job 0: bad input: "
+        "trainer.max_epochs='abc'"
+    )
+
+
 @pytest.mark.parametrize(
     ("override", "key"),
     [
@@ -131,7 +142,29 @@ def test_logger_none_trains_with_the_default_callbacks(tmp_path):
 @pytest.mark.slow
 def test_a_sweep_optimizing_an_unlogged_metric_names_it_and_the_logged_ones(tmp_path):
     result = run_cli("src.train", "-m", *DIGITS, "optimized_metric=val/nope", f"paths.log_dir={tmp_path}")
-    one_error_line(result, "optimized_metric=val/nope", "val/acc", "test/acc")
+    assert result.returncode == 2, result.stderr[-3000:]
+    job_error, sweep_end = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    for word in ("optimized_metric=val/nope", "val/acc", "test/acc"):
+        assert word in job_error
+    assert (
+        sweep_end.startswith("error: 1 job(s) of the sweep failed")
+        and "optimized_metric=val/nope" in sweep_end
+    )
+
+
+@pytest.mark.slow
+def test_a_sweep_runs_every_job_records_each_failure_and_exits_non_zero_at_the_end(tmp_path):
+    result = run_cli("src.train", "-m", *DIGITS, "optimizer.lr=-1,1e-3,-2", f"paths.log_dir={tmp_path}")
+    assert result.returncode == 2, result.stderr[-3000:]
+    (sweep,) = (tmp_path / "train" / "multiruns").iterdir()
+    assert (sweep / "1" / "summary.json").is_file(), "the job after a failed one ran"
+    failed = (sweep / "failed_jobs.txt").read_text().splitlines()
+    assert [line.split(":")[0] for line in failed] == ["job 0", "job 2"]
+    assert "bad input: optimizer.lr=-1 is not allowed" in failed[0] and "optimizer.lr=-2" in failed[1]
+    assert result.stderr.splitlines()[-1].startswith(
+        "error: 2 job(s) of the sweep failed: job 0: bad input: optimizer.lr=-1"
+    )
+    assert "Traceback" not in result.stderr
 
 
 class Payload:

@@ -14,7 +14,8 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from tests.conftest import QUICK, ROOT, TINY_VIT, compose_config, run_cli
+from src.upstream_fixes.disk_space import DiskFullError
+from tests.conftest import QUICK, ROOT, TINY_VIT, compose_config, mount_tmpfs, run_cli
 
 PAYLOAD = {"state_dict": {"w": torch.arange(300_000, dtype=torch.float32)}}  # 1.2 MB
 
@@ -31,13 +32,7 @@ def small_fs(tmp_path):
     fallback makes fsync fail with ENOSPC, which is where a full NFS reports it)."""
     folder = tmp_path / "small"
     folder.mkdir()
-    mounted = (
-        os.geteuid() == 0
-        and subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder)], capture_output=True
-        ).returncode
-        == 0
-    )
+    mounted = mount_tmpfs(folder, "1m")
     yield folder, mounted
     if mounted:
         subprocess.run(["umount", str(folder)], check=True)
@@ -55,8 +50,11 @@ def test_a_full_disk_leaves_the_previous_checkpoint_and_no_temp_file(tmp_path, s
 
         monkeypatch.setattr(os, "fsync", full)
     monkeypatch.setenv("TMPDIR", str(tmp_path))  # another file system than the destination when mounted
-    with pytest.raises((OSError, RuntimeError)):
+    with pytest.raises(DiskFullError) as error:  # not torch's "inline_container.cc: unexpected pos"
         io.save_checkpoint(PAYLOAD, path)
+    assert str(error.value).startswith(f"no space left on {'tmpfs at ' + str(folder) if mounted else ''}")
+    assert f"for {path}: " in str(error.value) and " free, at least 1.1 MiB needed" in str(error.value)
+    assert "the previous last.ckpt is intact" in str(error.value)
     assert torch.equal(io.load_checkpoint(path)["state_dict"]["w"], torch.ones(10))
     assert sorted(p.name for p in folder.iterdir()) == ["last.ckpt"]
 
