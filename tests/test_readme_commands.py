@@ -182,6 +182,11 @@ def test_documented_command_composes(command, tmp_path):
         fill(arg, {"ckpt": "x.ckpt", "onnx": "x.onnx", "sweep": "x", "inputs": "x"})
         for arg in single_job(args)
     ]
+    # as src.eval hands them to Hydra: data.<key>=... without data=... changes the checkpoint's data config
+    if entry == "src.eval":
+        from src.eval import checkpoint_data_overrides
+
+        overrides = checkpoint_data_overrides(overrides)
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name(entry), overrides=[*overrides, f"paths.log_dir={tmp_path}"])
