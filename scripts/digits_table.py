@@ -29,7 +29,7 @@ STUDENT = [
 TEACHER = "distill.teacher_ckpt={teacher}"
 # table -> (row name, overrides)
 TABLES = {
-    # today's quickstart, each recipe component alone, all together, and the small CCT (docs/recipes.md)
+    # the quickstart, each recipe component alone, all together, and the small CCT (docs/training.md)
     "recipes": {
         "quickstart": QUICKSTART,
         "+ augment=randaugment": [*QUICKSTART, "augment=randaugment"],

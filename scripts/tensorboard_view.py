@@ -1,6 +1,6 @@
-"""A sweep's TensorBoard HParams view as a PNG, from a real run, so the README's picture stays true:
+"""A sweep's TensorBoard HParams view as a PNG, from a real run, so the picture in docs/results.md stays true:
 
-    .venv/bin/python scripts/tensorboard_view.py    # the README's sweep (in outputs/quickstart/) -> docs/
+    .venv/bin/python scripts/tensorboard_view.py    # docs/results.md's sweep (in outputs/quickstart/) -> docs/
     .venv/bin/python scripts/tensorboard_view.py --logdir outputs/quickstart/multiruns/<time> --out hparams.png
 
 Starts `tensorboard --logdir` on a free loopback port and photographs it with headless Chromium (Debian's
@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# the README's TensorBoard section shows this sweep
+# docs/results.md's TensorBoard section shows this sweep
 SWEEP = ["experiment=quickstart", "trainer.max_epochs=3", "optimizer.lr=1e-3,3e-3"]
 CHROMIUM_FLAGS = [
     "--headless",
@@ -116,7 +116,7 @@ def screenshot(url: str, out: Path, size: str = "2600,560", scale: float = 0.7, 
 
 
 def run_sweep() -> Path:
-    """The README's sweep, into outputs/ like any other: returns its multirun dir."""
+    """docs/results.md's sweep, into outputs/ like any other: returns its multirun dir."""
     command = [sys.executable, "-m", "src.train", "-m", *SWEEP, "~callbacks.rich_progress_bar"]
     subprocess.run(command, cwd=ROOT, check=True, capture_output=True)
     return sorted((ROOT / "outputs" / "quickstart" / "multiruns").iterdir())[-1]

@@ -1,5 +1,5 @@
-"""The README's commands are tests: every `python -m src.<entry> ...` it shows (in tables, inline code and code
-blocks) is run as written, its placeholders filled with a tiny trained run. Cheap ones run fully (training
+"""The docs' commands are tests: every `python -m src.<entry> ...` that README.md, CONTRIBUTING.md and the
+reference pages docs/*.md show (in tables, inline code and code blocks; docs/history/ is left out) is run as written, its placeholders filled with a tiny trained run. Cheap ones run fully (training
 commands with short overrides appended; slow-marked); the others are composed in-process with Hydra's compose API
 (every option and key exists; in the default suite) or, for entry points that are no Hydra app, asked for
 `--help`. New commands are picked up by themselves; EXCEPTIONS lists those that need another treatment."""
@@ -16,7 +16,9 @@ from hydra.core.global_hydra import GlobalHydra
 from tests.conftest import CONF, QUICK, ROOT, TINY_VIT, compose_config, run_cli
 
 README = ROOT / "README.md"
-COMMAND = re.compile(r"-m (src(?:\.\w+)+)((?:[^`\n\\]|\\\n)*)")  # src.train, src.bench.cost, ...
+# the pages whose commands must work as written: the reference, not the history under docs/history/
+PAGES = [README, ROOT / "CONTRIBUTING.md", *sorted((ROOT / "docs").glob("*.md"))]
+COMMAND = re.compile(r"-m (src(?:\.\w+)+)((?:[^`\n\\]|\\\n)*)")
 # a training command is cheap on the digits (the quickstart's data), or when it resumes (the tiny run's checkpoint)
 CHEAP = re.compile(r"^(data=digits|experiment=quickstart|ckpt_path=.*)$")
 # what makes a training command expensive here (a GPU, downloads, big data sets, several processes, sweeps)
@@ -48,10 +50,10 @@ EXCEPTIONS = {
 HELP_ONLY = ("src.token_maps", "src.bench.predict")
 
 
-def readme_commands() -> list[str]:
-    """`src.<entry> <args>` of every command in README.md, once each, in order."""
+def page_commands(page: Path) -> list[str]:
+    """`src.<entry> <args>` of every command on one page, once each, in order."""
     found = []
-    for match in COMMAND.finditer(README.read_text()):
+    for match in COMMAND.finditer(page.read_text()):
         args = match.group(2).replace("\\\n", " ").split("#")[0]  # continued lines; no comment
         args = re.sub(r"(?<=\s)\[[^\]]*\]", "", args)  # [optional parts] are left out, not key=[a,b] lists
         args = re.sub(r"\$\([^)]*\)", "1", args)  # a shell substitution ($(ls ...)) stands for one value
@@ -61,6 +63,11 @@ def readme_commands() -> list[str]:
         if command not in found:
             found.append(command)
     return found
+
+
+def documented_commands() -> list[str]:
+    """The commands of every page in PAGES, once each."""
+    return list(dict.fromkeys(command for page in PAGES for command in page_commands(page)))
 
 
 def hydra_app(entry: str) -> bool:
@@ -78,7 +85,7 @@ def fill(arg: str, places: dict[str, str]) -> str:
     if "<" in arg or "$" in arg or value == "...":
         if value.endswith(".onnx"):
             return f"{key}={places['onnx']}"
-        if key == "ckpt_path" or value.endswith(".ckpt"):
+        if key == "ckpt_path" or key.endswith("_ckpt") or value.endswith(".ckpt"):  # distill.teacher_ckpt too
             return f"{key}={places['ckpt']}"
         if not value:  # a positional placeholder: the run dirs of src.compare
             return places["sweep"]
@@ -121,8 +128,41 @@ def places(tiny_sweep, tmp_path_factory) -> dict[str, str]:
 
 
 def test_the_readme_shows_commands_of_every_entry_point():
-    entries = {command.split()[0] for command in readme_commands()}
+    entries = {command.split()[0] for command in page_commands(README)}
     assert {"src.train", "src.eval", "src.predict", "src.compare"} <= entries
+
+
+@pytest.mark.parametrize("page", sorted((ROOT / "docs").glob("*.md")), ids=lambda page: page.name)
+def test_the_commands_of_every_docs_page_are_tested(page):
+    """A reference page's commands are among those the tests below run or compose (docs/history/ is not)."""
+    commands = page_commands(page)
+    assert set(commands) <= set(documented_commands())
+    assert commands or "-m src" not in page.read_text()
+
+
+def anchor(heading: str) -> str:
+    """GitHub's anchor of a markdown heading: lower case, punctuation dropped, spaces as hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+@pytest.mark.parametrize(
+    "page", [*PAGES, *sorted((ROOT / "docs" / "history").glob("*.md"))], ids=lambda p: p.name
+)
+def test_links_between_pages_resolve(page):
+    """Every relative link of a page names a file that exists, and a #heading that the file has."""
+    broken = []
+    for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text()):
+        if re.match(r"\w+://", target):
+            continue
+        path, _, fragment = target.partition("#")
+        linked = (page.parent / path).resolve() if path else page
+        if not linked.exists():
+            broken.append(target)
+        elif fragment and linked.suffix == ".md":
+            headings = re.findall(r"^#+ (.+)$", linked.read_text(), flags=re.MULTILINE)
+            if fragment not in {anchor(h) for h in headings}:
+                broken.append(target)
+    assert not broken, f"{page.name}: {broken}"
 
 
 def config_name(entry: str) -> str:
@@ -133,8 +173,8 @@ def config_name(entry: str) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("command", [c for c in readme_commands() if plan(c) == "compose"])
-def test_readme_command_composes(command, tmp_path):
+@pytest.mark.parametrize("command", [c for c in documented_commands() if plan(c) == "compose"])
+def test_documented_command_composes(command, tmp_path):
     """Every option and key of the command exists (what `--cfg job` checks, in this process: a fraction of a
     second instead of a Python start-up each)."""
     entry, *args = shlex.split(command)
@@ -142,6 +182,11 @@ def test_readme_command_composes(command, tmp_path):
         fill(arg, {"ckpt": "x.ckpt", "onnx": "x.onnx", "sweep": "x", "inputs": "x"})
         for arg in single_job(args)
     ]
+    # as src.eval hands them to Hydra: data.<key>=... without data=... changes the checkpoint's data config
+    if entry == "src.eval":
+        from src.eval import checkpoint_data_overrides
+
+        overrides = checkpoint_data_overrides(overrides)
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name(entry), overrides=[*overrides, f"paths.log_dir={tmp_path}"])
@@ -149,8 +194,8 @@ def test_readme_command_composes(command, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("command", [c for c in readme_commands() if plan(c) != "compose"])
-def test_readme_command_works_as_written(command, places, tmp_path):
+@pytest.mark.parametrize("command", [c for c in documented_commands() if plan(c) != "compose"])
+def test_documented_command_works_as_written(command, places, tmp_path):
     entry, *args = shlex.split(command)
     args = [fill(arg, places) for arg in args]
     how = plan(command)
