@@ -1,14 +1,16 @@
-"""What every image DataModule shares: loader settings, transforms and a stratified, seeded split."""
+"""What every image DataModule shares: loader settings, transforms, a stratified, seeded split and the folds of
+k-fold cross-validation."""
 
 import logging
 import math
 from collections.abc import Sequence
+from itertools import islice
 
 import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
-from sklearn.model_selection import train_test_split
+from sklearn.model_selection import StratifiedKFold, train_test_split
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from src.data.augment import check_augment, gpu_loader_refusal
@@ -48,6 +50,34 @@ def stratified_split(
     return train_test_split(indices, test_size=test_size, stratify=labels, random_state=seed)
 
 
+def _whole(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def kfold_split(labels: Sequence[int], folds: int, fold: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Positions (train, val) in `labels` of fold `fold` of a seeded, stratified k-fold split: val is that fold,
+    train the other folds. The folds are disjoint, together they are all of `labels`, and each holds every class
+    in its share of the images (within one image); the same seed gives the same folds."""
+    if not _whole(folds) or folds < 2:
+        raise UserError(
+            f"data.folds={folds} must be a whole number of at least 2 (or null: no cross-validation)"
+        )
+    if not _whole(fold) or not 0 <= fold < folds:
+        raise UserError(
+            f"data.fold={fold} must be between 0 and {folds - 1} (data.folds={folds}): sweep every fold with "
+            f"-m 'data.fold=range({folds})'"
+        )
+    labels = np.asarray(labels)
+    counts = np.bincount(labels)
+    if (smallest := counts[counts > 0].min()) < folds:  # a fold without the class would not measure it
+        raise UserError(
+            f"class {counts.tolist().index(smallest)} has {smallest} image(s) in train and val together: "
+            f"data.folds={folds} needs at least {folds} per class; use fewer folds or add images"
+        )
+    splits = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed).split(labels, labels)
+    return next(islice(splits, fold, None))
+
+
 class ImageDataModule(TrainLoaderStateInDataModule, L.LightningDataModule):
     """Subclasses set `style` (see transforms.py) and `native_size`, and fill the three data sets in setup()."""
 
@@ -73,14 +103,34 @@ class ImageDataModule(TrainLoaderStateInDataModule, L.LightningDataModule):
         seed: int = 42,
         interpolation: str = "bilinear",
         augment: dict | None = None,
+        folds: int | None = None,
+        fold: int = 0,
     ):
-        """`augment`: the train-time policy of conf/augment/ (None: the data set's own crop/flip only)."""
+        """`augment`: the train-time policy of conf/augment/ (None: the data set's own crop/flip only).
+        `folds`: k-fold cross-validation over train and val together, `fold` the one validated on (None: the
+        data set's own train/val split). The test split is the same either way."""
         super().__init__()
         self.save_hyperparameters(logger=False)
         self.data_train: Dataset | None = None
         self.data_val: Dataset | None = None
         self.data_test: Dataset | None = None
         self.class_names: list[str] = []
+
+    def train_and_val(
+        self, train: Sequence[int], val: Sequence[int], labels: Sequence[int]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """`train` and `val` (indices into a data set whose labels are `labels`) as they are, or with data.folds
+        set, fold data.fold of the two together as val and the other folds as train."""
+        h = self.hparams
+        if h.folds is None:
+            if h.fold != 0:
+                raise UserError(
+                    f"data.fold={h.fold} needs data.folds (the number of folds): add data.folds=5"
+                )
+            return np.asarray(train), np.asarray(val)
+        pool = np.sort(np.concatenate([train, val]))  # sorted: the folds do not depend on how val was drawn
+        fold_train, fold_val = kfold_split(np.asarray(labels)[pool], h.folds, h.fold, h.seed)
+        return pool[fold_train], pool[fold_val]
 
     def transform(self, train: bool):
         h = self.hparams

@@ -60,6 +60,7 @@ class CIFAR10DataModule(ImageDataModule):
             return
         full = self._dataset(train=True)
         train, val = stratified_split(full.targets, self.hparams.val_size, self.hparams.seed, "data.val_size")
+        train, val = self.train_and_val(train, val, full.targets)
         self.data_train = TransformedSubset(full, train, self.transform(train=True))
         self.data_val = TransformedSubset(full, val, self.transform(train=False))
         test = self._dataset(train=False)

@@ -28,7 +28,7 @@ class DigitsDataModule(ImageDataModule):
         h = self.hparams
         rest, test = stratified_split(digits.target, h.test_size, h.seed, "data.test_size")
         train, val = stratified_split(digits.target[rest], h.val_size, h.seed, "data.val_size")
-        train, val = rest[train], rest[val]
+        train, val = self.train_and_val(rest[train], rest[val], digits.target)
         self.data_train = TransformedSubset(full, train, self.transform(train=True))
         self.data_val = TransformedSubset(full, val, self.transform(train=False))
         self.data_test = TransformedSubset(full, test, self.transform(train=False))

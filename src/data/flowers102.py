@@ -4,9 +4,11 @@ official train / val / test splits (1 020 / 1 020 / 6 149 images)."""
 import logging
 from pathlib import Path
 
+import numpy as np
+from torch.utils.data import ConcatDataset
 from torchvision.datasets import Flowers102
 
-from src.data.base import ImageDataModule
+from src.data.base import ImageDataModule, TransformedSubset
 from src.data.integrity import check_data_dir, extract_into, readable_images, without_download_hint
 from src.errors import DataNotFoundError, UserError
 
@@ -45,14 +47,14 @@ class _Flowers102(Flowers102):
 class Flowers102DataModule(ImageDataModule):
     style = "imagenet"
 
-    def _dataset(self, split: str, train: bool = False, download: bool = False) -> Flowers102:
+    def _dataset(self, split: str, transform=None, download: bool = False) -> Flowers102:
         root = Path(self.hparams.data_dir)
         check_data_dir(root)
         try:
             return _Flowers102(
                 root,
                 split=split,
-                transform=self.transform(train=train),
+                transform=transform,
                 download=download,
                 verify_checksums=self.hparams.verify_checksums,
             )
@@ -71,7 +73,17 @@ class Flowers102DataModule(ImageDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.data_train is not None:
             return
-        self.data_train = self._dataset("train", train=True)
-        self.data_val = self._dataset("val")
-        self.data_test = self._dataset("test")
+        if self.hparams.folds is None:
+            self.data_train = self._dataset("train", self.transform(train=True))
+            self.data_val = self._dataset("val", self.transform(train=False))
+        else:  # the folds are cut from the official train and val splits together
+            official = [self._dataset("train"), self._dataset("val")]
+            pool = ConcatDataset(official)
+            labels = np.concatenate([dataset._labels for dataset in official])
+            train, val = self.train_and_val(
+                np.arange(len(official[0])), np.arange(len(official[0]), len(pool)), labels
+            )
+            self.data_train = TransformedSubset(pool, train, self.transform(train=True))
+            self.data_val = TransformedSubset(pool, val, self.transform(train=False))
+        self.data_test = self._dataset("test", self.transform(train=False))
         self.class_names = list(Flowers102.classes)

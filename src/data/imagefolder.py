@@ -299,6 +299,7 @@ class FileDataModule(ImageDataModule):
         self.class_names = index.class_names
         full = ImageFiles(index.files, index.labels)
         labels = np.array(index.labels)
+        splits["train"], splits["val"] = self.train_and_val(splits["train"], splits["val"], labels)
         for split in SPLITS:
             subset = TransformedSubset(full, splits[split], self.transform(train=split == "train"))
             setattr(self, f"data_{split}", subset)
