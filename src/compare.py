@@ -1,7 +1,9 @@
 """Compare runs side by side: python -m src.compare <multirun dir | run dirs ...> [--out DIR]
 
 Reads each run's summary.json (written after test by the report callback) and the sweep overrides in
-.hydra/overrides.yaml, and writes comparison.md, comparison.csv and comparison.png (bar charts)."""
+.hydra/overrides.yaml, and writes comparison.md, comparison.csv and comparison.png (bar charts). Runs that differ
+only by seed= or data.fold= are repeats of one configuration: comparison.md then also gives each group's
+mean ± std (the sample standard deviation, ddof=1), min and max per metric, also in comparison_groups.csv."""
 
 import argparse
 import csv
@@ -10,6 +12,7 @@ import os
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 
@@ -43,6 +46,10 @@ COLUMNS = [
     ("test s", lambda s: s["test_seconds"], "{:.1f}"),
     _headline("peak_memory_mib", "{:,.0f}"),
 ]
+# the columns a group of repeated runs is summarised by (mean ± std, min, max)
+STATISTICS = [column for column, _ in HEADLINE.values()]
+# overrides that repeat a configuration rather than change it
+REPEATS = ("seed=", "data.fold=")
 CHARTS = ["test acc", "macro F1", "s/epoch", "test s", "peak memory MiB", "trainable params"]
 
 
@@ -95,6 +102,57 @@ def run_labels(runs: list[Path]) -> list[str]:
     shared = set.intersection(*map(set, overrides)) if len(runs) > 1 else set()
     labels = [" ".join(o for o in run_overrides if o not in shared) for run_overrides in overrides]
     return [label or run.name for label, run in zip(labels, runs, strict=True)]
+
+
+def group_labels(runs: list[Path]) -> list[str]:
+    """Each run's configuration: its overrides that differ between the runs, without seed= and data.fold=."""
+    overrides = [[o for o in _overrides(run) if not o.startswith(REPEATS)] for run in runs]
+    shared = set.intersection(*map(set, overrides))
+    return [" ".join(o for o in run_overrides if o not in shared) or "all" for run_overrides in overrides]
+
+
+def group_statistics(rows: list[dict], groups: list[str]) -> list[dict]:
+    """Per group of two or more runs: how many, and each STATISTICS column's mean, std (ddof=1), min and max
+    over the runs that have it."""
+    members: dict[str, list[dict]] = {}
+    for row, group in zip(rows, groups, strict=True):
+        members.setdefault(group, []).append(row)
+    table = []
+    for group, group_rows in members.items():
+        if len(group_rows) < 2:
+            continue
+        stats: dict = {"group": group, "runs": len(group_rows)}
+        for name in STATISTICS:
+            values = np.array([row[name] for row in group_rows if row[name] is not None], dtype=float)
+            has_two = len(values) > 1
+            stats |= {
+                f"{name} mean": values.mean() if has_two else None,
+                f"{name} std": values.std(ddof=1) if has_two else None,
+                f"{name} min": values.min() if has_two else None,
+                f"{name} max": values.max() if has_two else None,
+            }
+        table.append(stats)
+    return table
+
+
+def statistics_markdown(table: list[dict]) -> str:
+    header = ["group", "runs", *STATISTICS]
+    lines = [
+        "Repeated runs (the same overrides but seed= and data.fold=): mean ± std (sample, ddof=1) [min, max]",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|---" * len(header) + "|",
+    ]
+    for stats in table:
+        cells = [
+            f"{stats[f'{name} mean']:.4g} ± {stats[f'{name} std']:.2g} "
+            f"[{stats[f'{name} min']:.4g}, {stats[f'{name} max']:.4g}]"
+            if stats[f"{name} mean"] is not None
+            else ""
+            for name in STATISTICS
+        ]
+        lines.append("| " + " | ".join([stats["group"], str(stats["runs"]), *cells]) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def read_summary(path: Path) -> dict:
@@ -154,7 +212,8 @@ def plot_bars(rows: list[dict], path: Path) -> None:
 
 @exit_on_user_error
 def compare(paths: list[Path], out: Path | None = None) -> list[dict]:
-    rows = comparison_rows(find_runs(paths))
+    runs = find_runs(paths)
+    rows = comparison_rows(runs)
     out = out or Path(os.path.commonpath([p.resolve() for p in paths]))
     if out.exists() and not out.is_dir():
         raise UserError(
@@ -162,11 +221,16 @@ def compare(paths: list[Path], out: Path | None = None) -> list[dict]:
         )
     out.mkdir(parents=True, exist_ok=True)
     markdown = to_markdown(rows)
+    written = "comparison.csv and comparison.png"
+    if statistics := group_statistics(rows, group_labels(runs)):
+        markdown += "\n" + statistics_markdown(statistics)
+        write_csv(statistics, out / "comparison_groups.csv")
+        written = "comparison.csv, comparison_groups.csv and comparison.png"
     (out / "comparison.md").write_text(markdown)
     write_csv(rows, out / "comparison.csv")
     plot_bars(rows, out / "comparison.png")
     print(markdown)
-    print(f"wrote {out / 'comparison.md'}, comparison.csv and comparison.png ({len(rows)} runs)")
+    print(f"wrote {out / 'comparison.md'}, {written} ({len(rows)} runs)")
     return rows
 
 

@@ -5,6 +5,7 @@ import json
 import os
 
 import matplotlib.image
+import numpy as np
 import pytest
 
 from src.compare import main, run_labels
@@ -113,3 +114,48 @@ def test_compare_names_the_interrupted_runs_it_leaves_out(tiny_sweep, tmp_path, 
         main([str(tmp_path)])
     error = capsys.readouterr().err
     assert "no summary.json found" in error and "1 interrupted run(s)" in error
+
+
+def write_run(run, overrides: list[str], test_acc: float, test_loss: float) -> None:
+    """A run dir as src.train leaves it, as far as src.compare reads it."""
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    summary = {
+        "model": "vit", "data": "digits", "best_val_acc": test_acc + 0.01, "params_total": 100,
+        "params_trainable": 100, "seconds_per_epoch": 1.0, "test_seconds": 0.5, "peak_memory_mib": None,
+        "test": {"test/acc": test_acc, "test/loss": test_loss, "test/macro_f1": test_acc - 0.02},
+    }  # fmt: skip
+    (run / "summary.json").write_text(json.dumps(summary))
+
+
+def test_compare_gives_mean_std_min_max_of_runs_that_differ_only_by_seed_or_fold(tmp_path, capsys):
+    accuracies = {"model.depth=1": [0.81, 0.85, 0.78], "model.depth=2": [0.9, 0.93]}
+    job = 0
+    for depth, values in accuracies.items():
+        for repeat, acc in enumerate(values):
+            repeated = f"seed={repeat}" if depth.endswith("1") else f"data.fold={repeat}"
+            write_run(tmp_path / str(job), [depth, repeated, "data=digits"], acc, 1 - acc)
+            job += 1
+    main([str(tmp_path)])
+    with open(tmp_path / "comparison_groups.csv", newline="") as f:
+        groups = list(csv.DictReader(f))
+    assert [(g["group"], g["runs"]) for g in groups] == [("model.depth=1", "3"), ("model.depth=2", "2")]
+    for group, values in zip(groups, accuracies.values(), strict=True):
+        assert float(group["test acc mean"]) == pytest.approx(np.mean(values))
+        assert float(group["test acc std"]) == pytest.approx(np.std(values, ddof=1))
+        assert float(group["test loss std"]) == pytest.approx(np.std(values, ddof=1))
+        assert (float(group["test acc min"]), float(group["test acc max"])) == (min(values), max(values))
+        assert group["peak memory MiB mean"] == ""  # not measured (a CPU run): no statistic
+    markdown = (tmp_path / "comparison.md").read_text()
+    assert markdown in capsys.readouterr().out
+    mean, std = np.mean(accuracies["model.depth=1"]), np.std(accuracies["model.depth=1"], ddof=1)
+    assert f"| model.depth=1 | 3 | {mean + 0.01:.4g} ± {std:.2g} " in markdown  # best val acc first
+    assert f"{mean:.4g} ± {std:.2g} [0.78, 0.85]" in markdown
+
+
+def test_compare_of_runs_that_all_differ_writes_no_group_statistics(tmp_path):
+    for job, depth in enumerate((1, 2)):
+        write_run(tmp_path / str(job), [f"model.depth={depth}", "seed=0"], 0.8, 0.2)
+    main([str(tmp_path)])
+    assert not (tmp_path / "comparison_groups.csv").exists()
+    assert "Repeated runs" not in (tmp_path / "comparison.md").read_text()
