@@ -3,7 +3,8 @@
 Reads each run's summary.json (written after test by the report callback) and the sweep overrides in
 .hydra/overrides.yaml, and writes comparison.md, comparison.csv and comparison.png (bar charts). Runs that differ
 only by seed= or data.fold= are repeats of one configuration: comparison.md then also gives each group's
-mean ± std (the sample standard deviation, ddof=1), min and max per metric, also in comparison_groups.csv."""
+mean ± std (the sample standard deviation, ddof=1), min and max per metric, also in comparison_groups.csv; the
+fold runs' out-of-fold predictions are joined into oof_predictions.csv, with each group's out-of-fold accuracy."""
 
 import argparse
 import csv
@@ -21,6 +22,11 @@ from omegaconf import OmegaConf  # noqa: E402
 
 from src.cli.exits import exit_on_user_error  # noqa: E402
 from src.errors import UserError  # noqa: E402
+from src.reporting.out_of_fold import (  # noqa: E402
+    OOF_PREDICTIONS,
+    out_of_fold_accuracy,
+    read_out_of_fold,
+)
 from src.reporting.run_metrics import HEADLINE  # noqa: E402
 from src.runs.marks import INTERRUPTED  # noqa: E402
 
@@ -111,9 +117,18 @@ def group_labels(runs: list[Path]) -> list[str]:
     return [" ".join(o for o in run_overrides if o not in shared) or "all" for run_overrides in overrides]
 
 
-def group_statistics(rows: list[dict], groups: list[str]) -> list[dict]:
-    """Per group of two or more runs: how many, and each STATISTICS column's mean, std (ddof=1), min and max
-    over the runs that have it."""
+def out_of_fold_predictions(runs: list[Path], groups: list[str]) -> list[dict]:
+    """The oof_predictions.csv of the fold runs, one after the other, each row with its run's group."""
+    return [
+        {"group": group, **row}
+        for run, group in zip(runs, groups, strict=True)
+        for row in read_out_of_fold(run) or []
+    ]
+
+
+def group_statistics(rows: list[dict], groups: list[str], oof: list[dict] = ()) -> list[dict]:
+    """Per group of two or more runs: how many, each STATISTICS column's mean, std (ddof=1), min and max over
+    the runs that have it, and the accuracy of the group's out-of-fold predictions (`oof`), where it has them."""
     members: dict[str, list[dict]] = {}
     for row, group in zip(rows, groups, strict=True):
         members.setdefault(group, []).append(row)
@@ -131,12 +146,14 @@ def group_statistics(rows: list[dict], groups: list[str]) -> list[dict]:
                 f"{name} min": values.min() if has_two else None,
                 f"{name} max": values.max() if has_two else None,
             }
+        group_oof = [row for row in oof if row["group"] == group]
+        stats["OOF acc"] = out_of_fold_accuracy(group_oof) if group_oof else None
         table.append(stats)
     return table
 
 
 def statistics_markdown(table: list[dict]) -> str:
-    header = ["group", "runs", *STATISTICS]
+    header = ["group", "runs", *STATISTICS, "OOF acc"]
     lines = [
         "Repeated runs (the same overrides but seed= and data.fold=): mean ± std (sample, ddof=1) [min, max]",
         "",
@@ -151,7 +168,8 @@ def statistics_markdown(table: list[dict]) -> str:
             else ""
             for name in STATISTICS
         ]
-        lines.append("| " + " | ".join([stats["group"], str(stats["runs"]), *cells]) + " |")
+        oof = "" if stats["OOF acc"] is None else f"{stats['OOF acc']:.4g}"
+        lines.append("| " + " | ".join([stats["group"], str(stats["runs"]), *cells, oof]) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -192,7 +210,8 @@ def to_markdown(rows: list[dict]) -> str:
 
 def write_csv(rows: list[dict], path: Path) -> None:
     with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        # every row's columns: out-of-fold predictions of data sets with other classes have other ones
+        writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(key for row in rows for key in row)))
         writer.writeheader()
         writer.writerows(rows)
 
@@ -221,16 +240,20 @@ def compare(paths: list[Path], out: Path | None = None) -> list[dict]:
         )
     out.mkdir(parents=True, exist_ok=True)
     markdown = to_markdown(rows)
-    written = "comparison.csv and comparison.png"
-    if statistics := group_statistics(rows, group_labels(runs)):
+    groups = group_labels(runs)
+    written = ["comparison.csv"]
+    if oof := out_of_fold_predictions(runs, groups):
+        write_csv(oof, out / OOF_PREDICTIONS)
+        written.append(f"{OOF_PREDICTIONS} ({len(oof)} out-of-fold predictions)")
+    if statistics := group_statistics(rows, groups, oof):
         markdown += "\n" + statistics_markdown(statistics)
         write_csv(statistics, out / "comparison_groups.csv")
-        written = "comparison.csv, comparison_groups.csv and comparison.png"
+        written.append("comparison_groups.csv")
     (out / "comparison.md").write_text(markdown)
     write_csv(rows, out / "comparison.csv")
     plot_bars(rows, out / "comparison.png")
     print(markdown)
-    print(f"wrote {out / 'comparison.md'}, {written} ({len(rows)} runs)")
+    print(f"wrote {out / 'comparison.md'}, {', '.join(written)} and comparison.png ({len(rows)} runs)")
     return rows
 
 

@@ -17,6 +17,7 @@ from src.cli.exits import exit_on_user_error
 from src.cli.resolvers import register_resolvers
 from src.errors import UserError
 from src.reporting.hparams_table import log_hyperparameters
+from src.reporting.out_of_fold import write_out_of_fold
 from src.reporting.run_metrics import metrics_to_floats
 from src.runs.folders import find_checkpoint
 from src.runs.guard import guarded_run
@@ -76,14 +77,18 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if checkpoint and checkpoint.monitor and checkpoint.best_model_score is not None:  # for a sweeper
         metrics[f"{checkpoint.monitor}_best"] = float(checkpoint.best_model_score)
 
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     if cfg.test:
-        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         if not best:
             log.warning("No best checkpoint was saved; testing the current weights.")
         trainer.test(model, datamodule=datamodule, ckpt_path=best or None)
         log.info("Best checkpoint: %s", best)
         metrics |= metrics_to_floats(trainer.callback_metrics)
         log_hyperparameters(trainer, cfg, model, metrics)
+    if cfg.train and cfg.data.get(
+        "folds"
+    ):  # the best checkpoint's predictions of the fold it never trained on
+        write_out_of_fold(trainer, model, datamodule, best or None, Path(cfg.paths.output_dir))
     optimized_value(
         metrics, cfg.get("optimized_metric")
     )  # in a sweep: a metric that was not logged is an error

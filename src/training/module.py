@@ -206,6 +206,11 @@ class ClassifierModule(L.LightningModule):
         # the logits go to callbacks' on_test_batch_end (the report callback builds its tables from them)
         return self._step(batch, batch_idx, "test")[1]
 
+    def predict_step(self, batch, batch_idx):
+        """A labelled batch's class probabilities, with its labels (the out-of-fold predictions of k-fold)."""
+        images, labels = batch
+        return self(images).float().softmax(dim=-1), labels
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # class names travel with the weights, so predict needs no data set (a plain list: weights_only loads)
         names = getattr(self.trainer.datamodule, "class_names", None) or self.class_names
