@@ -54,7 +54,9 @@ def _whole(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def kfold_split(labels: Sequence[int], folds: int, fold: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def kfold_split(
+    labels: Sequence[int], folds: int, fold: int, seed: int, class_names: Sequence[str] = ()
+) -> tuple[np.ndarray, np.ndarray]:
     """Positions (train, val) in `labels` of fold `fold` of a seeded, stratified k-fold split: val is that fold,
     train the other folds. The folds are disjoint, together they are all of `labels`, and each holds every class
     in its share of the images (within one image); the same seed gives the same folds."""
@@ -70,8 +72,9 @@ def kfold_split(labels: Sequence[int], folds: int, fold: int, seed: int) -> tupl
     labels = np.asarray(labels)
     counts = np.bincount(labels)
     if (smallest := counts[counts > 0].min()) < folds:  # a fold without the class would not measure it
+        label = counts.tolist().index(smallest)
         raise UserError(
-            f"class {counts.tolist().index(smallest)} has {smallest} image(s) in train and val together: "
+            f"class {class_names[label] if class_names else label} has {smallest} image(s) in train and val together: "
             f"data.folds={folds} needs at least {folds} per class; use fewer folds or add images"
         )
     splits = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed).split(labels, labels)
@@ -120,7 +123,8 @@ class ImageDataModule(TrainLoaderStateInDataModule, L.LightningDataModule):
         self, train: Sequence[int], val: Sequence[int], labels: Sequence[int]
     ) -> tuple[np.ndarray, np.ndarray]:
         """`train` and `val` (indices into a data set whose labels are `labels`) as they are, or with data.folds
-        set, fold data.fold of the two together as val and the other folds as train."""
+        set, fold data.fold of the two together as val and the other folds as train (self.class_names, where
+        set already, name a class too small for the folds)."""
         h = self.hparams
         if h.folds is None:
             if h.fold != 0:
@@ -129,7 +133,9 @@ class ImageDataModule(TrainLoaderStateInDataModule, L.LightningDataModule):
                 )
             return np.asarray(train), np.asarray(val)
         pool = np.sort(np.concatenate([train, val]))  # sorted: the folds do not depend on how val was drawn
-        fold_train, fold_val = kfold_split(np.asarray(labels)[pool], h.folds, h.fold, h.seed)
+        fold_train, fold_val = kfold_split(
+            np.asarray(labels)[pool], h.folds, h.fold, h.seed, self.class_names
+        )
         return pool[fold_train], pool[fold_val]
 
     def transform(self, train: bool):

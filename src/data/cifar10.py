@@ -59,13 +59,13 @@ class CIFAR10DataModule(ImageDataModule):
         if self.data_train is not None:
             return
         full = self._dataset(train=True)
+        self.class_names = list(full.classes)
         train, val = stratified_split(full.targets, self.hparams.val_size, self.hparams.seed, "data.val_size")
         train, val = self.train_and_val(train, val, full.targets)
         self.data_train = TransformedSubset(full, train, self.transform(train=True))
         self.data_val = TransformedSubset(full, val, self.transform(train=False))
         test = self._dataset(train=False)
         self.data_test = TransformedSubset(test, range(len(test)), self.transform(train=False))
-        self.class_names = list(full.classes)
 
     def in_memory(self, dataset: TransformedSubset) -> tuple[torch.Tensor, torch.Tensor]:
         cifar = dataset.dataset  # its .data is N x H x W x C uint8

@@ -26,13 +26,13 @@ class DigitsDataModule(ImageDataModule):
         labels = torch.from_numpy(digits.target)
         full = TensorDataset(images, labels)
         h = self.hparams
+        self.class_names = [str(name) for name in digits.target_names]
         rest, test = stratified_split(digits.target, h.test_size, h.seed, "data.test_size")
         train, val = stratified_split(digits.target[rest], h.val_size, h.seed, "data.val_size")
         train, val = self.train_and_val(rest[train], rest[val], digits.target)
         self.data_train = TransformedSubset(full, train, self.transform(train=True))
         self.data_val = TransformedSubset(full, val, self.transform(train=False))
         self.data_test = TransformedSubset(full, test, self.transform(train=False))
-        self.class_names = [str(name) for name in digits.target_names]
 
     def in_memory(self, dataset: TransformedSubset) -> tuple[torch.Tensor, torch.Tensor]:
         images, labels = dataset.dataset.tensors

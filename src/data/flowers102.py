@@ -73,6 +73,7 @@ class Flowers102DataModule(ImageDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.data_train is not None:
             return
+        self.class_names = list(Flowers102.classes)
         if self.hparams.folds is None:
             self.data_train = self._dataset("train", self.transform(train=True))
             self.data_val = self._dataset("val", self.transform(train=False))
@@ -86,4 +87,3 @@ class Flowers102DataModule(ImageDataModule):
             self.data_train = TransformedSubset(pool, train, self.transform(train=True))
             self.data_val = TransformedSubset(pool, val, self.transform(train=False))
         self.data_test = self._dataset("test", self.transform(train=False))
-        self.class_names = list(Flowers102.classes)

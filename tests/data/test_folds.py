@@ -16,6 +16,7 @@ from src.data.flowers102 import Flowers102DataModule
 from src.data.imagefolder import ImageFiles, ImageFolderDataModule
 from src.data.manifest import CSVDataModule
 from src.errors import UserError
+from tests.conftest import QUICK, TINY_VIT, run_cli
 from tests.data.test_imagefolder import write_images
 
 FOLDS = 3
@@ -129,9 +130,40 @@ def test_fold_settings_out_of_range_say_what_to_pass(folds, fold, message):
         kfold_split(np.arange(100) % 4, folds, fold, seed=0)
 
 
+def test_a_class_too_small_for_the_folds_is_named(class_folders):
+    dm = ImageFolderDataModule(
+        data_dir=str(class_folders),
+        image_size=8,
+        num_classes=3,
+        val_size=0.2,
+        test_size=0.2,
+        folds=7,
+        **LOADER,
+    )
+    with pytest.raises(
+        UserError, match=r"class eel has 6 image\(s\) in train and val together: data.folds=7"
+    ):
+        dm.setup("fit")
+
+
 def test_a_fold_without_folds_says_to_set_them():
     dm = DigitsDataModule(
         data_dir="unused", image_size=16, num_classes=10, val_size=180, test_size=360, fold=2, **LOADER
     )
     with pytest.raises(UserError, match="data.fold=2 needs data.folds"):
         dm.setup("fit")
+
+
+def test_a_fold_out_of_range_stops_the_command_with_one_error_line(tmp_path):
+    result = run_cli(
+        "src.train",
+        "data=digits",
+        *TINY_VIT,
+        *QUICK,
+        "data.folds=5",
+        "data.fold=5",
+        f"paths.log_dir={tmp_path}",
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert line.startswith("error: data.fold=5 must be between 0 and 4 (data.folds=5): sweep every fold with")
