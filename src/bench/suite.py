@@ -13,7 +13,8 @@ On CUDA also: model FLOPs utilisation, torch.compile against eager, and seconds 
 With `--profile`: where the per-step overhead goes, cProfile's self time per step of both loops by package and
 by function (step_profile.py).
 Data are synthetic, CIFAR-shaped uint8 images (32 px, resized to the model's size), augmented as for training.
-It prints a markdown table and writes it, with the machine described, to `--out` (docs/benchmarks.md).
+It prints a markdown table and writes it, with the machine described, to `--out` (outputs/benchmarks.md;
+docs/speed.md shows the current tables).
 
 One module per measurement: fit_vs_raw.py (ours against the raw loop, inference, memory), loaders.py, gpu.py
 (FLOPs, MFU, compiled against eager, epoch seconds), step_profile.py (where a step's time goes); workload.py is
@@ -104,7 +105,7 @@ def parse_args(argv=None):
     parser.add_argument(
         "--profile", action="store_true", help="also profile each loop once: self time per step, by package"
     )
-    parser.add_argument("--out", default="docs/benchmarks.md")
+    parser.add_argument("--out", default="outputs/benchmarks.md")
     parser.add_argument("--append", action="store_true", help="add this run to --out instead of replacing it")
     args = parser.parse_args(argv)
     if not 0 <= args.warmup < args.steps - 1:

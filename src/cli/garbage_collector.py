@@ -12,7 +12,7 @@ Objects made later (the model, the Trainer, the data) are collected as always; w
 and functions, which are never garbage before exit. Imported any other way (pytest, a notebook, a SLURM job),
 nothing changes.
 
-Measured: the quickstart benchmark, `python -m src.bench.quickstart` (docs/benchmarks.md)."""
+Measured: the quickstart benchmark, `python -m src.bench.quickstart` (docs/speed.md, "Start-up: the garbage collector pause")."""
 
 import gc
 import sys

@@ -2,7 +2,7 @@
 
 `from timm.<anything> import ...` first runs timm/__init__.py, which imports every model family (timm.models)
 and, through timm.data -> timm.utils.summary, wandb when it is installed (an optional import since timm PR #550):
-1.3 s of the start-up of every run that needs only this rule (the scratch ViT: docs/benchmarks.md). Runs with a
+1.3 s of the start-up of every run that needs only this rule (the scratch ViT: docs/history/benchmarks.md). Runs with a
 timm model, Mixup, RandAugment or a teacher import timm where they use it."""
 
 from collections.abc import Collection
