@@ -42,6 +42,15 @@ def compose_config(config_name: str, overrides: list[str], output_dir: Path):
     return cfg
 
 
+# a checkpoint after every training step, named by its step (step_7.ckpt): the tests that resume mid-epoch
+EVERY_STEP_CHECKPOINTS = [
+    "+callbacks.last_checkpoint.every_n_train_steps=1",
+    "callbacks.last_checkpoint.save_top_k=-1",
+    "callbacks.last_checkpoint.filename='step_{step}'",
+    "+callbacks.last_checkpoint.auto_insert_metric_name=false",
+]
+
+
 def run_cli(
     module: str, *overrides: str, cwd: Path = ROOT, timeout: int = 1800, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess:

@@ -15,7 +15,7 @@ from src.models.vit import VisionTransformer
 from src.train import train
 from src.training.mixing import BatchMixup
 from src.training.module import load_checkpoint
-from tests.conftest import QUICK, TINY_VIT, compose_config, run_cli
+from tests.conftest import EVERY_STEP_CHECKPOINTS, QUICK, TINY_VIT, compose_config, run_cli
 
 DIGITS = ["data=digits", *TINY_VIT, *QUICK]
 
@@ -169,9 +169,7 @@ def test_ema_resumed_mid_epoch_ends_bit_identical(tmp_path):
     args = ["data=digits", "data.loader=gpu", "data.batch_size=256", *TINY_VIT, "model.drop_path=0", *QUICK,
             "callbacks=[default,ema]", "callbacks.ema.decay=0.8",
             "trainer.max_epochs=2", "+trainer.limit_val_batches=1", "test=false",
-            "+callbacks.last_checkpoint.every_n_train_steps=1", "callbacks.last_checkpoint.save_top_k=-1",
-            "callbacks.last_checkpoint.filename='step_{step}'",
-            "+callbacks.last_checkpoint.auto_insert_metric_name=false"]  # fmt: skip
+            *EVERY_STEP_CHECKPOINTS]  # fmt: skip
     train(compose_config("train", args, tmp_path / "whole"))
     step_7 = tmp_path / "whole" / "checkpoints" / "step_7.ckpt"
     train(compose_config("train", [*args, f"ckpt_path={step_7}"], tmp_path / "resumed"))

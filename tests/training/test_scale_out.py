@@ -18,7 +18,16 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from src.train import train
 from src.upstream_fixes.hydra import config_flags
-from tests.conftest import CONF, QUICK, ROOT, TINY_VIT, compose_config, run_cli, run_dirs
+from tests.conftest import (
+    CONF,
+    EVERY_STEP_CHECKPOINTS,
+    QUICK,
+    ROOT,
+    TINY_VIT,
+    compose_config,
+    run_cli,
+    run_dirs,
+)
 
 FEW_BATCHES = ["+trainer.limit_train_batches=3", "+trainer.limit_val_batches=2"]
 REPORT_FILES = (
@@ -209,9 +218,7 @@ def test_gpu_loader_fit_resumed_mid_epoch_ends_with_the_uninterrupted_weights(sc
     args = ["data=digits", "data.loader=gpu", "data.batch_size=256", f"scheduler={scheduler}", *TINY_VIT,
             "model.drop_path=0", *QUICK,
             "trainer.max_epochs=2", "+trainer.limit_val_batches=1", "test=false",
-            "+callbacks.last_checkpoint.every_n_train_steps=1", "callbacks.last_checkpoint.save_top_k=-1",
-            "callbacks.last_checkpoint.filename='step_{step}'",
-            "+callbacks.last_checkpoint.auto_insert_metric_name=false"]  # fmt: skip
+            *EVERY_STEP_CHECKPOINTS]  # fmt: skip
     train(compose_config("train", args, tmp_path / "whole"))
     step_7 = tmp_path / "whole" / "checkpoints" / "step_7.ckpt"
     assert torch.load(step_7, weights_only=True)["epoch"] == 1  # inside the second epoch
