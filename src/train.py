@@ -76,6 +76,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
     checkpoint = trainer.checkpoint_callback
     if checkpoint and checkpoint.monitor and checkpoint.best_model_score is not None:  # for a sweeper
         metrics[f"{checkpoint.monitor}_best"] = float(checkpoint.best_model_score)
+    searched = cfg.get("optimized_metric")
+    if optuna_sweep() and checkpoint and checkpoint.best_model_path and searched != checkpoint.monitor:
+        # the trial's value is the searched metric of the checkpoint the run keeps (the quickstart keeps the
+        # lowest val/loss, the search maximises val/acc), not of the last epoch: one validation pass measures it
+        (validated,) = trainer.validate(model, datamodule=datamodule, ckpt_path="best", verbose=False)
+        if searched in validated:
+            metrics[f"{searched}_best"] = validated[searched]
 
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     if cfg.test:

@@ -138,6 +138,33 @@ def test_optuna_sweep_reports_the_best_validation_accuracy(tmp_path):
     assert results["best_value"] == pytest.approx(max(best_val_acc(job) for job in jobs))
 
 
+# a trial whose accuracy moves within 4 short epochs: the searched values fixed (a fixed value wins over the space)
+LEARNING_TRIAL = ["optimizer.lr=0.003", "data.batch_size=64", "augment=basic", "augment.random_erasing=0.0",
+                  "mixup.prob=0.0", "model.drop_path=0.0", "scheduler.schedule.warmup_fraction=0.0"]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_optuna_trial_value_is_the_kept_checkpoints_when_it_is_chosen_by_another_metric(tmp_path):
+    """The quickstart keeps the epoch of lowest val/loss; a search maximising val/acc must score each trial by
+    the kept epoch's val/acc, not by the last epoch's. Here the run keeps the epoch of highest val/loss (the
+    first), so that the kept and the last epoch differ."""
+    result = run_cli(
+        "src.train", "hparams_search=vit_optuna", "hydra.sweeper.n_trials=1", "data=digits", *TINY_VIT, *QUICK,
+        "trainer.max_epochs=4", "+trainer.limit_train_batches=8", *LEARNING_TRIAL, "callbacks.model_checkpoint.monitor=val/loss",
+        "callbacks.model_checkpoint.mode=max", f"paths.log_dir={tmp_path}",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    (sweep,) = (tmp_path / "train" / "multiruns").iterdir()
+    events = sweep / "0" / "tensorboard"
+    # per epoch (the validation pass after fit logs once more, at the last step: left out)
+    losses = [e.value for e in scalars(events, "val/loss")][:4]
+    accuracies = [e.value for e in scalars(events, "val/acc")][:4]
+    kept_epoch = losses.index(max(losses))
+    assert accuracies[kept_epoch] != accuracies[-1]
+    results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert results["best_value"] == pytest.approx(accuracies[kept_epoch], abs=1e-6)
+
+
 @pytest.mark.slow
 def test_optuna_sweep_of_ddp_jobs_makes_one_sweep(tmp_path):
     """hparams_search sets hydra.mode=MULTIRUN in the config: the DDP rank Lightning starts for a trial must run
