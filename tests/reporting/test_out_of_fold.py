@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import yaml
 
 from src.compare import main
 from src.reporting.out_of_fold import out_of_fold_rows
@@ -57,6 +58,10 @@ def test_a_fold_sweep_predicts_every_train_and_val_image_once_and_eval_tests_the
         assert {row["fold"] for row in rows} == {str(fold)}
         folds.append({int(row["image"]) for row in rows})
     assert folds[0].isdisjoint(folds[1])
+    # TensorBoard's HParams view: one row per fold, told apart by data/fold (the logged hparams.yaml of each run)
+    for fold in (0, 1):
+        hparams = yaml.safe_load((sweep / str(fold) / "tensorboard" / "hparams.yaml").read_text())
+        assert (hparams["data/folds"], hparams["data/fold"]) == (2, fold)
     assert len(folds[0] | folds[1]) == 1797 - 360  # every image but digits' test split (data.test_size=360)
 
     (checkpoint,) = (sweep / "1" / "checkpoints").glob("epoch_*.ckpt")
