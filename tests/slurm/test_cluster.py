@@ -38,15 +38,18 @@ def job_env(cluster: Cluster) -> dict[str, str]:
             "PYTHONUNBUFFERED": "1"}  # fmt: skip
 
 
-def sbatch(cluster: Cluster, tmp_path: Path, overrides: list[str], tasks: int = 1, name: str = "job") -> str:
-    """Submits the README's sbatch script in its CPU form: `tasks` ranks on one node; returns the job id."""
+def sbatch(cluster: Cluster, tmp_path: Path, overrides: list[str], tasks: int = 1, name: str = "job",
+           nodes: int = 1) -> str:  # fmt: skip
+    """Submits the README's sbatch script in its CPU form: `tasks` ranks on each of `nodes` nodes; returns the job
+    id. srun labels each output line with its rank."""
     script = tmp_path / f"{name}.sbatch"
     script.write_text(
         "#!/bin/bash\n"
-        f"#SBATCH --job-name=vitlab\n#SBATCH --nodes=1\n#SBATCH --ntasks-per-node={tasks}\n"
+        f"#SBATCH --job-name=vitlab\n#SBATCH --nodes={nodes}\n#SBATCH --ntasks-per-node={tasks}\n"
         "#SBATCH --cpus-per-task=1\n#SBATCH --time=30\n#SBATCH --signal=SIGUSR1@90\n#SBATCH --requeue\n"
         f"#SBATCH --open-mode=append\n#SBATCH --output={tmp_path / name}.out\n"
-        f"srun {sys.executable} -m src.train trainer=multinode trainer.num_nodes=1 trainer.devices={tasks} "
+        f"srun --label {sys.executable} -m src.train trainer=multinode trainer.num_nodes={nodes} "
+        f"trainer.devices={tasks} "
         + " ".join(f'"{o}"' for o in overrides)  # "": ${SLURM_JOB_ID} expands
         + "\n"
     )
