@@ -57,6 +57,20 @@ def config_subdir(run_dir: str, ckpt_path: str | None = None) -> str | None:
     return f".hydra/resumed_{datetime.now():%Y-%m-%d_%H-%M-%S_%f}" if has_config else ".hydra"
 
 
+def requeued_checkpoint(run_dir: Path) -> Path | None:
+    """What a requeued SLURM job resumes: the newer of its hpc checkpoint (saved on SLURM's signal) and its
+    checkpoints/last.ckpt. A job whose node was lost got no signal: Lightning alone would start it afresh, over
+    its own checkpoints. None outside a requeued job, or where it saved nothing."""
+    if int(os.environ.get("SLURM_RESTART_COUNT", 0)) == 0:
+        return None
+    saved = [
+        path
+        for path in [*run_dir.glob("hpc_ckpt_*.ckpt"), run_dir / "checkpoints" / "last.ckpt"]
+        if path.is_file()
+    ]
+    return max(saved, key=lambda path: path.stat().st_mtime, default=None)
+
+
 def _requeued(run_dir: Path) -> bool:
     """A SLURM job requeued into its run dir: Lightning resumes its hpc checkpoint by itself."""
     return any(run_dir.glob("hpc_ckpt_*.ckpt")) or int(os.environ.get("SLURM_RESTART_COUNT", 0)) > 0

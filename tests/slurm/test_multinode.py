@@ -2,18 +2,29 @@
 hostname and slurmd), CPU and gloo: sbatch + srun with two ranks on each node, and torchrun started on each node
 without SLURM. Both give the metrics of four ranks on one machine with the same seed and global batch."""
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tests.conftest import ROOT
-from tests.slurm.cluster import accounted_job, wait_for_job
-from tests.slurm.test_cluster import CPU, JOB_TIMEOUT, assert_full_report, run_dir_of, sbatch
+from tests.slurm.cluster import Cluster, accounted_job, wait_for_job
+from tests.slurm.test_cluster import (
+    CPU,
+    JOB_TIMEOUT,
+    assert_full_report,
+    run_dir_of,
+    sbatch,
+    wait_for,
+    wait_for_state,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -108,3 +119,42 @@ def test_torchrun_on_each_node_trains_like_one_machine(two_nodes, tmp_path, one_
     assert output.count("Classification report (test)") == 1
     assert_full_report(run_dir, epochs=2)
     assert_same_metrics(run_dir, one_machine)
+
+
+def lose_node(cluster: Cluster, node: int) -> None:
+    """The node dies: everything in it (slurmd, the job step, its ranks) is killed at once; SLURM is told it is down
+    (what it concludes by itself after SlurmdTimeout, 300 s by default)."""
+    for pid in cluster.nodes.pids(node):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    cluster.run("scontrol", "update", f"NodeName={cluster.nodes.names[node]}", "State=DOWN", "Reason=lost")
+
+
+def test_a_job_that_lost_a_node_is_requeued_and_resumes_when_the_node_is_back(two_nodes, tmp_path):
+    """sbatch --requeue --nodes=2: the job waits for two nodes again and resumes from the last epoch's end (the
+    dead node sent no signal, so no hpc checkpoint was saved); it ends with all its epochs and one report."""
+    epochs = 3
+    job = sbatch(two_nodes, tmp_path, [*CPU, "data.batch_size=16", "trainer.log_every_n_steps=2",
+                                       f"trainer.max_epochs={epochs}", *run_dir_of(tmp_path, "${SLURM_JOB_ID}")],
+                 tasks=2, nodes=2)  # fmt: skip
+    run_dir = tmp_path / "train" / "runs" / f"slurm_{job}"
+    last = run_dir / "checkpoints" / "last.ckpt"
+    wait_for(last, job, two_nodes)
+    lose_node(two_nodes, 1)
+    wait_for_state(two_nodes, job, "PENDING")
+    assert "node1" not in two_nodes.run("squeue", "--noheader", "--format=%N", f"--job={job}")
+    two_nodes.start_slurmd(1)
+    two_nodes.run("scontrol", "update", "NodeName=node2", "State=RESUME")
+    # SLURM holds a requeued batch job back for 2 minutes (EligibleTime); the test lets it start at once
+    two_nodes.run("scontrol", "update", f"JobId={job}", "StartTime=now")
+    info = wait_for_job(two_nodes, job, JOB_TIMEOUT)
+    output = (tmp_path / "job.out").read_text()
+    assert (info["JobState"], info["ExitCode"], info["Restarts"]) == ("COMPLETED", "0:0", "1"), output[-3000:]
+    assert [p.name for p in (tmp_path / "train" / "runs").iterdir()] == [f"slurm_{job}"]
+    assert f"Resuming from {last}" in (run_dir / "train.log").read_text()
+    assert not list(run_dir.glob("hpc_ckpt_*.ckpt"))
+    # checkpoints are written whole or not at all (src/upstream_fixes/checkpoint_io.py), a node's death included
+    for checkpoint in (run_dir / "checkpoints").glob("*.ckpt"):
+        torch.load(checkpoint, weights_only=True)
+    assert_full_report(run_dir, epochs)
+    assert output.count("Classification report (test)") == 1
