@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from tests.slurm.test_cluster import (
     CPU,
     JOB_TIMEOUT,
     assert_full_report,
+    job_env,
     run_dir_of,
     sbatch,
     wait_for,
@@ -158,3 +160,72 @@ def test_a_job_that_lost_a_node_is_requeued_and_resumes_when_the_node_is_back(tw
         torch.load(checkpoint, weights_only=True)
     assert_full_report(run_dir, epochs)
     assert output.count("Classification report (test)") == 1
+
+
+def test_a_sweep_lands_on_both_nodes_and_a_job_of_a_lost_node_is_requeued(two_nodes, tmp_path):
+    """`-m hydra/launcher=slurm` with 4 one-rank jobs on 2 nodes of 2 CPUs: two run on each node. node2 dies once
+    its jobs have ended an epoch; SLURM requeues them (batch jobs are requeued after a node failure unless
+    --no-requeue), they resume from their last.ckpt on the node that is left, and the sweep ends with 4 runs."""
+    epochs = 3
+    command = [
+        sys.executable, "-m", "src.train", "-m", "hydra/launcher=slurm", "hydra.launcher.partition=debug",
+        "hydra.launcher.gpus_per_node=0", "hydra.launcher.tasks_per_node=1", "hydra.launcher.cpus_per_task=1",
+        "hydra.launcher.timeout_min=30", *CPU, "data.batch_size=16", "+trainer.limit_train_batches=20",
+        "trainer.log_every_n_steps=2", f"trainer.max_epochs={epochs}", "model.depth=1,2", "seed=1,2",
+        f"paths.log_dir={tmp_path}",
+    ]  # fmt: skip
+    log = tmp_path / "sweep.out"
+    sweep_process = subprocess.Popen(command, cwd=ROOT, env=job_env(two_nodes), stdout=log.open("w"),
+                                     stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        placed = wait_for_placement(two_nodes, jobs=4)
+        assert sorted(placed.values()) == ["node1", "node1", "node2", "node2"], placed
+        on_node2 = [job for job, node in placed.items() if node == "node2"]
+        sweep_dir = wait_for_sweep_dir(tmp_path)
+        for job in on_node2:
+            wait_for(sweep_dir / job.split("_")[1] / "checkpoints" / "last.ckpt", job, two_nodes)
+        lose_node(two_nodes, 1)
+        for job in on_node2:
+            wait_for_state(two_nodes, job, "PENDING")
+            two_nodes.run("scontrol", "update", f"JobId={job}", "StartTime=now")
+        assert sweep_process.wait(timeout=JOB_TIMEOUT) == 0, log.read_text()[-3000:]
+    finally:
+        sweep_process.kill()
+        two_nodes.start_slurmd(1)
+        two_nodes.run("scontrol", "update", "NodeName=node2", "State=RESUME")
+    for job in placed:
+        info = wait_for_job(two_nodes, job, timeout=120)  # submitit returns once the result is written
+        restarts = "1" if job in on_node2 else "0"
+        assert (info["JobState"], info["ExitCode"], info["Restarts"]) == ("COMPLETED", "0:0", restarts), info
+        run_dir = sweep_dir / job.split("_")[1]
+        assert_full_report(run_dir, epochs)
+        if job in on_node2:
+            assert (
+                f"Resuming from {run_dir / 'checkpoints' / 'last.ckpt'}"
+                in (run_dir / "train.log").read_text()
+            )
+    compared = subprocess.run([sys.executable, "-m", "src.compare", str(sweep_dir)], cwd=ROOT,
+                              env=job_env_without_slurm(), capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert compared.returncode == 0, compared.stderr[-3000:]
+    rows = (sweep_dir / "comparison.csv").read_text().splitlines()[1:]
+    assert len(rows) == 4, rows
+
+
+def wait_for_placement(cluster: Cluster, jobs: int, timeout: float = 300) -> dict[str, str]:
+    """The node each of the sweep's array jobs runs on (`<array>_<task>` -> node), once all `jobs` run."""
+    deadline = time.monotonic() + timeout
+    while True:
+        out = cluster.run("squeue", "--noheader", "--states=RUNNING", "--format=%i %N")
+        placed = dict(line.split() for line in out.splitlines() if line.strip())
+        if len(placed) == jobs:
+            return placed
+        assert time.monotonic() < deadline, f"not all {jobs} jobs running after {timeout} s: {placed}"
+        time.sleep(1)
+
+
+def wait_for_sweep_dir(log_dir: Path, timeout: float = 120) -> Path:
+    deadline = time.monotonic() + timeout
+    while not (found := list((log_dir / "train" / "multiruns").glob("*"))):
+        assert time.monotonic() < deadline, "no sweep folder"
+        time.sleep(0.5)
+    return found[0]
