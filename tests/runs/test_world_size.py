@@ -1,12 +1,15 @@
 """A fit resumed on another number of processes: from an epoch's end it goes on; from the middle of an epoch,
-whose data order it cannot keep, it stops with one error line (src/runs/world_size.py)."""
+whose data order it cannot keep, it stops with one error line (src/runs/world_size.py). And what a requeued SLURM
+job resumes (src/runs/folders.py)."""
 
 import logging
+import os
 
 import pytest
 import torch
 
 from src.errors import UserError
+from src.runs.folders import requeued_checkpoint
 from src.runs.world_size import check_world_size
 from tests.conftest import EVERY_STEP_CHECKPOINTS, QUICK, TINY_VIT, run_cli
 
@@ -47,3 +50,23 @@ def test_a_mid_epoch_checkpoint_of_one_process_resumed_on_two_is_one_error_line(
     assert errors and "middle of epoch 0 by 1 processes, and the fit resumes on 2" in errors[0], (
         resumed.stderr[-2000:]
     )
+
+
+def test_a_requeued_job_resumes_its_newer_checkpoint(tmp_path, monkeypatch):
+    """hpc_ckpt_<n> (SLURM's signal) or last.ckpt (saved after it, or the only one when a node died); nothing
+    outside a requeued job."""
+    hpc, last = tmp_path / "hpc_ckpt_1.ckpt", tmp_path / "checkpoints" / "last.ckpt"
+    last.parent.mkdir()
+    monkeypatch.delenv("SLURM_RESTART_COUNT", raising=False)
+    assert requeued_checkpoint(tmp_path) is None
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    assert requeued_checkpoint(tmp_path) is None
+    last.write_bytes(b"")
+    assert requeued_checkpoint(tmp_path) == last
+    hpc.write_bytes(b"")
+    os.utime(last, (1, 1))
+    assert requeued_checkpoint(tmp_path) == hpc
+    os.utime(hpc, (0, 0))
+    assert requeued_checkpoint(tmp_path) == last
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "0")
+    assert requeued_checkpoint(tmp_path) is None
