@@ -3,7 +3,6 @@ whose data order it cannot keep, it stops with one error line (src/runs/world_si
 job resumes (src/runs/folders.py)."""
 
 import logging
-import os
 
 import pytest
 import torch
@@ -52,21 +51,22 @@ def test_a_mid_epoch_checkpoint_of_one_process_resumed_on_two_is_one_error_line(
     )
 
 
-def test_a_requeued_job_resumes_its_newer_checkpoint(tmp_path, monkeypatch):
-    """hpc_ckpt_<n> (SLURM's signal) or last.ckpt (saved after it, or the only one when a node died); nothing
-    outside a requeued job."""
+def test_a_requeued_job_resumes_its_checkpoint_with_the_most_steps(tmp_path, monkeypatch):
+    """hpc_ckpt_<n> (SLURM's signal) or last.ckpt (saved after it, or the only one when a node died), the hpc one
+    on a tie; nothing outside a requeued job."""
     hpc, last = tmp_path / "hpc_ckpt_1.ckpt", tmp_path / "checkpoints" / "last.ckpt"
     last.parent.mkdir()
     monkeypatch.delenv("SLURM_RESTART_COUNT", raising=False)
     assert requeued_checkpoint(tmp_path) is None
     monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
     assert requeued_checkpoint(tmp_path) is None
-    last.write_bytes(b"")
+    torch.save({"global_step": 20}, last)
     assert requeued_checkpoint(tmp_path) == last
-    hpc.write_bytes(b"")
-    os.utime(last, (1, 1))
+    torch.save({"global_step": 30}, hpc)
     assert requeued_checkpoint(tmp_path) == hpc
-    os.utime(hpc, (0, 0))
+    torch.save({"global_step": 30}, last)
+    assert requeued_checkpoint(tmp_path) == hpc
+    torch.save({"global_step": 31}, last)
     assert requeued_checkpoint(tmp_path) == last
     monkeypatch.setenv("SLURM_RESTART_COUNT", "0")
     assert requeued_checkpoint(tmp_path) is None
