@@ -124,12 +124,14 @@ def test_torchrun_on_each_node_trains_like_one_machine(two_nodes, tmp_path, one_
 
 
 def lose_node(cluster: Cluster, node: int) -> None:
-    """The node dies: everything in it (slurmd, the job step, its ranks) is killed at once; SLURM is told it is down
-    (what it concludes by itself after SlurmdTimeout, 300 s by default)."""
+    """The node dies as SLURM sees it: set down (what slurmctld concludes by itself after SlurmdTimeout, 300 s by
+    default), which ends the node's jobs and requeues them; then everything left in it (slurmd, job steps,
+    ranks) is killed at once. Killed first, the other nodes' ranks could fail on the broken connection before
+    SLURM notices, and the job would end FAILED instead (docs/scaling.md)."""
+    cluster.run("scontrol", "update", f"NodeName={cluster.nodes.names[node]}", "State=DOWN", "Reason=lost")
     for pid in cluster.nodes.pids(node):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-    cluster.run("scontrol", "update", f"NodeName={cluster.nodes.names[node]}", "State=DOWN", "Reason=lost")
 
 
 def test_a_job_that_lost_a_node_is_requeued_and_resumes_when_the_node_is_back(two_nodes, tmp_path):
