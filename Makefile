@@ -28,7 +28,7 @@ test: install  ## the default suite (what CI runs)
 test-slow: install  ## only the tests marked slow
 	$(PY) -m pytest -m slow $(ARGS)
 
-slurm-test: install  ## the SLURM tests on a one-node cluster with accounting started for them (root; Debian's slurmctld slurmd slurmdbd slurm-client munge mariadb-server-core mariadb-client-core)
+slurm-test: install  ## the SLURM tests on a one-node and a two-node cluster with accounting started for them (root; Debian's slurmctld slurmd slurmdbd slurm-client munge mariadb-server-core mariadb-client-core, and iproute2 for the nodes' network namespaces)
 	$(PY) -m pytest tests/slurm -m slow $(ARGS)
 
 test-all: install

@@ -19,7 +19,7 @@ from src.errors import UserError
 from src.reporting.hparams_table import log_hyperparameters
 from src.reporting.out_of_fold import write_out_of_fold
 from src.reporting.run_metrics import metrics_to_floats
-from src.runs.folders import find_checkpoint
+from src.runs.folders import find_checkpoint, requeued_checkpoint
 from src.runs.guard import guarded_run
 from src.runs.resume import check_resume
 from src.training.nonfinite import DivergedTrial, NonFiniteLossError
@@ -43,6 +43,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         )
     check_values(cfg)
     ckpt_path = find_checkpoint(cfg.get("ckpt_path"), Path(cfg.paths.log_dir) / cfg.task_name)
+    ckpt_path = ckpt_path or requeued_checkpoint(Path(cfg.paths.output_dir))
     if ckpt_path:  # as the run dir's resolver did; the lock of our own run dir is held by guarded_run
         other_run = ckpt_path.parent.parent.resolve() != Path(cfg.paths.output_dir).resolve()
         check_resume(ckpt_path, cfg.model, cfg.data, cfg.freeze, cfg.optimizer, run_dir_free=other_run)

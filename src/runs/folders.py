@@ -5,9 +5,11 @@ import os
 from datetime import datetime
 from pathlib import Path
 
+import torch
+
 from src.errors import UserError
 from src.runs.guard import hold_lock
-from src.runs.resume import check_resume
+from src.runs.resume import UNREADABLE, check_resume
 
 
 def find_checkpoint(ckpt_path: str | None, task_dir: str | Path) -> Path | None:
@@ -55,6 +57,25 @@ def config_subdir(run_dir: str, ckpt_path: str | None = None) -> str | None:
     # before Hydra writes: of two resumes started together, the second writes nothing into the first one's run
     hold_lock(run_dir)
     return f".hydra/resumed_{datetime.now():%Y-%m-%d_%H-%M-%S_%f}" if has_config else ".hydra"
+
+
+def requeued_checkpoint(run_dir: Path) -> Path | None:
+    """What a requeued SLURM job resumes: of its hpc checkpoints (saved on SLURM's signal) and its
+    checkpoints/last.ckpt, the one with the most training steps (on a tie the hpc checkpoint, as Lightning
+    picks). A job whose node was lost got no signal: Lightning alone would start it afresh, over its own
+    checkpoints. None outside a requeued job, or where it saved nothing."""
+    if int(os.environ.get("SLURM_RESTART_COUNT", 0)) == 0:
+        return None
+    saved = [*sorted(run_dir.glob("hpc_ckpt_*.ckpt")), run_dir / "checkpoints" / "last.ckpt"]
+    steps = {path: _global_step(path) for path in saved if path.is_file()}
+    return max(steps, key=steps.get, default=None)
+
+
+def _global_step(path: Path) -> int:
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["global_step"])
+    except (*UNREADABLE, TypeError):  # read_checkpoint names what is wrong with it, if it is chosen
+        return -1
 
 
 def _requeued(run_dir: Path) -> bool:

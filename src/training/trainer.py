@@ -9,6 +9,7 @@ from omegaconf import DictConfig
 
 from src.cli.checks import needing_no_logger
 from src.errors import UserError
+from src.runs.world_size import WorldSizeCheck
 from src.training.config_groups import instantiate_group
 from src.training.loggers import instantiate_loggers
 from src.upstream_fixes.lightning import RequeueAtBatchEnd
@@ -20,7 +21,7 @@ def build_trainer(cfg: DictConfig, *callbacks: L.Callback, **settings) -> L.Trai
     `settings` override conf/trainer's keys."""
     loggers = instantiate_loggers(cfg.get("logger"))
     configured = needing_no_logger(instantiate_group(cfg.get("callbacks")), loggers)
-    built = {"callbacks": [*configured, *callbacks, RequeueAtBatchEnd()], "logger": loggers}
+    built = {"callbacks": [*configured, *callbacks, WorldSizeCheck(), RequeueAtBatchEnd()], "logger": loggers}
     try:
         return instantiate(cfg.trainer, **(built | settings))
     except InstantiationException as err:

@@ -38,15 +38,18 @@ def job_env(cluster: Cluster) -> dict[str, str]:
             "PYTHONUNBUFFERED": "1"}  # fmt: skip
 
 
-def sbatch(cluster: Cluster, tmp_path: Path, overrides: list[str], tasks: int = 1, name: str = "job") -> str:
-    """Submits the README's sbatch script in its CPU form: `tasks` ranks on one node; returns the job id."""
+def sbatch(cluster: Cluster, tmp_path: Path, overrides: list[str], tasks: int = 1, name: str = "job",
+           nodes: int = 1) -> str:  # fmt: skip
+    """Submits the README's sbatch script in its CPU form: `tasks` ranks on each of `nodes` nodes; returns the job
+    id. srun labels each output line with its rank."""
     script = tmp_path / f"{name}.sbatch"
     script.write_text(
         "#!/bin/bash\n"
-        f"#SBATCH --job-name=vitlab\n#SBATCH --nodes=1\n#SBATCH --ntasks-per-node={tasks}\n"
+        f"#SBATCH --job-name=vitlab\n#SBATCH --nodes={nodes}\n#SBATCH --ntasks-per-node={tasks}\n"
         "#SBATCH --cpus-per-task=1\n#SBATCH --time=30\n#SBATCH --signal=SIGUSR1@90\n#SBATCH --requeue\n"
         f"#SBATCH --open-mode=append\n#SBATCH --output={tmp_path / name}.out\n"
-        f"srun {sys.executable} -m src.train trainer=multinode trainer.num_nodes=1 trainer.devices={tasks} "
+        f"srun --label {sys.executable} -m src.train trainer=multinode trainer.num_nodes={nodes} "
+        f"trainer.devices={tasks} "
         + " ".join(f'"{o}"' for o in overrides)  # "": ${SLURM_JOB_ID} expands
         + "\n"
     )
@@ -191,10 +194,11 @@ def test_preempted_job_is_requeued_and_finishes(slurm, tmp_path, tasks):
     steps_per_epoch = -(-1257 // (16 * tasks))  # the training split, per rank
     assert 1 <= hpc["epoch"] < epochs - 1 and hpc["global_step"] % steps_per_epoch, "not saved mid-epoch"
     log = (run_dir / "train.log").read_text()
-    assert (
-        "Handling auto-requeue signal" in log
-        and f"Restoring states from the checkpoint path at {run_dir / 'hpc_ckpt_1.ckpt'}" in log
-    )
+    # the requeue's SIGTERM saves last.ckpt at the end of the batch under way, at or after the hpc checkpoint's
+    # step: the requeued job resumes the one with more steps (the hpc one on a tie)
+    resumed = [run_dir / "hpc_ckpt_1.ckpt", run_dir / "checkpoints" / "last.ckpt"]
+    assert "Handling auto-requeue signal" in log
+    assert any(f"Restoring states from the checkpoint path at {path}" in log for path in resumed), log[-3000:]
     assert_full_report(run_dir, epochs)
     assert output.count("Classification report (test)") == 1
 
