@@ -1,13 +1,16 @@
-"""Ship a model: python -m src.export ckpt_path=<ckpt> format=onnx|torchscript [opset=17]
+"""Ship a model: python -m src.export ckpt_path=<ckpt> format=onnx|torchscript|hf [opset=17] [push=true repo_id=...]
 
 Writes model.onnx (ONNX metadata) or model.pt (TorchScript extra file) into its run dir, with the facts of the
 eval transform (input size, mean/std, interpolation, ...) and the class names under the key "vitlab", a dynamic
-batch axis, and checks the file on test images of the checkpoint's data set: the logits of onnxruntime (or of
-the reloaded TorchScript) at batch sizes 1, 3 and all against the PyTorch model's, in fp32. A file that fails the
-check is deleted and the run ends with one `error:` line saying by how much."""
+batch axis; or, format=hf, a Hugging Face Hub-ready folder `hf/` (model.safetensors, config.json, a model card:
+src/inference/hub_folder.py, src/reporting/model_card.py), which push=true uploads. It checks what it wrote on
+test images of the checkpoint's data set: the logits of onnxruntime (of the reloaded TorchScript, of the folder
+loaded back) at batch sizes 1, 3 and all against the PyTorch model's, in fp32. A file that fails the check is
+deleted and the run ends with one `error:` line saying by how much."""
 
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import hydra
@@ -32,7 +35,7 @@ register_resolvers()
 
 log = logging.getLogger(__name__)
 
-FORMATS = {"onnx": "model.onnx", "torchscript": "model.pt"}
+FORMATS = {"onnx": "model.onnx", "torchscript": "model.pt", "hf": "hf"}
 # scaled_dot_product_attention needs opset 14; torch's TorchScript-based ONNX exporter writes up to 20
 OPSETS = range(14, torch.onnx._constants.ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET + 1)
 
@@ -71,6 +74,42 @@ def export_torchscript(model: nn.Module, example: torch.Tensor, path: Path, opse
     return lambda images: loaded(images).detach()
 
 
+def export_hf(module, path: Path, facts: dict, class_names: list[str], ckpt_path: Path):
+    """The Hub folder and its model card; the folder loaded back as a user loads it."""
+    from src.inference.hub_folder import load_folder, write_folder
+    from src.reporting.model_card import write_model_card
+
+    backbone_config = dict(module.hparams.backbone)
+    library = write_folder(module.backbone, path, facts, class_names, backbone_config)
+    name = (
+        getattr(module.backbone, "pretrained_cfg", {}).get("architecture")
+        or backbone_config["_target_"].split(".")[-1]
+    )
+    run_dir = ckpt_path.resolve().parent.parent  # <run dir>/checkpoints/<file>.ckpt
+    data_name = str(module.hparams.data.get("_target_", "")).split(".")[-1] or "images"
+    write_model_card(path, library, name, data_name, class_names, run_dir, facts)
+    reloaded, _, _ = load_folder(path)
+    return lambda images: reloaded(images).detach()
+
+
+def push_to_hub(folder: Path, repo_id: str) -> str:
+    """Uploads the folder to the Hub repo `repo_id` (made if missing); its URL. Offline or refused: a UserError,
+    and the folder stays."""
+    from huggingface_hub import HfApi
+
+    try:
+        api = HfApi()
+        api.create_repo(repo_id, exist_ok=True)
+        return api.upload_folder(
+            repo_id=repo_id, folder_path=str(folder), commit_message="Add model"
+        ).commit_url
+    except Exception as err:  # offline mode, no network, no token, no rights: huggingface_hub's own messages
+        raise UserError(
+            f"could not push {folder} to the Hub repo {repo_id} ({type(err).__name__}: {str(err).strip()[:200]}); "
+            f"the folder stays: push it later with `hf upload {repo_id} {folder}`"
+        ) from None
+
+
 def compare(reference: nn.Module, exported, images: torch.Tensor) -> tuple[float, int]:
     """Largest |logit difference| and number of images whose top-1 class differs, over batches of 1, 3, all."""
     worst, flips = 0.0, 0
@@ -89,7 +128,11 @@ def export(cfg: DictConfig) -> Path:
     if OmegaConf.is_missing(cfg, "ckpt_path"):
         raise UserError("ckpt_path is missing: python -m src.export ckpt_path=<file.ckpt> [format=onnx]")
     if cfg.format not in FORMATS:
-        raise UserError(f"format={cfg.format} is not a format: use format=onnx or format=torchscript")
+        raise UserError(
+            f"format={cfg.format} is not a format: use format=onnx, format=torchscript or format=hf"
+        )
+    if cfg.push and (cfg.format != "hf" or not cfg.repo_id):
+        raise UserError("push=true uploads a Hub folder: use it with format=hf repo_id=<user>/<name>")
     if cfg.format == "onnx" and cfg.opset not in OPSETS:
         raise UserError(f"opset={cfg.opset} cannot be written: use an opset from {OPSETS[0]} to {OPSETS[-1]}")
     if not (isinstance(cfg.num_images, int) and cfg.num_images >= 2):
@@ -99,27 +142,33 @@ def export(cfg: DictConfig) -> Path:
     data = module.hparams.get("data")
     if not data:
         raise UserError("this checkpoint has no data config, so its input transform is unknown")
-    names = module.class_names or [str(i) for i in range(module.hparams.num_classes)]
-    metadata = json.dumps({**preprocessing_facts(instantiate(data)), "class_names": list(names)})
+    names = list(module.class_names or [str(i) for i in range(module.hparams.num_classes)])
+    facts = preprocessing_facts(instantiate(data))
     images = sample_images(data, cfg.num_images)
 
     path = Path(cfg.paths.output_dir) / FORMATS[cfg.format]
     path.parent.mkdir(parents=True, exist_ok=True)
-    writer = export_onnx if cfg.format == "onnx" else export_torchscript
-    # traced at batch 2: a batch of one lets tracing fold size-1 dimensions into constants
-    exported = writer(model, images[:2], path, cfg.opset, metadata)
+    if cfg.format == "hf":
+        exported = export_hf(module, path, facts, names, Path(cfg.ckpt_path))
+    else:
+        writer = export_onnx if cfg.format == "onnx" else export_torchscript
+        # traced at batch 2: a batch of one lets tracing fold size-1 dimensions into constants
+        exported = writer(model, images[:2], path, cfg.opset, json.dumps({**facts, "class_names": names}))
     worst, flips = compare(model, exported, images)
     if worst > cfg.tolerance or flips:
-        path.unlink()
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
         raise UserError(
             f"the exported {cfg.format} model disagrees with the PyTorch model on {len(images)} test images: "
             f"max |logit difference| {worst:.3g} (allowed {cfg.tolerance:g}), top-1 differs on {flips}; "
             f"{path.name} was deleted. Try another opset=... or format=..."
         )
+    size = sum(f.stat().st_size for f in path.rglob("*")) if path.is_dir() else path.stat().st_size
     log.info(
         "wrote %s (%s, %.1f MB); checked on %d test images at batch 1, 3 and %d: max |logit difference| %.2g, "
-        "same top-1", path, cfg.format, path.stat().st_size / 1e6, len(images), len(images), worst,
+        "same top-1", path, cfg.format, size / 1e6, len(images), len(images), worst,
     )  # fmt: skip
+    if cfg.push:
+        log.info("pushed to %s", push_to_hub(path, cfg.repo_id))
     return path
 
 

@@ -17,7 +17,7 @@ from src.cli.command import run_command
 from src.cli.exits import exit_on_user_error
 from src.cli.resolvers import register_resolvers
 from src.errors import UserError
-from src.inference.classifiers import onnx_classifier, pick_device, torch_classifier
+from src.inference.classifiers import hub_folder_classifier, onnx_classifier, pick_device, torch_classifier
 from src.inference.files import expand_inputs, load_image, predictions_table, write_predictions
 from src.runs.guard import tidied_on_failure
 
@@ -40,6 +40,8 @@ def predict(cfg: DictConfig) -> list[tuple[Path, list[tuple[str, float]]]]:
     ckpt_path = Path(cfg.ckpt_path)
     if ckpt_path.suffix == ".onnx":
         classify = onnx_classifier(ckpt_path)
+    elif ckpt_path.is_dir():
+        classify = hub_folder_classifier(ckpt_path, pick_device(cfg.device))
     else:
         classify = torch_classifier(ckpt_path, pick_device(cfg.device))
     names = classify.class_names

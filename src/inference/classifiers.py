@@ -128,12 +128,32 @@ def torch_classifier(path: Path, device) -> Classifier:
         transform = eval_transform(model)
         names, num_classes = model.class_names, model.hparams.num_classes
     names = list(names) or [str(i) for i in range(num_classes)]
+    return Classifier(names, transform, _probabilities(model, device))
+
+
+def _probabilities(model, device) -> Callable[[list], np.ndarray]:
+    import torch
 
     def run(inputs: list) -> np.ndarray:
         with torch.inference_mode():
             return model(torch.stack(inputs).to(device)).float().softmax(dim=-1).cpu().numpy()
 
-    return Classifier(names, transform, run)
+    return run
+
+
+def hub_folder_classifier(path: Path, device) -> Classifier:
+    """From a folder of src.export format=hf (src/inference/hub_folder.py): safetensors weights, the backbone built
+    by timm or through vitlab's allow-list, the eval transform of its config.json."""
+    import torch
+
+    from src.data.preprocessing import numpy_eval_transform
+    from src.inference.hub_folder import load_folder
+
+    model, facts, names = load_folder(path)
+    to_array = numpy_eval_transform(facts)
+    return Classifier(
+        names, lambda image: torch.from_numpy(to_array(image)), _probabilities(model.to(device), device)
+    )
 
 
 def eval_transform(model):

@@ -68,6 +68,10 @@ timm 1.0.31 (timm.py)
   models and teachers are imported where they are used. tests/training/test_freezing.py compares the groups with timm's;
   tests/cli/test_configs.py checks that a quickstart run imports no timm. Goes when: a timm submodule imports
   without timm.models.
+- `drop_duplicate_num_classes`: the `model_args` of the config.json that `save_for_hf` writes hold
+  `num_classes`, which transformers 5.25's `TimmWrapperForImageClassification` passes a second time (a
+  TypeError for every folder timm writes). Used by src/inference/hub_folder.py. Goes when:
+  `pytest tests/inference/test_hub_folder.py -m slow -k transformers` passes without it.
 
 torch 2.14
 - src/upstream_fixes/flops.py: FLOP formulas for the CPU attention kernels registered with torch, which counts them as 0
