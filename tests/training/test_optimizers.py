@@ -136,14 +136,36 @@ def test_an_optimizer_timm_cannot_run_here_is_one_error(opt, words, tmp_path):
         timm_optimizer([torch.nn.Parameter(torch.zeros(2))], opt=opt, lr=1e-3)
 
 
-def test_a_run_with_timms_optimizer_and_layer_decay_trains_and_its_checkpoint_loads(tmp_path):
-    overrides = ["data=digits", "model=vit_timm", "model.model_name=vit_tiny_patch16_224", "data.image_size=32",
-                 "model.patch_size=8", "optimizer=timm", "optimizer.opt=lookahead_lion", "optimizer.lr=1e-4",
-                 "optimizer.layer_decay=0.65", *QUICK, "+trainer.limit_train_batches=2",
-                 "+trainer.limit_val_batches=1", "+trainer.limit_test_batches=1"]  # fmt: skip
-    cfg = compose_config("train", overrides, tmp_path)
-    assert "test/acc" in train(cfg)
-    checkpoint = sorted(tmp_path.rglob("*.ckpt"))[0]
-    module = load_checkpoint(checkpoint)
+TIMM_VIT = ["data=digits", "model=vit_timm", "model.model_name=vit_tiny_patch16_224", "data.image_size=32",
+            "model.patch_size=8", *QUICK, "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1",
+            "+trainer.limit_test_batches=1"]  # fmt: skip
+LION = ["optimizer=timm", "optimizer.opt=lookahead_lion", "optimizer.lr=1e-4", "optimizer.layer_decay=0.65"]
+
+
+@pytest.fixture(scope="module")
+def lion_checkpoint(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("lion")
+    assert "test/acc" in train(compose_config("train", [*TIMM_VIT, *LION], folder))
+    return sorted((folder / "checkpoints").glob("*.ckpt"))[0]
+
+
+def test_a_run_with_timms_optimizer_and_layer_decay_trains_and_its_checkpoint_loads(lion_checkpoint):
+    module = load_checkpoint(lion_checkpoint)
     assert module.hparams.optimizer["opt"] == "lookahead_lion"
-    check_checkpoint_config(dict(module.hparams), checkpoint)
+    assert module.hparams.optimizer["layer_decay"] == 0.65
+    check_checkpoint_config(dict(module.hparams), lion_checkpoint)
+
+
+@pytest.mark.parametrize(
+    ("changed", "difference"),
+    [([*LION, "optimizer.layer_decay=0.75"], "optimizer.layer_decay=0.65 in the checkpoint but 0.75"),
+     ([*LION, "optimizer.opt=lamb"], "optimizer.opt='lookahead_lion' in the checkpoint but 'lamb'"),
+     (["optimizer=adamw", "optimizer.layer_decay=0.65"], "optimizer._target_=")],
+)  # fmt: skip
+def test_resuming_with_other_optimizer_groups_or_state_is_one_error(
+    changed, difference, lion_checkpoint, tmp_path, capsys
+):
+    cfg = compose_config("train", [*TIMM_VIT, *changed, f"ckpt_path={lion_checkpoint}"], tmp_path)
+    with pytest.raises(SystemExit) as exit_:  # train() prints the UserError as one line and exits 2
+        train(cfg)
+    assert exit_.value.code == 2 and difference in capsys.readouterr().err
