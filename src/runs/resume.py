@@ -110,7 +110,9 @@ def check_fits(checkpoint: dict, path: str | Path, model, data, freeze, optimize
             "freeze", trained.get("freeze") or {"mode": "none"}, _plain(freeze) or {"mode": "none"}
         ),
         # what shapes the optimizer's state and parameter groups, which a resumed run loads
-        *_differences("optimizer", trained.get("optimizer") or {}, _plain(optimizer), keys=OPTIMIZER_STATE_KEYS),
+        *_differences(
+            "optimizer", trained.get("optimizer") or {}, _plain(optimizer), keys=OPTIMIZER_STATE_KEYS
+        ),
     ]
     if differences:
         raise UserError(
