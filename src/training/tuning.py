@@ -40,7 +40,7 @@ def find_lr(
     cfg: DictConfig, model: L.LightningModule, datamodule: L.LightningDataModule, loggers: list
 ) -> float | None:
     """Runs tune=lr_find on `model` (weights restored afterwards) with a Trainer of conf/trainer's settings and no
-    callbacks, checkpoints or loggers of its own; writes lr_find.png and lr_find.json into the run dir, adds the
+    callbacks, checkpoints or loggers of its own, for tune.num_training steps; writes lr_find.png and lr_find.json into the run dir, adds the
     plot to the run's TensorBoard logger, and returns the suggested `optimizer.lr` (None when the loss gave none)."""
     tune = cfg.tune
     if tune.schedule not in ("exponential", "linear"):
@@ -57,6 +57,9 @@ def find_lr(
     )
     trainer = instantiate(
         cfg.trainer,
+        # the sweep is its num_training steps, over as many epochs as they take
+        max_epochs=-1,
+        max_steps=tune.num_training,
         callbacks=[finder],
         logger=False,
         enable_checkpointing=False,
