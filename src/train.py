@@ -24,6 +24,7 @@ from src.runs.guard import guarded_run
 from src.runs.resume import check_resume
 from src.training.nonfinite import DivergedTrial, NonFiniteLossError
 from src.training.trainer import build_trainer
+from src.training.tuning import tuned
 from src.upstream_fixes.hydra import failed_job_recorded, one_job
 
 # before Hydra composes the config (on import: the DDP ranks and SLURM jobs import this module again)
@@ -62,6 +63,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule: L.LightningDataModule = instantiate(cfg.data)
     model: L.LightningModule = instantiate(cfg.module)
     trainer = build_trainer(cfg)
+    if cfg.get("tune") and cfg.tune.mode != "none":
+        model = tuned(cfg, model, datamodule, trainer.loggers, ckpt_path)
     log_hyperparameters(trainer, cfg, model)
 
     if cfg.train:

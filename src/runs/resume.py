@@ -82,6 +82,9 @@ def _other_checkpoints(path: Path) -> str | None:
     return f"Resume from another checkpoint of its run: ckpt_path={others[0]}{rest}"
 
 
+OPTIMIZER_STATE_KEYS = ["_target_", "opt", "layer_decay"]
+
+
 def _plain(config) -> dict:
     if isinstance(config, DictConfig):
         return OmegaConf.to_container(config, resolve=True)
@@ -106,7 +109,10 @@ def check_fits(checkpoint: dict, path: str | Path, model, data, freeze, optimize
         *_differences(
             "freeze", trained.get("freeze") or {"mode": "none"}, _plain(freeze) or {"mode": "none"}
         ),
-        *_differences("optimizer", trained.get("optimizer") or {}, _plain(optimizer), keys=["_target_"]),
+        # what shapes the optimizer's state and parameter groups, which a resumed run loads
+        *_differences(
+            "optimizer", trained.get("optimizer") or {}, _plain(optimizer), keys=OPTIMIZER_STATE_KEYS
+        ),
     ]
     if differences:
         raise UserError(

@@ -48,7 +48,9 @@ ALLOWED_TARGETS = {
             "Rprop",
             "SGD",
         ]
-    ),
+    )
+    # any optimizer of timm's registry, by name (conf/optimizer/timm.yaml)
+    | {"src.training.optimizers.timm_optimizer"},
     # torch's schedules built from numbers alone (not those taking functions or other schedulers), and vitlab's
     "scheduler.schedule": frozenset(
         [
@@ -88,8 +90,11 @@ HYDRA_KEYS = {
     "_partial_": (("optimizer", "scheduler.schedule"), (True,)),
     "_convert_": (tuple(ALLOWED_TARGETS), ("none", "partial", "object", "all")),
 }
-# keys src.training.module takes out of the backbone's config before building it (its speed switches)
-MODULE_KEYS = {"backbone": frozenset({"compile", "channels_last"})}
+# keys src.training.module takes out of the backbone's and the optimizer's configs before building them
+MODULE_KEYS = {
+    "backbone": frozenset({"compile", "channels_last"}),
+    "optimizer": frozenset({"layer_decay"}),  # the parameter groups' setting (src.training.freezing)
+}
 # the arguments of targets that take **kwargs (timm passes them to the model class), instead of their signature:
 # timm.create_model's named ones include files and hub configs to load (checkpoint_path, pretrained_cfg_overlay)
 KNOWN_ARGUMENTS = {

@@ -83,24 +83,42 @@ def frozen_batchnorm_to_eval(model: nn.Module) -> None:
 
 
 def optimizer_param_groups(
-    model: nn.Module, weight_decay: float, lr: float, with_frozen_at_a_tenth: bool
+    model: nn.Module,
+    weight_decay: float,
+    lr: float,
+    with_frozen_at_a_tenth: bool,
+    layer_decay: float | None = None,
 ) -> list[dict]:
     """The optimizer's parameter groups for `model`'s trainable parameters: with and without weight decay (none
     on biases, norms and embeddings: timm's rule, honouring `model.no_weight_decay()`).
 
+    `layer_decay` (optimizer.layer_decay): one such pair per layer, the layer of depth d out of L at
+    layer_decay^(L - d) x `lr` (src/training/optimizers.py). That factor goes into each group's own `lr`, which
+    vitlab's schedules scale, so the layers keep their ratios through the run.
+
     `with_frozen_at_a_tenth` (freeze.unfreeze_at_epoch): the frozen parameters join from the start too, as the
-    same two groups at a tenth of `lr`. The scheduler then drives them like the others, and unfreezing them later
+    same groups at a tenth of their `lr`. The scheduler then drives them like the others, and unfreezing them later
     needs no new groups (which torch's schedulers and checkpoints could not take); while frozen they get no
     gradients, and the optimizer skips them."""
     no_decay_names = getattr(model, "no_weight_decay", set)()
+
+    def grouped() -> list[dict]:
+        if layer_decay is None:
+            return param_groups_weight_decay(model, weight_decay, no_weight_decay_list=no_decay_names)
+        from src.training.optimizers import layer_decay_param_groups
+
+        groups = layer_decay_param_groups(model, weight_decay, layer_decay, no_decay_names)
+        return [{k: v for k, v in g.items() if k != "lr_scale"} | {"lr": lr * g["lr_scale"]} for g in groups]
+
     if not with_frozen_at_a_tenth:
-        return param_groups_weight_decay(model, weight_decay, no_weight_decay_list=no_decay_names)
+        return grouped()
     frozen = {id(p) for p in model.parameters() if not p.requires_grad}
-    with _all_trainable(model):  # timm's helper groups trainable parameters only
-        groups = param_groups_weight_decay(model, weight_decay, no_weight_decay_list=no_decay_names)
+    with _all_trainable(model):  # timm's helpers group trainable parameters only
+        groups = grouped()
     trainable = [{**g, "params": [p for p in g["params"] if id(p) not in frozen]} for g in groups]
     frozen_at_a_tenth = [
-        {**g, "params": [p for p in g["params"] if id(p) in frozen], "lr": lr / 10} for g in groups
+        {**g, "params": [p for p in g["params"] if id(p) in frozen], "lr": g.get("lr", lr) / 10}
+        for g in groups
     ]
     return [group for group in trainable + frozen_at_a_tenth if group["params"]]
 

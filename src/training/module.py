@@ -246,12 +246,13 @@ class ClassifierModule(L.LightningModule):
         self.class_names = checkpoint.get("class_names", [])
 
     def configure_optimizers(self):
-        optimizer_cfg = self.hparams.optimizer
+        optimizer_cfg = dict(self.hparams.optimizer)
         groups = optimizer_param_groups(
             self.backbone,
             optimizer_cfg.get("weight_decay", 0.0),
             optimizer_cfg["lr"],
             with_frozen_at_a_tenth=self.unfreeze_at_epoch is not None,
+            layer_decay=optimizer_cfg.pop("layer_decay", None),  # the groups', not the optimizer's, setting
         )
         optimizer = instantiate(optimizer_cfg, **self._fused_kernel_choice())(params=groups)
         if self.hparams.scheduler is None:

@@ -22,6 +22,12 @@ Lightning 2.6.6 (lightning.py)
   DataModule, as Lightning drops a stateful loader's state when `configure_optimizers` asked for
   `estimated_stepping_batches` (Lightning #20550; PRs #21765, #21770). Mixed into src/data/base.py
   `ImageDataModule`. Goes when: `pytest tests/training/test_scale_out.py -k gpu_loader_fit_resumed` passes without it.
+- `LearningRateFinderKeepingGroupRatios` (used by src/training/tuning.py, tune=lr_find): Lightning's learning-rate
+  finder sets every parameter group to the one swept lr (lightning/pytorch/tuner/lr_finder.py,
+  `_LRFinder._exchange_scheduler`; no upstream issue found), which would test layer decay's and the frozen groups'
+  layers at the classifier's lr; this keeps each group at its share of it (a step pre-hook on the optimizer: during
+  the sweep Lightning runs only its own callback). Goes when: Lightning's finder keeps the groups' ratios
+  (tests/training/test_tuning.py `test_the_lr_finder_sweeps_each_group_at_its_share[LearningRateFinder]` fails).
 - conf/callbacks/last_checkpoint.yaml: a second `ModelCheckpoint` (monitor: null; src/runs/interrupts.py
   `LastCheckpoint`, which also saves it when SIGTERM stops a fit) writes last.ckpt after every epoch. `ModelCheckpoint(monitor=..., save_top_k=1, save_last=True)` rewrites last.ckpt only at a step where it
   also saved a top-k checkpoint, i.e. only in epochs with a new best (lightning/pytorch/callbacks/

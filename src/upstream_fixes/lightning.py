@@ -8,6 +8,7 @@ from types import FrameType
 import lightning as L
 import torch
 from lightning.fabric.plugins.environments import SLURMEnvironment
+from lightning.pytorch.callbacks import LearningRateFinder
 
 
 class RequeueAtBatchEnd(L.Callback):
@@ -133,3 +134,34 @@ class TrainLoaderStateInDataModule:
 
     def load_state_dict(self, state_dict: dict) -> None:
         self._train_loader_state = state_dict.get("train_batches")
+
+
+class LearningRateFinderKeepingGroupRatios(LearningRateFinder):
+    """Lightning's `LearningRateFinder`, stepping each parameter group at its share of the swept lr. Lightning sets
+    every group to the same lr (lightning/pytorch/tuner/lr_finder.py, `_LRFinder._exchange_scheduler`), which would
+    range-test layer decay's and the frozen groups' layers at the classifier's lr. The share is each group's lr
+    over the largest (the classifier's groups), so the swept lr, and the suggestion, is `optimizer.lr`. It ends the
+    fit after the sweep, as `Tuner.lr_find` has it do."""
+
+    def __init__(self, **settings):
+        super().__init__(**settings)
+        self._early_exit = True
+
+    def lr_find(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        optimizer = trainer.optimizers[0]
+        lrs = [
+            group.get("initial_lr", group["lr"]) for group in optimizer.param_groups
+        ]  # before any schedule
+        shares = [lr / max(lrs) for lr in lrs]
+
+        def at_shares(optimizer, args, kwargs) -> None:
+            # the finder's schedule sets every group's lr afresh at each step, so this scaling does not compound
+            for group, share in zip(optimizer.param_groups, shares, strict=True):
+                group["lr"] *= share
+
+        # during the sweep only the finder's own callback runs: a hook on the optimizer, not a callback
+        handle = optimizer.register_step_pre_hook(at_shares)
+        try:
+            super().lr_find(trainer, pl_module)
+        finally:
+            handle.remove()

@@ -29,7 +29,8 @@ def test_every_experiment_builds_and_trains_a_step(experiment, tmp_path, digits_
     assert isinstance(build_trainer(cfg), L.Trainer)
     module = instantiate(cfg.module).train()
     trainable = [p for p in module.parameters() if p.requires_grad]
-    optimizer = instantiate(cfg.optimizer)(params=trainable)
+    # layer_decay shapes the module's parameter groups, and is no argument of the optimizer
+    optimizer = instantiate({k: v for k, v in cfg.optimizer.items() if k != "layer_decay"})(params=trainable)
     images = torch.randn(2, 3, cfg.data.image_size, cfg.data.image_size)
     loss = module.criterion(module(images), torch.tensor([0, 1]))
     loss.backward()
