@@ -23,22 +23,40 @@ def val_images(datamodule) -> list:
 
 def write_out_of_fold(trainer, model, datamodule, ckpt_path: str | None, run_dir: Path) -> None:
     """The val fold's class probabilities by the checkpoint at `ckpt_path` (None: the model's weights), into
-    `run_dir`/oof_predictions.csv."""
-    if trainer.world_size > 1:  # each process would predict its own share of the fold only
-        log.warning("%s is not written under DDP: predict the fold with one device", OOF_PREDICTIONS)
-        return
+    `run_dir`/oof_predictions.csv. Under DDP each process predicts its share and rank 0 writes them all."""
     batches = trainer.predict(model, dataloaders=datamodule.val_dataloader(), ckpt_path=ckpt_path)
     probabilities = np.concatenate([probs.cpu().numpy() for probs, _ in batches])
     labels = np.concatenate([labels.cpu().numpy() for _, labels in batches])
-    rows = out_of_fold_rows(
-        val_images(datamodule), datamodule.hparams.fold, labels, probabilities, datamodule.class_names
-    )
+    images = val_images(datamodule)
+    if trainer.world_size > 1:
+        labels, probabilities = _gathered(trainer, len(images), labels, probabilities)
+        if trainer.global_rank > 0:
+            return
+    rows = out_of_fold_rows(images, datamodule.hparams.fold, labels, probabilities, datamodule.class_names)
     text = _csv_text(rows)
     from src.upstream_fixes.checkpoint_io import (
         atomic_write,
     )  # here: src.compare loads this module without torch
 
     atomic_write(run_dir / OOF_PREDICTIONS, lambda file: file.write(text.encode()))
+
+
+def _gathered(
+    trainer, n: int, labels: np.ndarray, probabilities: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """All processes' predictions in val order. Each predicted every world_size-th val image from its rank on
+    (the unpadded shares of src/data/base.py's val loaders: UnrepeatedDistributedSampler, the GPU loader)."""
+    import torch.distributed as dist
+
+    positions = np.arange(trainer.global_rank, n, trainer.world_size)
+    if len(positions) != len(labels):
+        raise RuntimeError(
+            f"rank {trainer.global_rank} predicted {len(labels)} val images, not {len(positions)}"
+        )
+    shares = [None] * trainer.world_size
+    dist.all_gather_object(shares, (positions, labels, probabilities))
+    order = np.concatenate([share[0] for share in shares]).argsort()
+    return np.concatenate([s[1] for s in shares])[order], np.concatenate([s[2] for s in shares])[order]
 
 
 def out_of_fold_rows(

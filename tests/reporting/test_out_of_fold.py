@@ -76,3 +76,22 @@ def test_a_fold_sweep_predicts_every_train_and_val_image_once_and_eval_tests_the
     with open(sweep / "oof_predictions.csv", newline="") as f:
         assert len(list(csv.DictReader(f))) == 1797 - 360
     assert "1437 out-of-fold predictions" in result.stdout
+
+
+@pytest.mark.slow  # two DDP processes (gloo), then one
+def test_a_fold_run_under_ddp_writes_every_val_image_once_as_one_process_does(tmp_path):
+    common = ["data=digits", *TINY_VIT, *QUICK, "+trainer.limit_train_batches=2", "data.folds=3", "data.fold=1",
+              "test=false"]  # fmt: skip
+    rows = {}
+    for name, layout in (("ddp", ["trainer=ddp", "trainer.devices=2"]), ("one", [])):
+        result = run_cli("src.train", *common, *layout, f"paths.log_dir={tmp_path / name}")
+        assert result.returncode == 0, result.stderr[-3000:]
+        (path,) = (tmp_path / name).glob("train/runs/*/oof_predictions.csv")
+        with open(path, newline="") as f:
+            rows[name] = list(csv.DictReader(f))
+    # the same fold, every image once, with its label, in the same order; 1437 train+val images in 3 folds
+    assert len(rows["ddp"]) == 479
+    assert [(r["image"], r["fold"], r["label"]) for r in rows["ddp"]] == [
+        (r["image"], r["fold"], r["label"]) for r in rows["one"]
+    ]
+    assert all(float(r["p_0"]) >= 0 for r in rows["ddp"])
