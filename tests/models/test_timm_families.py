@@ -6,6 +6,7 @@ import lightning as L
 import pytest
 import timm
 import torch
+import torch.nn.functional as F
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from timm.models import group_parameters
@@ -15,6 +16,7 @@ from src.errors import user_error_in
 from src.export import compare, export_onnx
 from src.reporting.run_metrics import parameter_counts
 from src.train import train
+from src.training.distillation import Distillation
 from src.training.module import load_checkpoint
 from tests.conftest import compose_config
 
@@ -171,3 +173,29 @@ def test_grad_checkpointing_is_timms_and_a_family_without_it_is_one_line(tmp_pat
     assert user_error(cfg).startswith(
         "model.grad_checkpointing=true: vgg11 (VGG) has no gradient checkpointing"
     )
+
+
+@pytest.mark.parametrize("name", ["resnet18", "convnext_atto"])
+def test_a_timm_checkpoint_of_any_family_teaches_a_student(name, tmp_path):
+    teacher_cfg = family_config(name, 32, tmp_path)
+    teacher = instantiate(teacher_cfg.module)
+    path = tmp_path / "teacher.ckpt"
+    torch.save(
+        {"state_dict": teacher.state_dict(), "hyper_parameters": dict(teacher.hparams),
+         "pytorch-lightning_version": L.__version__, "class_names": [str(d) for d in range(10)]},
+        path,
+    )  # fmt: skip
+    student = timm.create_model("deit_tiny_distilled_patch16_224", img_size=16, patch_size=8, embed_dim=32,
+                                depth=1, num_heads=2, num_classes=10)  # fmt: skip
+    data = {"mean": [0.5] * 3, "std": [0.5] * 3}
+    distill = Distillation(student, 10, data, load_checkpoint, teacher_ckpt=str(path), mode="hard")
+    seen = []
+    distill.teacher.model.model.register_forward_hook(lambda _m, inputs, _o: seen.append(inputs[0].shape))
+    images, labels = torch.randn(4, 3, 16, 16), torch.randint(0, 10, (4,))
+    loss, _ = distill(
+        None, "train", 0, images, labels, student.train()(images), lambda out: F.cross_entropy(out, labels)
+    )
+    loss.backward()
+    assert torch.isfinite(loss) and seen == [(4, 3, 32, 32)]  # at the teacher's own size
+    # normalised as the teacher was trained: its model's ImageNet mean/std (timm's data config)
+    assert distill.teacher.mean_kd.flatten().tolist() == pytest.approx([0.485, 0.456, 0.406])
