@@ -47,7 +47,7 @@ def check_model_name(name: str, key: str) -> None:
     near += [n for n in timm.list_models(f"*{architecture}*")[:5] if n not in near]
     hint = f"; close matches: {', '.join(near)}" if near else ""
     raise UserError(
-        f"{key}={name!r} is no timm model{hint} (timm.list_models('*{architecture[:6]}*') lists names)"
+        f"{key}={name!r} is no timm model{hint} (timm.list_models('*<part>*') lists them by pattern)"
     )
 
 
@@ -56,13 +56,14 @@ def create_timm_model(
     pretrained: bool = False,
     weights_path: str | None = None,
     setting: str = "model",
+    name_key: str = "name",
     **kwargs,
 ):
     """`timm.create_model` with weights from `weights_path` (a .safetensors/.pth/.bin file such as the hub's
     model.safetensors, for machines without internet), else from timm's hub when `pretrained`. `setting`: the
-    config group that errors name (model, or distill for a teacher).
+    config group that errors name (model, or distill for a teacher), `name_key` its key of the name.
     timm adapts either to the model: resized position embeddings, a new classifier for other class counts."""
-    check_model_name(model_name, "distill.teacher" if setting == "distill" else f"{setting}.name")
+    check_model_name(model_name, "distill.teacher" if setting == "distill" else f"{setting}.{name_key}")
     if weights_path:
         path = Path(weights_path).expanduser()
         if not path.is_file():
@@ -96,7 +97,7 @@ def create_timm_model(
 # arguments the config always passes, which models without a fixed input size do not take
 _INPUT_SIZE_ARGUMENTS = {"img_size"}
 # config keys of the arguments named after other settings
-_ARGUMENT_KEYS = {"img_size": "data.image_size", "in_chans": "data.channels"}
+_ARGUMENT_KEYS = {"img_size": "data.image_size"}
 
 
 INPUT_KEYS = ("image_size", "interpolation", "mean", "std", "crop_pct")
@@ -125,24 +126,20 @@ def timm_model(
     head: str = "linear",
     drop_path_rate: float | None = None,
     patch_size: int | None = None,
-    in_chans: int = 3,
     grad_checkpointing: bool = False,
 ) -> nn.Module:
     """Any model timm lists, by `name`, classifying `num_classes`. The arguments only some families take are
     passed when set (None: the family's own): `img_size` to models built for one input size (ViT, Swin, EVA:
-    others take any size, and timm's error says they take no img_size), `drop_path_rate`, `patch_size`,
-    `in_chans` (other than 3). Any other problem building it is the user's (one line naming the model).
+    others take any size, and timm's error says they take no img_size), `drop_path_rate`, `patch_size`.
+    Any other problem building it is the user's (one line naming the model).
     `head`: 'linear' (timm's) or 'keras_mlp' (the CIFAR-10 notebook's 256-256 MLP on the classifier's input). A
     distilled DeiT keeps both of its heads and returns their average (timm's behaviour unless
     `distilled_training` is set), so the label trains both heads through the average, and eval averages too.
     `grad_checkpointing`: timm's activation checkpointing (less memory, a second forward per step)."""
     if head not in ("linear", "keras_mlp"):
         raise ValueError(f"head={head!r} is not a head; use 'linear' or 'keras_mlp'")
-    check_model_name(name, "model.name")
     optional = {"img_size": img_size, "drop_path_rate": drop_path_rate, "patch_size": patch_size}
     kwargs = {key: value for key, value in optional.items() if value is not None}
-    if in_chans != 3:
-        kwargs["in_chans"] = in_chans
     while True:
         try:
             model = create_timm_model(name, pretrained, weights_path, num_classes=num_classes, **kwargs)
