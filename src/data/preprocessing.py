@@ -1,6 +1,7 @@
 """A trained model's input pipeline as plain facts (image size, mean/std, interpolation, augmentation style,
-native size, centre crop, and where the first five came from), which checkpoints and exported models carry, and the eval transforms built from them: torchvision's
-(what tests and training use) and a NumPy/Pillow one for exported models, which needs neither torch nor torchvision.
+native size, centre crop, and for timm models where each came from), which checkpoints and exported models carry,
+and the eval transforms built from them: torchvision's (what tests and training use) and a NumPy/Pillow one for
+exported models, which needs neither torch nor torchvision.
 
 Imports only NumPy and Pillow: `src.predict` on an .onnx file stays free of torch."""
 
