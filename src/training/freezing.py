@@ -5,7 +5,6 @@ import difflib
 from contextlib import contextmanager
 
 from lightning.pytorch.callbacks import Callback
-from timm.models import group_parameters
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
@@ -23,6 +22,10 @@ def block_names(model: nn.Module) -> list[str]:
 def timm_blocks(model: nn.Module) -> tuple[list[str], list[list[str]]]:
     """A timm model's stem and blocks as parameter names, by timm's coarse grouping (`group_matcher`: ResNet's
     layer1..4, ConvNeXt's and Swin's stages, ViT's blocks); the groups that hold the classifier are not blocks."""
+    from timm.models import (
+        group_parameters,
+    )  # imported when used: timm loads all its models (upstream_fixes/timm.py)
+
     groups = list(group_parameters(model, model.group_matcher(coarse=True)).values())
     classifier = {
         f"{head}.{name}"
