@@ -14,6 +14,7 @@ from src.cli.checks import check_values, optimized_value, optuna_sweep
 from src.cli.command import run_command
 from src.cli.config_tree import show_config, task_config
 from src.cli.exits import exit_on_user_error
+from src.cli.model_input import report_model_input
 from src.cli.resolvers import register_resolvers
 from src.errors import UserError
 from src.reporting.hparams_table import log_hyperparameters
@@ -58,6 +59,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     elif cfg.get("ckpt_path") == "last":
         log.info("No last.ckpt of task %r in %s: starting fresh", cfg.task_name, cfg.paths.log_dir)
     show_config(cfg, cfg.paths.get("output_dir"))
+    report_model_input(cfg)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     datamodule: L.LightningDataModule = instantiate(cfg.data)

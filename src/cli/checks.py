@@ -99,7 +99,10 @@ def check_model_settings(cfg: DictConfig) -> None:
         _check_scratch_vit(model)
     elif target == "src.models.keras_cnn.KerasCNN":
         _check_keras_cnn(model)
-    elif target == "src.models.timm_models.vision_transformer" and model.get("head", "linear") not in (
+    elif target in (
+        "src.models.timm_models.vision_transformer",
+        "src.models.timm_models.timm_model",
+    ) and model.get("head", "linear") not in (
         "linear",
         "keras_mlp",
     ):

@@ -7,7 +7,7 @@ vitlab's configs itself, e.g. a notebook that composes conf/train.yaml with Hydr
     register_resolvers()  # before reading a value: `${cwd:}` and the others resolve when read
 """
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from src.upstream_fixes.hydra import start_folder
 
@@ -38,6 +38,25 @@ def _csv_num_classes(csv_path, label_column) -> int:
     return len(manifest_classes(csv_path, label_column))
 
 
+def _timm_input(name: str, key: str):
+    from src.models.timm_models import pretrained_input  # imported when used: it loads timm
+
+    value = pretrained_input(name)[key]
+    # a plain list is no value OmegaConf.resolve() can store (mean, std)
+    return OmegaConf.create(value) if isinstance(value, list) else value
+
+
+def _preprocessing_from(*, _parent_) -> DictConfig:
+    """For each setting conf/model/timm.yaml fills in from the model: `model` where the data config still takes the
+    model's value, `config` where the command or a config file set its own."""
+    from src.models.timm_models import INPUT_KEYS
+
+    raw = OmegaConf.to_container(_parent_, resolve=False)
+    return OmegaConf.create(
+        {key: "model" if "${timm_input:" in str(raw.get(key)) else "config" for key in INPUT_KEYS}
+    )
+
+
 def register_resolvers() -> None:
     """Registers (again: idempotent) every resolver vitlab's configs use."""
     # conf/paths' root: the folder a command was started from (a Hydra workaround, src/upstream_fixes)
@@ -46,6 +65,10 @@ def register_resolvers() -> None:
     # the model gets it by interpolation, and `--cfg job --resolve` shows it
     OmegaConf.register_new_resolver("folder_num_classes", _folder_num_classes, use_cache=True, replace=True)
     OmegaConf.register_new_resolver("csv_num_classes", _csv_num_classes, use_cache=True, replace=True)
+    # conf/model/timm.yaml: the data settings the model's pretrained weights expect (timm's data config), and
+    # which of them the config left to the model
+    OmegaConf.register_new_resolver("timm_input", _timm_input, use_cache=True, replace=True)
+    OmegaConf.register_new_resolver("preprocessing_from", _preprocessing_from, replace=True)
     # conf/hydra/train.yaml's run dir (a resumed fit continues in its checkpoint's) and where its config copy
     # goes (src/runs/folders.py). Cached: every look at hydra.run.dir in a process sees the same folder, even once
     # checkpoints are written

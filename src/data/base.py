@@ -108,10 +108,15 @@ class ImageDataModule(TrainLoaderStateInDataModule, L.LightningDataModule):
         augment: dict | None = None,
         folds: int | None = None,
         fold: int = 0,
+        crop_pct: float = 0.875,
+        preprocessing_from: dict | None = None,
     ):
         """`augment`: the train-time policy of conf/augment/ (None: the data set's own crop/flip only).
         `folds`: k-fold cross-validation over train and val together, `fold` the one validated on (None: the
-        data set's own train/val split). The test split is the same either way."""
+        data set's own train/val split). The test split is the same either way. `crop_pct`: the share of the
+        image that photos' ('imagenet' style) evaluation keeps. `preprocessing_from`: which of image_size,
+        interpolation, mean, std and crop_pct came from the model and which from the config (conf/model/timm.yaml),
+        kept for the checkpoint's preprocessing facts."""
         super().__init__()
         self.save_hyperparameters(logger=False)
         self.data_train: Dataset | None = None
@@ -143,7 +148,15 @@ class ImageDataModule(TrainLoaderStateInDataModule, L.LightningDataModule):
         if h.augment:
             check_augment(h.augment)
         return build_transforms(
-            self.style, h.image_size, h.mean, h.std, train, self.native_size, h.interpolation, h.augment
+            self.style,
+            h.image_size,
+            h.mean,
+            h.std,
+            train,
+            self.native_size,
+            h.interpolation,
+            h.augment,
+            h.crop_pct,
         )
 
     def in_memory(self, dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor]:

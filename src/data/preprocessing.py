@@ -1,6 +1,7 @@
 """A trained model's input pipeline as plain facts (image size, mean/std, interpolation, augmentation style,
-native size), which checkpoints and exported models carry, and the eval transforms built from them: torchvision's
-(what tests and training use) and a NumPy/Pillow one for exported models, which needs neither torch nor torchvision.
+native size, centre crop, and for timm models where each came from), which checkpoints and exported models carry,
+and the eval transforms built from them: torchvision's (what tests and training use) and a NumPy/Pillow one for
+exported models, which needs neither torch nor torchvision.
 
 Imports only NumPy and Pillow: `src.predict` on an .onnx file stays free of torch."""
 
@@ -9,7 +10,7 @@ from collections.abc import Callable
 import numpy as np
 from PIL import Image
 
-FACT_KEYS = ("image_size", "mean", "std", "interpolation", "style", "native_size")
+FACT_KEYS = ("image_size", "mean", "std", "interpolation", "style", "native_size", "crop_pct")
 
 
 def preprocessing_facts(datamodule) -> dict:
@@ -22,6 +23,9 @@ def preprocessing_facts(datamodule) -> dict:
         "interpolation": str(h.interpolation),
         "style": datamodule.style,
         "native_size": datamodule.native_size,
+        "crop_pct": float(h.get("crop_pct", 0.875)),
+        # model (its pretrained weights' data config) or config, per setting; absent for a model without one
+        **({"from": dict(h.preprocessing_from)} if h.get("preprocessing_from") else {}),
     }
 
 
@@ -35,7 +39,14 @@ def torch_eval_transform(facts: dict):
 
     f = facts
     transform = build_transforms(
-        f["style"], f["image_size"], f["mean"], f["std"], False, f["native_size"], f["interpolation"]
+        f["style"],
+        f["image_size"],
+        f["mean"],
+        f["std"],
+        False,
+        f["native_size"],
+        f["interpolation"],
+        crop_pct=f.get("crop_pct", 0.875),  # absent from checkpoints before it was a setting
     )
     if f["native_size"]:
         size = f["native_size"]
@@ -72,7 +83,7 @@ def numpy_eval_transform(facts: dict) -> Callable[[Image.Image], np.ndarray]:
     resample = _PIL_FILTERS.get(f["interpolation"])
     if resample is None:
         raise ValueError(f"interpolation {f['interpolation']!r} is not one of {sorted(_PIL_FILTERS)}")
-    size, native = f["image_size"], f["native_size"]
+    size, native, crop_pct = f["image_size"], f["native_size"], f.get("crop_pct", 0.875)
     mean = np.asarray(f["mean"], dtype=np.float32).reshape(-1, 1, 1)
     std = np.asarray(f["std"], dtype=np.float32).reshape(-1, 1, 1)
 
@@ -80,7 +91,7 @@ def numpy_eval_transform(facts: dict) -> Callable[[Image.Image], np.ndarray]:
         if native:
             image = _center_crop(_resize_short_side(image, native, Image.Resampling.BILINEAR), native)
         if f["style"] == "imagenet":
-            image = _center_crop(_resize_short_side(image, int(round(size / 0.875)), resample), size)
+            image = _center_crop(_resize_short_side(image, int(round(size / crop_pct)), resample), size)
         elif native != size:
             image = image.resize((size, size), resample)
         pixels = np.asarray(image, dtype=np.float32).transpose(2, 0, 1) / 255.0

@@ -15,19 +15,21 @@ def build_transforms(
     native_size: int | None = None,
     interpolation: str = "bilinear",
     augment: dict | None = None,
+    crop_pct: float = 0.875,
 ) -> v2.Compose:
     """`style` names the recipe: 'cifar' (pad-crop + flip), 'digits' (pad-crop, no flip: digits are not
     mirror-symmetric), 'imagenet' (random-resized crop + flip, for photos like Flowers102).
     Images of `native_size` are resized to `image_size` first, with `interpolation` ('bilinear', 'bicubic': what
     a pretrained backbone was trained with). `augment` (conf/augment/, see augment.py) adds a policy
     (RandAugment, AutoAugment, TrivialAugment) after the style's crop/flip and random erasing after normalisation,
-    to training transforms only. Eval transforms never augment."""
+    to training transforms only. Eval transforms never augment; 'imagenet' ones keep the centre `crop_pct` of the
+    image (timm's data config gives each pretrained model's)."""
     resize = {"interpolation": v2.InterpolationMode(interpolation), "antialias": True}
     if style == "imagenet":
         if train:
             geometric = [v2.RandomResizedCrop(image_size, **resize), v2.RandomHorizontalFlip()]
-        else:  # short side to size/0.875, then a centre crop, as timm and torchvision evaluate
-            geometric = [v2.Resize(int(round(image_size / 0.875)), **resize), v2.CenterCrop(image_size)]
+        else:  # short side to size/crop_pct, then a centre crop, as timm and torchvision evaluate
+            geometric = [v2.Resize(int(round(image_size / crop_pct)), **resize), v2.CenterCrop(image_size)]
     elif style in ("cifar", "digits"):
         geometric = [] if native_size == image_size else [v2.Resize((image_size, image_size), **resize)]
         if train:

@@ -112,16 +112,30 @@ def _outputs(model: nn.Module, images: torch.Tensor) -> list[tuple[str, nn.Modul
 def gradcam_layer(model: nn.Module, images: torch.Tensor) -> tuple[nn.Module, int | None]:
     """Grad-CAM's target layer and, for transformers, the number of prefix tokens to drop: the last block's
     `norm1` for token sequences (the grad-cam package's recipe for ViTs), else the last feature map of at least
-    2x2 cells (small inputs shrink the last block's map to 1x1, where Grad-CAM cannot place anything)."""
+    2x2 cells (small inputs shrink the last block's map to 1x1, where Grad-CAM cannot place anything): of the
+    stages a timm model lists (`feature_info`: ResNet's layers, ConvNeXt's and Swin's stages), else of any
+    module."""
     outputs = _outputs(model, images)
     tokens = [(m, shape) for name, m, shape in outputs if name.endswith("norm1") and len(shape) == 3]
     if tokens:
         module, shape = tokens[-1]
         return module, split_tokens(shape[1])[0]
-    maps = [m for _, m, shape in outputs if len(shape) == 4 and shape[-1] * shape[-2] >= 4]
+    timm_model = next(
+        (m for m in model.modules() if isinstance(getattr(m, "feature_info", None), list)), None
+    )
+    stages = (
+        {id(timm_model.get_submodule(f["module"])) for f in timm_model.feature_info} if timm_model else set()
+    )
+    height, width = (1, 2) if _channels_last_maps(model) else (-2, -1)
+    maps = [m for _, m, shape in outputs if len(shape) == 4 and shape[height] * shape[width] >= 4]
     if not maps:
         raise UserError(f"{type(model).__name__} has no feature map of 2x2 cells or more for Grad-CAM")
-    return maps[-1], None
+    return ([m for m in maps if id(m) in stages] or maps)[-1], None
+
+
+def _channels_last_maps(model: nn.Module) -> bool:
+    """Whether the model's feature maps are (B, H, W, C): timm's Swin-like models say so (`output_fmt`)."""
+    return any(str(getattr(m, "output_fmt", "NCHW")) in ("NHWC", "Format.NHWC") for m in model.modules())
 
 
 def gradcam_maps(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
@@ -136,7 +150,12 @@ def gradcam_maps(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
         side = math.isqrt(tokens.shape[1] - prefix)
         return tokens[:, prefix:].reshape(tokens.shape[0], side, side, -1).permute(0, 3, 1, 2)
 
-    reshape = None if prefix is None else tokens_to_grid
+    if prefix is not None:
+        reshape = tokens_to_grid
+    elif _channels_last_maps(model):
+        reshape = lambda maps: maps.permute(0, 3, 1, 2)  # noqa: E731
+    else:
+        reshape = None
     # gradients with respect to the input only: the weights' .grad (and requires_grad) stay as they were
     trainable = [p for p in model.parameters() if p.requires_grad]
     training = model.training

@@ -58,7 +58,7 @@ class KerasCNN(nn.Module):
         super().__init__()
         if img_size < 32:  # five halvings (VGG's pools, DenseNet's stem and transitions) need 32 px
             raise ValueError(f"img_size={img_size}: {model_name} needs at least 32 px")
-        trunk = create_timm_model(model_name, pretrained, weights_path)
+        trunk = create_timm_model(model_name, pretrained, weights_path, name_key="model_name")
         if isinstance(trunk, VGG):
             self.keras_names = _vgg_names(trunk.features)
             # Keras' blocks start at block{n}_conv1

@@ -1,12 +1,15 @@
-"""timm backbones by name (ViT, DeiT, and the CNN trunks of keras_cnn.py), with weights from timm's hub or a
-local file, and a choice of classifier head."""
+"""timm backbones by name (any architecture timm lists, and the CNN trunks of keras_cnn.py), with weights from
+timm's hub or a local file, a choice of classifier head, and the input each model's pretrained weights expect."""
 
+import difflib
+import re
 import socket
 from pathlib import Path
 from urllib.parse import urlparse
 
 import timm
 from huggingface_hub import constants, try_to_load_from_cache
+from timm.data import resolve_data_config
 from torch import nn
 
 from src.errors import UserError
@@ -34,17 +37,33 @@ def _hub_unreachable(model_name: str) -> str | None:
     return None
 
 
+def check_model_name(name: str, key: str) -> None:
+    """A UserError naming the closest of timm's model names when `name` (config key `key`) is none of them."""
+    if timm.is_model(name):
+        return
+    architecture = name.split(".")[0]  # a pretrained tag after the dot (vit_small_patch14_dinov2.lvd142m)
+    names = timm.list_models()
+    near = difflib.get_close_matches(architecture, names, n=5, cutoff=0.6)
+    near += [n for n in timm.list_models(f"*{architecture}*")[:5] if n not in near]
+    hint = f"; close matches: {', '.join(near)}" if near else ""
+    raise UserError(
+        f"{key}={name!r} is no timm model{hint} (timm.list_models('*<part>*') lists them by pattern)"
+    )
+
+
 def create_timm_model(
     model_name: str,
     pretrained: bool = False,
     weights_path: str | None = None,
     setting: str = "model",
+    name_key: str = "name",
     **kwargs,
 ):
     """`timm.create_model` with weights from `weights_path` (a .safetensors/.pth/.bin file such as the hub's
     model.safetensors, for machines without internet), else from timm's hub when `pretrained`. `setting`: the
-    config group that errors name (model, or distill for a teacher).
+    config group that errors name (model, or distill for a teacher), `name_key` its key of the name.
     timm adapts either to the model: resized position embeddings, a new classifier for other class counts."""
+    check_model_name(model_name, "distill.teacher" if setting == "distill" else f"{setting}.{name_key}")
     if weights_path:
         path = Path(weights_path).expanduser()
         if not path.is_file():
@@ -75,6 +94,97 @@ def create_timm_model(
     )
 
 
+# arguments the config always passes, which models without a fixed input size do not take
+_INPUT_SIZE_ARGUMENTS = {"img_size"}
+# config keys of the arguments named after other settings
+_ARGUMENT_KEYS = {"img_size": "data.image_size"}
+
+
+INPUT_KEYS = ("image_size", "interpolation", "mean", "std", "crop_pct")
+
+
+def pretrained_input(name: str) -> dict:
+    """The input `name`'s pretrained weights expect (timm's data config): image_size, interpolation, mean, std,
+    crop_pct (the share of the resized image that the evaluation's centre crop keeps)."""
+    check_model_name(name, "model.name")
+    config = resolve_data_config(pretrained_cfg=timm.models.get_pretrained_cfg(name).to_dict())
+    return {
+        "image_size": int(config["input_size"][-1]),
+        "interpolation": config["interpolation"],
+        "mean": [float(v) for v in config["mean"]],
+        "std": [float(v) for v in config["std"]],
+        "crop_pct": float(config["crop_pct"]),
+    }
+
+
+def timm_model(
+    name: str,
+    num_classes: int,
+    img_size: int | None = None,
+    pretrained: bool = False,
+    weights_path: str | None = None,
+    head: str = "linear",
+    drop_path_rate: float | None = None,
+    patch_size: int | None = None,
+    grad_checkpointing: bool = False,
+) -> nn.Module:
+    """Any model timm lists, by `name`, classifying `num_classes`. The arguments only some families take are
+    passed when set (None: the family's own): `img_size` to models built for one input size (ViT, Swin, EVA:
+    others take any size, and timm's error says they take no img_size), `drop_path_rate`, `patch_size`.
+    Any other problem building it is the user's (one line naming the model).
+    `head`: 'linear' (timm's) or 'keras_mlp' (the CIFAR-10 notebook's 256-256 MLP on the classifier's input). A
+    distilled DeiT keeps both of its heads and returns their average (timm's behaviour unless
+    `distilled_training` is set), so the label trains both heads through the average, and eval averages too.
+    `grad_checkpointing`: timm's activation checkpointing (less memory, a second forward per step)."""
+    if head not in ("linear", "keras_mlp"):
+        raise ValueError(f"head={head!r} is not a head; use 'linear' or 'keras_mlp'")
+    optional = {"img_size": img_size, "drop_path_rate": drop_path_rate, "patch_size": patch_size}
+    kwargs = {key: value for key, value in optional.items() if value is not None}
+    while True:
+        try:
+            model = create_timm_model(name, pretrained, weights_path, num_classes=num_classes, **kwargs)
+            break
+        except TypeError as err:  # the model class's own word on which arguments it takes
+            taken = re.search(r"(\w+)\.__init__\(\) got an unexpected keyword argument '(\w+)'", str(err))
+            if not taken or taken[2] not in kwargs:
+                raise UserError(
+                    f"model.name={name}: timm cannot build it ({type(err).__name__}: {err})"
+                ) from None
+            if taken[2] in _INPUT_SIZE_ARGUMENTS:
+                del kwargs[taken[2]]
+                continue
+            key = _ARGUMENT_KEYS.get(taken[2], f"model.{taken[2]}")
+            raise UserError(
+                f"{key}={kwargs[taken[2]]}: {name} ({taken[1]}) takes no {taken[2]}; leave it out (null)"
+            ) from None
+        except (ValueError, AssertionError, RuntimeError, KeyError, NotImplementedError) as err:
+            settings = ", ".join(f"{_ARGUMENT_KEYS.get(k, 'model.' + k)}={v}" for k, v in kwargs.items())
+            raise UserError(
+                f"model.name={name} cannot be built as a classifier of {num_classes} classes"
+                f"{' with ' + settings if settings else ''} ({type(err).__name__}: {str(err).strip()[:200]})"
+            ) from None
+    if not hasattr(model, "get_classifier") or getattr(model, "num_classes", None) != num_classes:
+        raise UserError(
+            f"model.name={name} builds no classifier of {num_classes} classes (no image classifier)"
+        )
+    if grad_checkpointing:
+        try:
+            model.set_grad_checkpointing(True)
+        except (AssertionError, AttributeError, NotImplementedError):  # timm asserts where a family has none
+            raise UserError(
+                f"model.grad_checkpointing=true: {name} ({type(model).__name__}) has no gradient checkpointing "
+                "in timm; set model.grad_checkpointing=false"
+            ) from None
+    if head == "keras_mlp":
+        # timm names its classifiers: 'head', 'head.fc', or ('head', 'head_dist') for a distilled DeiT
+        classifiers = model.pretrained_cfg["classifier"]
+        for classifier in [classifiers] if isinstance(classifiers, str) else classifiers:
+            parent, _, leaf = classifier.rpartition(".")
+            in_features = model.get_submodule(classifier).in_features
+            setattr(model.get_submodule(parent), leaf, keras_mlp_head(in_features, num_classes))
+    return model
+
+
 def vision_transformer(
     model_name: str,
     img_size: int,
@@ -85,26 +195,14 @@ def vision_transformer(
     drop_path_rate: float = 0.0,
     patch_size: int | None = None,
 ) -> nn.Module:
-    """A timm ViT/DeiT at `img_size`. `head`: 'linear' (timm's) or 'keras_mlp' (the CIFAR-10 notebook's 256-256 MLP on the
-    class token). A distilled DeiT keeps both of its heads and returns their average (timm's behaviour unless
-    `distilled_training` is set), so the label trains both heads through the average, and eval averages too.
-    `patch_size`: another patch side than the model name's (timm resamples pretrained patch embeddings), e.g. 4
-    for a DeiT on 16 px digits."""
-    extra = {} if patch_size is None else {"patch_size": patch_size}
-    model = create_timm_model(
+    """timm_model as the checkpoints of earlier vitlab versions name it (a ViT or DeiT, `model_name`)."""
+    return timm_model(
         model_name,
+        num_classes,
+        img_size,
         pretrained,
         weights_path,
-        img_size=img_size,
-        num_classes=num_classes,
-        drop_path_rate=drop_path_rate,
-        **extra,
+        head,
+        drop_path_rate,
+        patch_size,
     )
-    if head == "keras_mlp":
-        # timm names its classifiers: 'head', or ('head', 'head_dist') for a distilled DeiT
-        classifiers = model.pretrained_cfg["classifier"]
-        for name in [classifiers] if isinstance(classifiers, str) else classifiers:
-            setattr(model, name, keras_mlp_head(model.num_features, num_classes))
-    elif head != "linear":
-        raise ValueError(f"head={head!r} is not a head; use 'linear' or 'keras_mlp'")
-    return model

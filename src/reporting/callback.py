@@ -233,7 +233,10 @@ class ReportCallback(L.Callback):
         backbone = pl_module.hparams.get("backbone", {})
         checkpoint = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         return {
-            "model": self.choices.get("model") or backbone.get("model_name") or backbone.get("_target_"),
+            "model": self.choices.get("model")
+            or backbone.get("name")
+            or backbone.get("model_name")
+            or backbone.get("_target_"),
             "data": self.choices.get("data") or type(trainer.datamodule).__name__,
             "freeze": self.choices.get("freeze"),
             "num_classes": len(names),

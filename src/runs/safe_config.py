@@ -17,6 +17,7 @@ ALLOWED_TARGETS = {
     "backbone": frozenset(
         {
             "src.models.vit.VisionTransformer",
+            "src.models.timm_models.timm_model",
             "src.models.timm_models.vision_transformer",
             "src.models.keras_cnn.KerasCNN",
             "timm.create_model",
@@ -218,8 +219,9 @@ def _nothing_loaded_from_elsewhere(hparams: dict) -> None:
             raise _Refused(
                 f"backbone.{name}={backbone[name]!r}, where a checkpoint has {values[0]!r} (its own weights)"
             )
-    if ":" in str(backbone.get("model_name", "")):
-        raise _Refused(f"backbone.model_name={backbone['model_name']!r} is no timm architecture name")
+    for key in ("name", "model_name"):
+        if ":" in str(backbone.get(key, "")):
+            raise _Refused(f"backbone.{key}={backbone[key]!r} is no timm architecture name")
     # src.training.module keeps a run's teacher config as distilled_with
     if distill.get("mode", "none") != "none":
         raise _Refused(f"distill.mode={distill['mode']!r}, where a checkpoint has no teacher (distill: null)")

@@ -19,6 +19,22 @@ def block_names(model: nn.Module) -> list[str]:
     return [f"blocks.{i}" for i in range(len(getattr(model, "blocks", ())))]
 
 
+def timm_blocks(model: nn.Module) -> tuple[list[str], list[list[str]]]:
+    """A timm model's stem and blocks as parameter names, by timm's coarse grouping (`group_matcher`: ResNet's
+    layer1..4, ConvNeXt's and Swin's stages, ViT's blocks); the groups that hold the classifier are not blocks."""
+    from timm.models import (
+        group_parameters,
+    )  # imported when used: timm loads all its models (upstream_fixes/timm.py)
+
+    groups = list(group_parameters(model, model.group_matcher(coarse=True)).values())
+    classifier = {
+        f"{head}.{name}"
+        for head in head_names(model)
+        for name, _ in model.get_submodule(head).named_parameters()
+    }
+    return groups[0], [group for group in groups[1:] if classifier.isdisjoint(group)]
+
+
 def head_names(model: nn.Module) -> list[str]:
     """The classifier modules: timm's pretrained config names them ('head', 'head_dist'); ours are `head`."""
     classifiers = (getattr(model, "pretrained_cfg", None) or {}).get("classifier", "head")
@@ -52,25 +68,33 @@ def apply_freezing(
     model: nn.Module, mode: str, layer: str | None = None, num_blocks: int | None = None
 ) -> None:
     """`mode`: 'none' (train all), 'head_only' (freeze all but the classifier), 'until' (freeze every parameter
-    before `layer`), 'first_n_blocks' (freeze everything before block `num_blocks`: the stem and the first
-    `num_blocks` blocks; 0 freezes nothing)."""
+    before `layer`), 'first_n_blocks' (freeze the stem and the first `num_blocks` blocks; 0 freezes nothing).
+    A timm model's blocks are timm's coarse groups (timm_blocks), so stages for CNNs and Swin, blocks for ViTs."""
     if mode == "none":
         _freeze_before(model, "")  # the root module comes first: nothing is before it
     elif mode == "head_only":
         _freeze_before(model, head_names(model)[0])
     elif mode == "until":
         _freeze_before(model, resolve(model, layer))
+    elif mode == "first_n_blocks" and hasattr(model, "group_matcher") and not hasattr(model, "block_names"):
+        stem, blocks = timm_blocks(model)
+        _check_num_blocks(model, num_blocks, len(blocks))
+        frozen = set(stem).union(*blocks[:num_blocks]) if num_blocks else set()
+        for name, param in model.named_parameters():
+            param.requires_grad = name not in frozen
     elif mode == "first_n_blocks":
         blocks = block_names(model)
-        if not 0 <= num_blocks <= len(blocks):
-            raise UserError(
-                f"freeze.num_blocks={num_blocks}: {type(model).__name__} has {len(blocks)} blocks"
-            )
+        _check_num_blocks(model, num_blocks, len(blocks))
         # before block n; 0: nothing (a full fine-tune); all blocks: everything but the classifier (= head_only)
         first_trained = blocks[num_blocks] if num_blocks < len(blocks) else head_names(model)[0]
         _freeze_before(model, first_trained if num_blocks else "")
     else:
         raise UserError(f"freeze.mode={mode!r}; use none, head_only, until or first_n_blocks")
+
+
+def _check_num_blocks(model: nn.Module, num_blocks: int, count: int) -> None:
+    if not 0 <= num_blocks <= count:
+        raise UserError(f"freeze.num_blocks={num_blocks}: {type(model).__name__} has {count} blocks")
 
 
 def frozen_batchnorm_to_eval(model: nn.Module) -> None:

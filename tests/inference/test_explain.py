@@ -4,6 +4,7 @@ and the report's attention.png (and its switch)."""
 
 import numpy as np
 import pytest
+import timm
 import torch
 
 from src.explain import explain
@@ -101,6 +102,29 @@ def test_cnns_get_gradcam_maps_and_no_rollout(name, capsys):
     )
     with pytest.raises(Exception, match="method=rollout needs attention layers"):
         heatmaps(model, images, "rollout")
+
+
+@pytest.mark.parametrize(
+    ("name", "size", "stage", "kwargs"),
+    [
+        ("resnet18", 32, "layer3", {}),  # layer4's map is 1x1 at 32 px
+        ("convnext_atto", 64, "stages.3", {}),
+        # Swin's stages hand on (B, H, W, C) maps; a narrow one-block-per-stage Swin for speed
+        (
+            "swin_tiny_patch4_window7_224",
+            224,
+            "layers.3",
+            {"embed_dim": 24, "depths": (1,) * 4, "num_heads": (1,) * 4},
+        ),
+    ],
+)
+def test_timm_cnns_and_swin_get_gradcam_on_their_last_stage_of_2x2_cells_or_more(name, size, stage, kwargs):
+    model = timm.create_model(name, num_classes=10, **kwargs).eval()
+    images = torch.randn(2, 3, size, size)
+    layer, dropped = gradcam_layer(model, images)
+    assert layer is model.get_submodule(stage) and dropped is None
+    maps = heatmaps(model, images, "gradcam")
+    assert maps.shape == (2, size, size) and maps.min() >= 0 and maps.max() == pytest.approx(1, abs=1e-5)
 
 
 @pytest.mark.parametrize("method", ["rollout", "gradcam"])

@@ -18,7 +18,7 @@ from src.models.timm_models import create_timm_model, vision_transformer
 from tests.cli.test_configs import options
 from tests.conftest import compose_config, run_cli
 
-TIMM_MODELS = ["vit_timm", "vit_tiny", "deit", "deit_tiny", "vgg19", "densenet121", "densenet201"]
+TIMM_MODELS = ["timm", "vit_timm", "vit_tiny", "deit", "deit_tiny", "vgg19", "densenet121", "densenet201"]
 
 
 @pytest.mark.slow
@@ -35,13 +35,15 @@ def test_every_model_config_trains_a_step_at_32_px(model, tmp_path):
 @pytest.mark.parametrize("model", TIMM_MODELS)
 def test_model_configs_state_their_pretrained_input(model, tmp_path):
     cfg = compose_config("train", [f"model={model}", "data=cifar10"], tmp_path)
-    pretrained = timm.models.get_pretrained_cfg(cfg.model.model_name)
+    pretrained = timm.models.get_pretrained_cfg(cfg.model.get("name") or cfg.model.model_name)
     assert list(cfg.data.mean) == list(pretrained.mean) and list(cfg.data.std) == list(pretrained.std)
     assert cfg.data.interpolation == pretrained.interpolation
-    assert cfg.model.channels_last == (cfg.model._target_ == "src.models.keras_cnn.KerasCNN")
-    if "vit" in model or "deit" in model:  # CIFAR's 32 px go up to the size the ViT was trained at
+    if model != "timm":
+        assert cfg.model.channels_last == (cfg.model._target_ == "src.models.keras_cnn.KerasCNN")
+    if cfg.model._target_ == "src.models.timm_models.timm_model":  # CIFAR's 32 px go up to the model's size
         assert cfg.data.image_size == cfg.model.img_size == pretrained.input_size[-1] == 224
-    else:  # a CNN takes the data's size
+        assert cfg.data.crop_pct == pretrained.crop_pct
+    else:  # the Keras-style trunks take the data's size
         assert cfg.data.image_size == 32
 
 

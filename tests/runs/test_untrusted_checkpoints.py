@@ -225,6 +225,16 @@ def test_a_timm_backbone_takes_plain_model_arguments_and_fetches_no_weights(back
         check_checkpoint_config({"backbone": {"_target_": "timm.create_model", **backbone}}, "x.ckpt")
 
 
+def test_model_timm_takes_no_name_with_a_scheme():
+    backbone = {
+        "_target_": "src.models.timm_models.timm_model",
+        "name": "hf-hub:someone/model",
+        "num_classes": 10,
+    }
+    with pytest.raises(UserError, match="backbone.name='hf-hub:someone/model' is no timm architecture name"):
+        check_checkpoint_config({"backbone": backbone}, "x.ckpt")
+
+
 def test_a_checkpoint_brings_no_teacher():
     distill = {"mode": "hard", "teacher": "vit_tiny_patch16_224", "pretrained": True}
     with pytest.raises(UserError, match="distill.mode='hard', where a checkpoint has no teacher"):

@@ -252,3 +252,30 @@ def test_weight_decay_groups_are_timms(model, freeze, weight_decay, tmp_path):
     theirs = timm_param_groups(backbone, weight_decay, no_weight_decay_list=no_decay)
     assert [g["weight_decay"] for g in ours] == [g["weight_decay"] for g in theirs]
     assert [[id(p) for p in g["params"]] for g in ours] == [[id(p) for p in g["params"]] for g in theirs]
+
+
+def _numel(*modules) -> int:
+    return sum(p.numel() for module in modules for p in module.parameters())
+
+
+@pytest.mark.parametrize(
+    ("name", "stem_and_first_two", "classifier"),
+    [
+        ("resnet18", lambda m: (m.conv1, m.bn1, m.layer1, m.layer2), lambda m: m.fc),
+        ("convnext_atto", lambda m: (m.stem, m.stages[0], m.stages[1]), lambda m: m.head.fc),
+        ("vit_tiny_patch16_224", lambda m: (m.patch_embed, m.blocks[0], m.blocks[1]), lambda m: m.head),
+    ],
+)
+def test_a_timm_models_stages_freeze_by_timms_grouping(name, stem_and_first_two, classifier):
+    model = timm.create_model(name, num_classes=10, pretrained=False)
+    tokens = sum(
+        p.numel()
+        for p in (getattr(model, "cls_token", None), getattr(model, "pos_embed", None))
+        if p is not None
+    )
+    apply_freezing(model, "first_n_blocks", num_blocks=2)
+    assert parameter_counts(model)["params_frozen"] == _numel(*stem_and_first_two(model)) + tokens
+    apply_freezing(model, "head_only")
+    assert parameter_counts(model)["params_trainable"] == _numel(classifier(model))
+    with pytest.raises(UserError, match=r"freeze.num_blocks=13: \w+ has (4|12) blocks"):
+        apply_freezing(model, "first_n_blocks", num_blocks=13)
