@@ -30,15 +30,15 @@ def is_timm_model(backbone: nn.Module) -> bool:
 
 
 def timm_data_config(facts: dict) -> dict:
-    """vitlab's eval transform as timm's data config: the ImageNet style resizes to size / 0.875 and crops the
-    centre (timm's crop_pct 0.875); the others resize to the size (crop_pct 1)."""
+    """vitlab's eval transform as timm's data config: the ImageNet style resizes to size / crop_pct and crops the
+    centre; the others resize to the size (crop_pct 1)."""
     size = facts["image_size"]
     return {
         "input_size": (3, size, size),
         "interpolation": facts["interpolation"],
         "mean": tuple(facts["mean"]),
         "std": tuple(facts["std"]),
-        "crop_pct": 0.875 if facts["style"] == "imagenet" else 1.0,
+        "crop_pct": facts.get("crop_pct", 0.875) if facts["style"] == "imagenet" else 1.0,
         "crop_mode": "center",
     }
 
