@@ -4,7 +4,9 @@ Writes model.onnx (ONNX metadata) or model.pt (TorchScript extra file) into its 
 eval transform (input size, mean/std, interpolation, ...) and the class names under the key "vitlab", a dynamic
 batch axis, and checks the file on test images of the checkpoint's data set: the logits of onnxruntime (or of
 the reloaded TorchScript) at batch sizes 1, 3 and all against the PyTorch model's, in fp32. A file that fails the
-check is deleted and the run ends with one `error:` line saying by how much."""
+check is deleted and the run ends with one `error:` line saying by how much. A checkpoint's fitted temperature
+(src.eval calibrate=temperature) is folded into the graph: the file's logits are divided by it, and its softmax
+gives the calibrated probabilities (the metadata names the temperature too)."""
 
 import json
 import logging
@@ -25,6 +27,7 @@ from src.errors import UserError
 from src.inference.attention_maps import unfused_attention
 from src.inference.classifiers import METADATA_KEY, import_onnxruntime
 from src.runs.guard import tidied_on_failure
+from src.training.calibration import TEMPERATURE_KEY, TemperatureScaled
 from src.training.module import load_checkpoint
 
 # before Hydra composes the config (on import: the DDP ranks and SLURM jobs import this module again)
@@ -96,11 +99,19 @@ def export(cfg: DictConfig) -> Path:
         raise UserError(f"num_images={cfg.num_images} must be a whole number of at least 2")
     module = load_checkpoint(Path(cfg.ckpt_path)).eval()
     model = module.backbone.float().to(memory_format=torch.contiguous_format)
+    if module.temperature != 1.0:
+        model = TemperatureScaled(model, module.temperature).eval()
     data = module.hparams.get("data")
     if not data:
         raise UserError("this checkpoint has no data config, so its input transform is unknown")
     names = module.class_names or [str(i) for i in range(module.hparams.num_classes)]
-    metadata = json.dumps({**preprocessing_facts(instantiate(data)), "class_names": list(names)})
+    metadata = json.dumps(
+        {
+            **preprocessing_facts(instantiate(data)),
+            "class_names": list(names),
+            TEMPERATURE_KEY: module.temperature,  # already applied to the logits
+        }
+    )
     images = sample_images(data, cfg.num_images)
 
     path = Path(cfg.paths.output_dir) / FORMATS[cfg.format]

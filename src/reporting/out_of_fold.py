@@ -28,7 +28,7 @@ def write_out_of_fold(trainer, model, datamodule, ckpt_path: str | None, run_dir
         log.warning("%s is not written under DDP: predict the fold with one device", OOF_PREDICTIONS)
         return
     batches = trainer.predict(model, dataloaders=datamodule.val_dataloader(), ckpt_path=ckpt_path)
-    probabilities = np.concatenate([probs.cpu().numpy() for probs, _ in batches])
+    probabilities = np.concatenate([logits.float().softmax(dim=-1).cpu().numpy() for logits, _ in batches])
     labels = np.concatenate([labels.cpu().numpy() for _, labels in batches])
     rows = out_of_fold_rows(
         val_images(datamodule), datamodule.hparams.fold, labels, probabilities, datamodule.class_names
