@@ -2,12 +2,25 @@
 augmentation averages probabilities, equals no augmentation for the identity view, and refuses flips where the
 data set's training never flips."""
 
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import onnx
 import pytest
+import scipy.special
 import torch
 
 from src.data.tta import mean_probabilities, shifted, tta_views
 from src.errors import UserError
+from src.eval import evaluate
+from src.export import export
+from src.inference.classifiers import METADATA_KEY, onnx_classifier, torch_classifier
+from src.inference.files import load_image
+from src.predict import predict
 from src.training.calibration import TemperatureScaled, calibration_scores, fit_temperature
+from tests.conftest import compose_config
 
 
 def over_confident(n: int = 2000, classes: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
@@ -90,3 +103,113 @@ def test_hflip_mirrors_photos_and_is_refused_for_digits():
         tta_views("hflip", "digits", 16)
     with pytest.raises(UserError, match="tta=flip is unknown: use tta=none, tta=crops or tta=hflip"):
         tta_views("flip", "cifar", 32)
+
+
+# src.eval in this process, on the checkpoint's own data set, without workers or a progress bar
+IN_PROCESS = ["trainer.accelerator=cpu", "+data.num_workers=0", "~callbacks.rich_progress_bar"]
+
+
+@pytest.fixture(scope="module")
+def calibrated(tiny_checkpoint, tmp_path_factory) -> Path:
+    """The run dir of src.eval calibrate=temperature on the tiny digits checkpoint, which stays as it was."""
+    out = tmp_path_factory.mktemp("calibrated")
+    original = tiny_checkpoint.read_bytes()
+    evaluate(
+        compose_config("eval", [f"ckpt_path={tiny_checkpoint}", "calibrate=temperature", *IN_PROCESS], out)
+    )
+    assert tiny_checkpoint.read_bytes() == original
+    return out
+
+
+def test_eval_reports_the_calibration_error_before_and_after_the_fitted_temperature(calibrated):
+    summary = json.loads((calibrated / "summary.json").read_text())
+    calibration = summary["calibration"]
+    assert (
+        summary["temperature"] == calibration["temperature"] and abs(math.log(summary["temperature"])) > 0.05
+    )
+    # fitted on the validation split: its NLL can only fall there
+    assert calibration["val_nll_after"] < calibration["val_nll_before"]
+    assert calibration["val_images"] == 180
+    # what was tested is the calibrated file, whose scores the test metrics repeat
+    assert summary["tested_checkpoint"] == calibration["checkpoint"] == str(calibrated / "calibrated.ckpt")
+    assert summary["test"]["test/ece"] == pytest.approx(calibration["test_ece_after"], abs=1e-4)
+    assert (calibrated / "reliability.png").stat().st_size > 10_000
+    # a plain float: the calibrated copy loads without unpickling code
+    assert type(torch.load(calibrated / "calibrated.ckpt", weights_only=True)["temperature"]) is float
+
+
+def test_the_temperature_reaches_predict_and_the_onnx_export(
+    calibrated, tiny_checkpoint, image_files, tmp_path
+):
+    checkpoint = calibrated / "calibrated.ckpt"
+    temperature = torch.load(checkpoint, weights_only=True)["temperature"]
+    exported = export(compose_config("export", [f"ckpt_path={checkpoint}"], tmp_path))
+    assert json.loads(onnx_metadata(exported))["temperature"] == temperature
+    calibrated_model = torch_classifier(checkpoint, torch.device("cpu"))
+    inputs = [
+        calibrated_model.transform(load_image(file)) for file in sorted(image_files.glob("digit_*.png"))
+    ]
+    probabilities = calibrated_model.run(inputs)
+    plain = torch_classifier(tiny_checkpoint, torch.device("cpu")).run(inputs)
+    np.testing.assert_allclose(
+        probabilities, scipy.special.softmax(np.log(plain) / temperature, axis=-1), atol=1e-5
+    )
+    assert np.abs(probabilities - plain).max() > 1e-3
+    np.testing.assert_allclose(
+        onnx_classifier(exported).run([x.numpy() for x in inputs]), probabilities, atol=1e-5
+    )
+    # the Lightning route of checkpoints without their preprocessing facts
+    old = torch.load(checkpoint, weights_only=True)
+    del old["preprocessing"]
+    torch.save(old, tmp_path / "old.ckpt")
+    np.testing.assert_allclose(
+        torch_classifier(tmp_path / "old.ckpt", torch.device("cpu")).run(inputs), probabilities, atol=1e-5
+    )
+    # test-time augmentation: the same views on both routes
+    with_crops = torch_classifier(checkpoint, torch.device("cpu"), "crops").run(inputs)
+    np.testing.assert_allclose(
+        onnx_classifier(exported, "crops").run([x.numpy() for x in inputs]), with_crops, atol=1e-5
+    )
+    assert np.abs(with_crops - probabilities).max() > 1e-5  # the tiny model: near uniform, little to change
+
+
+def onnx_metadata(path: Path) -> str:
+    return {p.key: p.value for p in onnx.load(str(path)).metadata_props}[METADATA_KEY]
+
+
+def error_line(capsys, run, cfg) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        run(cfg)
+    assert exit_info.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    return line
+
+
+@pytest.mark.parametrize(
+    ("command", "option", "message"),
+    [
+        (
+            "eval",
+            "tta=hflip",
+            "error: tta=hflip is not valid for this data set: its training recipe ('digits') never flips",
+        ),
+        (
+            "predict",
+            "tta=hflip",
+            "error: tta=hflip is not valid for this data set: its training recipe ('digits') never flips",
+        ),
+        ("eval", "tta=mirror", "error: tta=mirror is unknown: use tta=none, tta=crops or tta=hflip"),
+        ("predict", "tta=mirror", "error: tta=mirror is unknown: use tta=none, tta=crops or tta=hflip"),
+        (
+            "eval",
+            "calibrate=platt",
+            "error: calibrate=platt is unknown: use calibrate=none or calibrate=temperature",
+        ),
+    ],
+)
+def test_bad_tta_and_calibrate_values_are_one_error_line(
+    tiny_checkpoint, image_files, tmp_path, capsys, command, option, message
+):
+    run, extra = {"eval": (evaluate, IN_PROCESS), "predict": (predict, [f"inputs={image_files}"])}[command]
+    cfg = compose_config(command, [f"ckpt_path={tiny_checkpoint}", option, *extra], tmp_path)
+    assert error_line(capsys, run, cfg).startswith(message)
