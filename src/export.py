@@ -6,7 +6,10 @@ batch axis; or, format=hf, a Hugging Face Hub-ready folder `hf/` (model.safetens
 src/inference/hub_folder.py, src/reporting/model_card.py), which push=true uploads. It checks what it wrote on
 test images of the checkpoint's data set: the logits of onnxruntime (of the reloaded TorchScript, of the folder
 loaded back) at batch sizes 1, 3 and all against the PyTorch model's, in fp32. A file that fails the check is
-deleted and the run ends with one `error:` line saying by how much."""
+deleted and the run ends with one `error:` line saying by how much. A checkpoint's fitted temperature
+(src.eval calibrate=temperature) is folded into the ONNX and TorchScript graphs (their logits are divided by it,
+and the metadata names it); a Hub folder keeps the model's own weights and names the temperature in config.json,
+which vitlab applies when it loads the folder."""
 
 import json
 import logging
@@ -28,6 +31,7 @@ from src.errors import UserError
 from src.inference.attention_maps import unfused_attention
 from src.inference.classifiers import METADATA_KEY, import_onnxruntime
 from src.runs.guard import tidied_on_failure
+from src.training.calibration import TEMPERATURE_KEY, TemperatureScaled
 from src.training.module import load_checkpoint
 
 # before Hydra composes the config (on import: the DDP ranks and SLURM jobs import this module again)
@@ -80,14 +84,14 @@ def export_hf(module, path: Path, facts: dict, class_names: list[str], ckpt_path
     from src.reporting.model_card import write_model_card
 
     backbone_config = dict(module.hparams.backbone)
-    library = write_folder(module.backbone, path, facts, class_names, backbone_config)
+    library = write_folder(module.backbone, path, facts, class_names, backbone_config, module.temperature)
     name = (
         getattr(module.backbone, "pretrained_cfg", {}).get("architecture")
         or backbone_config["_target_"].split(".")[-1]
     )
     run_dir = ckpt_path.resolve().parent.parent  # <run dir>/checkpoints/<file>.ckpt
     data_name = str(module.hparams.data.get("_target_", "")).split(".")[-1] or "images"
-    write_model_card(path, library, name, data_name, class_names, run_dir, facts)
+    write_model_card(path, library, name, data_name, class_names, run_dir, facts, module.temperature)
     reloaded, _, _ = load_folder(path)
     return lambda images: reloaded(images).detach()
 
@@ -139,6 +143,8 @@ def export(cfg: DictConfig) -> Path:
         raise UserError(f"num_images={cfg.num_images} must be a whole number of at least 2")
     module = load_checkpoint(Path(cfg.ckpt_path)).eval()
     model = module.backbone.float().to(memory_format=torch.contiguous_format)
+    if module.temperature != 1.0:
+        model = TemperatureScaled(model, module.temperature).eval()
     data = module.hparams.get("data")
     if not data:
         raise UserError("this checkpoint has no data config, so its input transform is unknown")
@@ -153,7 +159,9 @@ def export(cfg: DictConfig) -> Path:
     else:
         writer = export_onnx if cfg.format == "onnx" else export_torchscript
         # traced at batch 2: a batch of one lets tracing fold size-1 dimensions into constants
-        exported = writer(model, images[:2], path, cfg.opset, json.dumps({**facts, "class_names": names}))
+        # the temperature is already applied to the logits
+        metadata = json.dumps({**facts, "class_names": names, TEMPERATURE_KEY: module.temperature})
+        exported = writer(model, images[:2], path, cfg.opset, metadata)
     worst, flips = compare(model, exported, images)
     if worst > cfg.tolerance or flips:
         shutil.rmtree(path) if path.is_dir() else path.unlink()

@@ -39,11 +39,11 @@ def predict(cfg: DictConfig) -> list[tuple[Path, list[tuple[str, float]]]]:
             raise UserError(f"{key}={cfg[key]} must be a whole number of at least 1")
     ckpt_path = Path(cfg.ckpt_path)
     if ckpt_path.suffix == ".onnx":
-        classify = onnx_classifier(ckpt_path)
+        classify = onnx_classifier(ckpt_path, cfg.tta)
     elif ckpt_path.is_dir():
-        classify = hub_folder_classifier(ckpt_path, pick_device(cfg.device))
+        classify = hub_folder_classifier(ckpt_path, pick_device(cfg.device), cfg.tta)
     else:
-        classify = torch_classifier(ckpt_path, pick_device(cfg.device))
+        classify = torch_classifier(ckpt_path, pick_device(cfg.device), cfg.tta)
     names = classify.class_names
     inputs = list(cfg.inputs) if isinstance(cfg.inputs, ListConfig) else str(cfg.inputs)
     files = expand_inputs(inputs)

@@ -1,6 +1,8 @@
 """Classifiers for src.predict, each loading as little as it can: an exported .onnx file runs on onnxruntime
 (NumPy and Pillow, no torch); a checkpoint whose backbone is rebuilt from its plain hyper-parameters runs on torch
-alone; other checkpoints go through Lightning's ClassifierModule. Each maps RGB images to class probabilities."""
+alone; other checkpoints go through Lightning's ClassifierModule. Each maps RGB images to class probabilities: a
+checkpoint's with its fitted temperature (src/training/calibration.py; an export has it folded in), and with
+`tta` other than none, averaged over test-time views (src/data/tta.py, which needs torch on the ONNX route too)."""
 
 import json
 from collections.abc import Callable, Sequence
@@ -41,7 +43,7 @@ def import_onnxruntime():
     return onnxruntime
 
 
-def onnx_classifier(path: Path) -> Classifier:
+def onnx_classifier(path: Path, tta: str = "none") -> Classifier:
     onnxruntime = import_onnxruntime()
 
     from src.data.preprocessing import numpy_eval_transform
@@ -58,9 +60,22 @@ def onnx_classifier(path: Path) -> Classifier:
     facts = json.loads(metadata[METADATA_KEY])
     input_name = session.get_inputs()[0].name
 
+    def logits_of(batch: np.ndarray) -> np.ndarray:
+        return session.run(None, {input_name: batch})[0]
+
     def run(inputs: list[np.ndarray]) -> np.ndarray:
-        (logits,) = session.run(None, {input_name: np.stack(inputs)})
-        return _softmax(logits.astype(np.float64))
+        return _softmax(logits_of(np.stack(inputs)).astype(np.float64))
+
+    if tta != "none":
+        import torch
+
+        from src.data.tta import mean_probabilities, tta_views
+
+        views = tta_views(tta, facts["style"], facts["image_size"])
+
+        def run(inputs: list[np.ndarray]) -> np.ndarray:
+            logits = lambda view: torch.from_numpy(logits_of(view.numpy()))  # noqa: E731
+            return mean_probabilities(logits, torch.from_numpy(np.stack(inputs)), views).numpy()
 
     return Classifier(facts["class_names"], numpy_eval_transform(facts), run)
 
@@ -96,12 +111,14 @@ def _rebuilds_without_lightning(checkpoint) -> bool:
     )
 
 
-def torch_classifier(path: Path, device) -> Classifier:
+def torch_classifier(path: Path, device, tta: str = "none") -> Classifier:
     """From a src.train checkpoint: the plain route when it records its preprocessing facts (checkpoints
     written since src.export), else Lightning's (which builds the DataModule for its transform)."""
     import torch
 
     from src.data.preprocessing import numpy_eval_transform
+    from src.data.tta import tta_views
+    from src.training.calibration import TEMPERATURE_KEY
 
     try:
         checkpoint = torch.load(path, map_location=device, weights_only=True)
@@ -121,50 +138,68 @@ def torch_classifier(path: Path, device) -> Classifier:
 
         names = checkpoint.get("class_names") or []
         num_classes = checkpoint["hyper_parameters"]["num_classes"]
+        facts, temperature = checkpoint["preprocessing"], float(checkpoint.get(TEMPERATURE_KEY, 1.0))
     else:
         from src.training.module import load_checkpoint  # Lightning: seconds of imports
 
         model = load_checkpoint(path, map_location=device).eval()
-        transform = eval_transform(model)
-        names, num_classes = model.class_names, model.hparams.num_classes
+        facts = checkpoint_facts(model)
+        transform = eval_transform(model, facts)
+        names, num_classes, temperature = model.class_names, model.hparams.num_classes, model.temperature
     names = list(names) or [str(i) for i in range(num_classes)]
-    return Classifier(names, transform, _probabilities(model, device))
+    views = tta_views(tta, facts["style"], facts["image_size"])
+    return Classifier(names, transform, _probabilities(model, device, views, temperature))
 
 
-def _probabilities(model, device) -> Callable[[list], np.ndarray]:
+def _probabilities(model, device, views, temperature: float) -> Callable[[list], np.ndarray]:
+    """Class probabilities of transformed inputs: the mean over the test-time views of softmax(logits / T)."""
     import torch
+
+    from src.data.tta import mean_probabilities
 
     def run(inputs: list) -> np.ndarray:
         with torch.inference_mode():
-            return model(torch.stack(inputs).to(device)).float().softmax(dim=-1).cpu().numpy()
+            batch = torch.stack(inputs).to(device)
+            return mean_probabilities(model, batch, views, temperature).cpu().numpy()
 
     return run
 
 
-def hub_folder_classifier(path: Path, device) -> Classifier:
+def hub_folder_classifier(path: Path, device, tta: str = "none") -> Classifier:
     """From a folder of src.export format=hf (src/inference/hub_folder.py): safetensors weights, the backbone built
-    by timm or through vitlab's allow-list, the eval transform of its config.json."""
+    by timm or through vitlab's allow-list (its temperature applied), the eval transform of its config.json."""
     import torch
 
     from src.data.preprocessing import numpy_eval_transform
+    from src.data.tta import tta_views
     from src.inference.hub_folder import load_folder
 
     model, facts, names = load_folder(path)
     to_array = numpy_eval_transform(facts)
+    views = tta_views(tta, facts["style"], facts["image_size"])
     return Classifier(
-        names, lambda image: torch.from_numpy(to_array(image)), _probabilities(model.to(device), device)
+        names,
+        lambda image: torch.from_numpy(to_array(image)),
+        _probabilities(model.to(device), device, views, 1.0),
     )
 
 
-def eval_transform(model):
-    """The checkpoint's own eval transform, from its data config (building the DataModule reads no files)."""
+def checkpoint_facts(model) -> dict:
+    """The preprocessing facts of a loaded checkpoint's data config (building the DataModule reads no files)."""
     from hydra.utils import instantiate
 
-    from src.data.preprocessing import preprocessing_facts, torch_eval_transform
+    from src.data.preprocessing import preprocessing_facts
 
     if not model.hparams.get("data"):
         raise UserError("this checkpoint has no data config, so its input transform is unknown")
-    return torch_eval_transform(preprocessing_facts(instantiate(model.hparams.data)))
+    return preprocessing_facts(instantiate(model.hparams.data))
+
+
+def eval_transform(model, facts: dict | None = None):
+    """The checkpoint's own eval transform, from its data config (or its `facts`, where read already)."""
+    from src.data.preprocessing import torch_eval_transform
+
+    return torch_eval_transform(facts or checkpoint_facts(model))
 
 
 def pick_device(name: str | None):

@@ -44,13 +44,19 @@ def timm_data_config(facts: dict) -> dict:
 
 
 def write_folder(
-    backbone: nn.Module, folder: Path, facts: dict, class_names: list[str], backbone_config: dict
+    backbone: nn.Module,
+    folder: Path,
+    facts: dict,
+    class_names: list[str],
+    backbone_config: dict,
+    temperature: float = 1.0,
 ) -> str:
-    """Writes model.safetensors and config.json; returns the library that loads them: "timm" or "vitlab"."""
+    """Writes model.safetensors and config.json; returns the library that loads them: "timm" or "vitlab".
+    `temperature` (src.eval calibrate=temperature) is named in config.json, for vitlab's loader to apply."""
     import safetensors.torch
 
     folder.mkdir(parents=True, exist_ok=True)
-    vitlab = {"preprocessing": facts, "backbone": backbone_config}
+    vitlab = {"preprocessing": facts, "backbone": backbone_config, "temperature": float(temperature)}
     if is_timm_model(backbone):
         from timm.models import save_for_hf
 
@@ -91,8 +97,9 @@ def read_config(folder: Path) -> dict:
 
 
 def load_folder(folder: Path) -> tuple[nn.Module, dict, list[str]]:
-    """The model of a folder write_folder wrote (eval mode), its preprocessing facts and class names. A vitlab
-    backbone is built through the allow-list of src/runs/safe_config.py, as a checkpoint's is."""
+    """The model of a folder write_folder wrote (eval mode; its logits divided by the folder's temperature), its
+    preprocessing facts and class names. A vitlab backbone is built through the allow-list of
+    src/runs/safe_config.py, as a checkpoint's is."""
     import safetensors.torch
 
     config = read_config(folder)
@@ -113,4 +120,9 @@ def load_folder(folder: Path) -> tuple[nn.Module, dict, list[str]]:
         )
         model = allowed_callable("backbone", backbone.pop("_target_"))(**backbone)
         model.load_state_dict(safetensors.torch.load_file(str(folder / WEIGHTS)))
+    temperature = float(config["vitlab"].get("temperature", 1.0))
+    if temperature != 1.0:
+        from src.training.calibration import TemperatureScaled
+
+        model = TemperatureScaled(model, temperature)
     return model.eval(), config["vitlab"]["preprocessing"], list(config["label_names"])

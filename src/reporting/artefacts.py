@@ -1,5 +1,6 @@
 """The files a run leaves for people to read, as pure functions of arrays: classification report (markdown,
-CSV, rich table), confusion matrices, training curves, the most confidently wrong images, summary.json."""
+CSV, rich table), confusion matrices, training curves, the reliability diagram, the most confidently wrong images,
+summary.json."""
 
 import csv
 import json
@@ -113,6 +114,36 @@ def plot_confusion_matrix(y_true, y_pred, class_names: Sequence[str], path: Path
         ax.set_title(f"Confusion matrix ({title})")
         if n > 40:
             ax.tick_params(labelsize=6)
+    fig.savefig(path, dpi=100)
+    return fig
+
+
+def plot_reliability(confidence, correct, ece: float, path: Path, n_bins: int = 15) -> Figure:
+    """Reliability diagram (Guo et al. 2017, fig. 1): the test images in `n_bins` equal bins of top-1 confidence,
+    each bin's accuracy against its mean confidence (a calibrated model sits on the diagonal), and how many images
+    each bin holds; `ece`, the expected calibration error over the same bins (torchmetrics'), in the title."""
+    confidence, correct = np.asarray(confidence, dtype=float), np.asarray(correct, dtype=float)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    # torchmetrics' bins (lower edge included); a confidence of exactly 1 joins the last one
+    bins = np.clip(np.searchsorted(edges, confidence, side="right") - 1, 0, n_bins - 1)
+    counts = np.bincount(bins, minlength=n_bins)
+    filled = counts > 0
+    accuracy = np.bincount(bins, weights=correct, minlength=n_bins)[filled] / counts[filled]
+    mean_confidence = np.bincount(bins, weights=confidence, minlength=n_bins)[filled] / counts[filled]
+    centres, width = (edges[:-1] + edges[1:]) / 2, 1.0 / n_bins
+    fig, (top, bottom) = plt.subplots(
+        2, 1, figsize=(5, 6), height_ratios=(3, 1), sharex=True, layout="constrained"
+    )
+    top.bar(centres[filled], accuracy, width=width, edgecolor="black", label="accuracy")
+    top.bar(
+        centres[filled], mean_confidence - accuracy, bottom=accuracy, width=width, color="tab:red",
+        alpha=0.3, edgecolor="tab:red", label="gap to confidence",
+    )  # fmt: skip
+    top.plot([0, 1], [0, 1], "k--", linewidth=1, label="calibrated")
+    top.set(ylabel="accuracy", xlim=(0, 1), ylim=(0, 1), title=f"Reliability (test): ECE {100 * ece:.2f} %")
+    top.legend(loc="upper left")
+    bottom.bar(centres, counts, width=width, edgecolor="black")
+    bottom.set(xlabel="top-1 confidence", ylabel="images")
     fig.savefig(path, dpi=100)
     return fig
 

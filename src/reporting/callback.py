@@ -20,6 +20,7 @@ from torchmetrics.utilities.distributed import gather_all_tensors
 
 from src.reporting import artefacts, attention, resumed_fit
 from src.reporting.run_metrics import metrics_to_floats, parameter_counts
+from src.training.calibration import ECE_BINS
 from src.training.loggers import log_report_files
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,8 @@ class ReportCallback(L.Callback):
         self.choices: dict[str, str] = {}
         self._peak_reset = False
         self._resumed = False
+        # src.eval calibrate=temperature: the fitted temperature and the scores before and after, for summary.json
+        self.calibration: dict | None = None
         self.summary: dict | None = (
             None  # what summary.json holds, once written (the HParams metrics read it)
         )
@@ -110,7 +113,7 @@ class ReportCallback(L.Callback):
     # -- test: keep predictions, and only the most confidently wrong images (not the whole test set)
     def on_test_epoch_start(self, trainer, pl_module) -> None:
         self._test_start = time.perf_counter()
-        self._targets, self._preds = [], []
+        self._targets, self._preds, self._confidences = [], [], []
         self._wrong: dict[str, torch.Tensor] | None = None
         self._right: dict[str, torch.Tensor] | None = None
 
@@ -119,6 +122,7 @@ class ReportCallback(L.Callback):
         confidence, preds = outputs.float().softmax(dim=-1).max(dim=-1)
         self._targets.append(targets)
         self._preds.append(preds)
+        self._confidences.append(confidence)
         wrong = preds != targets
         batch_wrong = {
             "wrong_confidence": confidence[wrong],
@@ -139,7 +143,12 @@ class ReportCallback(L.Callback):
     def on_test_end(self, trainer, pl_module) -> None:
         test_seconds = time.perf_counter() - self._test_start
         # every rank takes part in the gathers; only rank 0 writes
-        local = {"target": torch.cat(self._targets), "pred": torch.cat(self._preds), **self._wrong}
+        local = {
+            "target": torch.cat(self._targets),
+            "pred": torch.cat(self._preds),
+            "confidence": torch.cat(self._confidences),
+            **self._wrong,
+        }
         gathered = {key: _gather(value) for key, value in local.items()}
         peak = pl_module.all_gather(torch.tensor(_peak_memory_mib(pl_module.device), device=pl_module.device))
         if trainer.is_global_zero:
@@ -163,7 +172,8 @@ class ReportCallback(L.Callback):
         artefacts.write_summary(summary, self.output_dir / "summary.json")
         self.summary = summary
         log.info(
-            "Report, confusion matrix, curves, misclassified images and summary.json in %s", self.output_dir
+            "Report, confusion matrix, reliability diagram, curves, misclassified images and summary.json in %s",
+            self.output_dir,
         )
 
     def _write_classification_report(self, trainer, targets, preds, names: list[str]) -> tuple[dict, str]:
@@ -177,13 +187,19 @@ class ReportCallback(L.Callback):
     def _draw_figures(
         self, trainer, pl_module, gathered: dict[str, torch.Tensor], names: list[str]
     ) -> dict[str, Figure]:
-        """confusion_matrix.png, curves.png (after a fit), misclassified.png and attention.png, by name."""
+        """confusion_matrix.png, reliability.png, curves.png (after a fit), misclassified.png and attention.png, by
+        name."""
         targets, preds = gathered["target"].numpy(), gathered["pred"].numpy()
         figures = {
             "confusion_matrix": artefacts.plot_confusion_matrix(
                 targets, preds, names, self.output_dir / "confusion_matrix.png"
             )
         }
+        if "test/ece" in trainer.callback_metrics:
+            figures["reliability"] = artefacts.plot_reliability(
+                gathered["confidence"].numpy(), targets == preds, float(trainer.callback_metrics["test/ece"]),
+                self.output_dir / "reliability.png", n_bins=ECE_BINS,
+            )  # fmt: skip
         if self.history:
             figures["curves"] = artefacts.plot_curves(self.history, self.output_dir / "curves.png")
         # each rank's most confident mistakes, padded with confidence -1: keep the best of all ranks
@@ -217,7 +233,7 @@ class ReportCallback(L.Callback):
             if isinstance(logger, TensorBoardLogger):
                 step = trainer.global_step
                 logger.experiment.add_text("test/classification_report", markdown, step)
-                for name in ("confusion_matrix", "attention"):
+                for name in ("confusion_matrix", "reliability", "attention"):
                     if name in figures:
                         summary = _png_summary(f"test/{name}", self.output_dir / f"{name}.png")
                         logger.experiment.file_writer.add_summary(summary, step)
@@ -259,6 +275,8 @@ class ReportCallback(L.Callback):
             "peak_memory_of": "gpu" if pl_module.device.type == "cuda" else "process_rss",
             "best_checkpoint": checkpoint or None,
             "tested_checkpoint": str(trainer.ckpt_path) if trainer.ckpt_path else None,
+            "temperature": getattr(pl_module, "temperature", 1.0),
+            **({"calibration": self.calibration} if self.calibration else {}),
         }
 
 

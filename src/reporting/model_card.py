@@ -52,7 +52,7 @@ def usage(library: str, name: str) -> str:
 
 
 def write_model_card(folder: Path, library: str, model_name: str, data_name: str, class_names: list[str],
-                     run_dir: Path | None, preprocessing: dict) -> Path:  # fmt: skip
+                     run_dir: Path | None, preprocessing: dict, temperature: float = 1.0) -> Path:  # fmt: skip
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
     summary_path = run_dir / "summary.json" if run_dir else None
@@ -89,6 +89,15 @@ def write_model_card(folder: Path, library: str, model_name: str, data_name: str
         f"mean {preprocessing['mean']} and std {preprocessing['std']} (config.json: `pretrained_cfg`, and "
         "`vitlab.preprocessing` for vitlab's exact eval transform).",
         "",
+        *(
+            [
+                f"Calibrated: divide the logits by the temperature {temperature:.4g} before the softmax "
+                "(config.json `vitlab.temperature`; vitlab's loader does).",
+                "",
+            ]
+            if temperature != 1.0
+            else []
+        ),
         "## Training",
         "",
     ]

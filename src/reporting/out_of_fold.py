@@ -25,7 +25,7 @@ def write_out_of_fold(trainer, model, datamodule, ckpt_path: str | None, run_dir
     """The val fold's class probabilities by the checkpoint at `ckpt_path` (None: the model's weights), into
     `run_dir`/oof_predictions.csv. Under DDP each process predicts its share and rank 0 writes them all."""
     batches = trainer.predict(model, dataloaders=datamodule.val_dataloader(), ckpt_path=ckpt_path)
-    probabilities = np.concatenate([probs.cpu().numpy() for probs, _ in batches])
+    probabilities = np.concatenate([logits.float().softmax(dim=-1).cpu().numpy() for logits, _ in batches])
     labels = np.concatenate([labels.cpu().numpy() for _, labels in batches])
     images = val_images(datamodule)
     if trainer.world_size > 1:

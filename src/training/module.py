@@ -14,12 +14,14 @@ from omegaconf import DictConfig, OmegaConf
 from sklearn.utils.class_weight import compute_class_weight
 from torch import nn
 from torchmetrics import MeanMetric, MetricCollection
-from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibrationError
 
 from src.data.preprocessing import preprocessing_facts
+from src.data.tta import Views, mean_probabilities
 from src.errors import UserError
 from src.runs.resume import read_checkpoint
 from src.runs.safe_config import current_target
+from src.training.calibration import ECE_BINS, TEMPERATURE_KEY
 from src.training.freezing import (
     UnfreezeAtEpoch,
     apply_freezing,
@@ -68,6 +70,10 @@ class ClassifierModule(L.LightningModule):
         super().__init__()
         # filled from the DataModule when a checkpoint is saved, and from the checkpoint when one is loaded
         self.class_names: list[str] = []
+        # test and predict only: the checkpoint's fitted temperature (calibration.py), and the views of
+        # test-time augmentation that src.eval sets (src/data/tta.py)
+        self.temperature = 1.0
+        self.tta: Views | None = None
         # plain dicts, not DictConfigs: checkpoints then load with torch.load(weights_only=True)
         backbone, optimizer, scheduler, data, freeze, distill, mixup = map(
             _plain, (backbone, optimizer, scheduler, data, freeze, distill, mixup)
@@ -120,9 +126,13 @@ class ClassifierModule(L.LightningModule):
         for stage in ("train", "val", "test"):
             setattr(self, f"{stage}_metrics", metrics.clone(prefix=f"{stage}/"))
             setattr(self, f"{stage}_loss", MeanMetric(nan_strategy="disable"))
-        # the mean of the per-class recalls: what accuracy means when the classes are imbalanced
+        # the mean of the per-class recalls: what accuracy means when the classes are imbalanced; and the expected
+        # calibration error: how far the top-1 confidence is from the accuracy, in 15 bins of confidence
         self.test_metrics.add_metrics(
-            {"balanced_acc": MulticlassAccuracy(num_classes, average="macro", validate_args=False)}
+            {
+                "balanced_acc": MulticlassAccuracy(num_classes, average="macro", validate_args=False),
+                "ece": MulticlassCalibrationError(num_classes, n_bins=ECE_BINS, validate_args=False),
+            }
         )
         # the epoch's metric objects go to self.log at the first step only (src/upstream_fixes/lightning.py)
         self.epoch_metrics = MetricsLoggedOncePerEpoch()
@@ -147,6 +157,9 @@ class ClassifierModule(L.LightningModule):
         frozen_batchnorm_to_eval(self.backbone)  # as in Keras: frozen BatchNorm keeps its running statistics
         return self
 
+    def on_fit_start(self) -> None:
+        self.temperature = 1.0  # a temperature fitted to other weights (a resumed calibrated checkpoint)
+
     def on_train_epoch_start(self) -> None:
         self.epoch_metrics.new_epoch("train")
         if self.mixup is not None:
@@ -166,13 +179,21 @@ class ClassifierModule(L.LightningModule):
             x = x.contiguous(memory_format=torch.channels_last)
         return self.backbone(x)
 
+    def inference_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Test and predict: the logits divided by the checkpoint's temperature; with test-time augmentation, the
+        log of the views' mean probability (its softmax is that mean, its cross-entropy that mean's NLL)."""
+        if self.tta is not None:
+            return mean_probabilities(self, images, self.tta, self.temperature).log()
+        logits = self(images)
+        return logits if self.temperature == 1.0 else logits / self.temperature
+
     def _step(self, batch, batch_idx: int, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
         images, labels = batch
         targets = labels
         if stage == "train" and self.mixup is not None:  # soft targets; train/acc against the dominant label
             images, targets = self.mixup(images, labels)
             labels = targets.argmax(dim=1)
-        logits = self(images)
+        logits = self.inference_logits(images) if stage == "test" else self(images)
         # Mixup's soft targets take the soft-target cross-entropy (without class weights)
         label_criterion = self.soft_criterion if targets.ndim == 2 else self.criterion
         if self.distillation is None:
@@ -183,7 +204,8 @@ class ClassifierModule(L.LightningModule):
         mean_loss, metrics = getattr(self, f"{stage}_loss"), getattr(self, f"{stage}_metrics")
         # update() only: forward() would also compute a per-batch value that nothing logs
         mean_loss.update(loss.detach())
-        metrics.update(logits, labels)
+        # test: probabilities, as the calibration error takes logits for probabilities when all lie in [0, 1]
+        metrics.update(logits.float().softmax(dim=-1) if stage == "test" else logits, labels)
         # each self.log call costs ~0.5 ms (a whole step of a small model on a GPU), so the step's loss is logged
         # on the steps the logger writes (Lightning's own test: every trainer.log_every_n_steps, or fast_dev_run)
         # and at each epoch's start, so that the progress bar shows one from the first step on
@@ -207,9 +229,10 @@ class ClassifierModule(L.LightningModule):
         return self._step(batch, batch_idx, "test")[1]
 
     def predict_step(self, batch, batch_idx):
-        """A labelled batch's class probabilities, with its labels (the out-of-fold predictions of k-fold)."""
+        """A labelled batch's logits as test_step sees them (temperature, test-time augmentation), with its labels:
+        the out-of-fold predictions of k-fold, the validation logits a temperature is fitted to."""
         images, labels = batch
-        return self(images).float().softmax(dim=-1), labels
+        return self.inference_logits(images), labels
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # class names travel with the weights, so predict needs no data set (a plain list: weights_only loads)
@@ -244,6 +267,7 @@ class ClassifierModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.class_names = checkpoint.get("class_names", [])
+        self.temperature = float(checkpoint.get(TEMPERATURE_KEY, 1.0))
 
     def configure_optimizers(self):
         optimizer_cfg = dict(self.hparams.optimizer)

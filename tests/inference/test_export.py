@@ -98,7 +98,7 @@ def test_export_writes_the_preprocessing_and_class_names(exported):
     assert meta["class_names"] == [str(d) for d in range(10)]
     assert meta | {"class_names": None} == {
         "image_size": 16, "mean": [0.3051] * 3, "std": [0.382] * 3, "interpolation": "bilinear",
-        "style": "digits", "native_size": 8, "crop_pct": 0.875, "class_names": None,
+        "style": "digits", "native_size": 8, "crop_pct": 0.875, "class_names": None, "temperature": 1.0,
     }  # fmt: skip
 
 

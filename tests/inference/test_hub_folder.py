@@ -163,3 +163,15 @@ def test_transformers_pipeline_reads_a_timm_folder_with_the_models_top_1(tmp_pat
     assert len(ours) == 4
     for file, classes in ours:
         assert classify(Image.open(file))[0]["label"] == classes[0][0]
+
+
+def test_a_calibrated_folder_keeps_the_weights_and_vitlab_divides_the_logits_by_its_temperature(tmp_path):
+    torch.manual_seed(0)
+    model = FAMILIES["timm_vit"]().eval()
+    config = {"_target_": "src.models.timm_models.vision_transformer", **model_arguments("timm_vit")}
+    write_folder(model, tmp_path, FACTS, NAMES, config, temperature=2.0)
+    assert json.loads((tmp_path / "config.json").read_text())["vitlab"]["temperature"] == 2.0
+    images = torch.randn(2, 3, 32, 32)
+    loaded, _, _ = load_folder(tmp_path)
+    with torch.no_grad():
+        assert (loaded(images) - model(images) / 2.0).abs().max() <= 1e-5

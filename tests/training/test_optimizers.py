@@ -136,7 +136,7 @@ def test_an_optimizer_timm_cannot_run_here_is_one_error(opt, words, tmp_path):
         timm_optimizer([torch.nn.Parameter(torch.zeros(2))], opt=opt, lr=1e-3)
 
 
-TIMM_VIT = ["data=digits", "model=vit_timm", "model.model_name=vit_tiny_patch16_224", "data.image_size=32",
+TIMM_VIT = ["data=digits", "model=vit_timm", "model.name=vit_tiny_patch16_224", "data.image_size=32",
             "model.patch_size=8", *QUICK, "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1",
             "+trainer.limit_test_batches=1"]  # fmt: skip
 LION = ["optimizer=timm", "optimizer.opt=lookahead_lion", "optimizer.lr=1e-4", "optimizer.layer_decay=0.65"]
