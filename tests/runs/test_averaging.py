@@ -5,6 +5,7 @@ import torch
 
 from src.errors import UserError
 from src.runs.averaging import average_top_k
+from src.runs.resume import check_resume
 from src.train import train
 from tests.conftest import QUICK, TINY_VIT, compose_config, run_cli
 
@@ -42,6 +43,8 @@ def test_average_of_two_checkpoints_is_their_mean_and_evaluates(tmp_path):
 
     again = run_cli("src.average", f"run_dir={run}", "k=2", f"paths.log_dir={tmp_path / 'logs'}")
     assert again.returncode == 2 and "exists already" in again.stderr and "Traceback" not in again.stderr
+    with pytest.raises(UserError, match="holds weights only .* no training state to resume"):
+        check_resume(folder / "average_top2.ckpt", None, None, None, None)
     with pytest.raises(UserError, match=r"has 2 checkpoints .* k=3 needs 3: train with .*save_top_k=3"):
         average_top_k(run, 3)
 
