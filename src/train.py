@@ -24,6 +24,7 @@ from src.runs.folders import find_checkpoint, requeued_checkpoint
 from src.runs.guard import guarded_run
 from src.runs.resume import check_resume
 from src.training.nonfinite import DivergedTrial, NonFiniteLossError
+from src.training.swa import averaged_checkpoint
 from src.training.trainer import build_trainer
 from src.training.tuning import tuned
 from src.upstream_fixes.hydra import failed_job_recorded, one_job
@@ -91,6 +92,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             metrics[f"{searched}_best"] = validated[searched]
 
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    best = averaged_checkpoint(trainer) or best  # callbacks=[default,swa]: the average is what the run made
     if cfg.test:
         if not best:
             log.warning("No best checkpoint was saved; testing the current weights.")

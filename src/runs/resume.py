@@ -125,7 +125,13 @@ def check_resume(path: str | Path, model, data, freeze, optimizer, run_dir_free:
     """All checks of the module; `run_dir_free`: also that no process holds the checkpoint's run dir."""
     from src.runs.guard import run_dir_in_use
 
-    check_fits(read_checkpoint(path), path, model, data, freeze, optimizer)
+    checkpoint = read_checkpoint(path)
+    if "optimizer_states" not in checkpoint:  # src.average's: weights only
+        raise UserError(
+            f"{path} holds weights only (an average of checkpoints), no training state to resume: evaluate it "
+            f"(python -m src.eval ckpt_path={path}), or resume from last.ckpt"
+        )
+    check_fits(checkpoint, path, model, data, freeze, optimizer)
     run_dir = Path(path).parent.parent
     holder = run_dir_in_use(run_dir) if run_dir_free and Path(path).parent.name == "checkpoints" else None
     if holder:

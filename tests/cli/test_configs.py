@@ -10,6 +10,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
+from src.errors import UserError
 from src.train import train
 from src.training.trainer import build_trainer
 from tests.conftest import CONF, ROOT, TINY_VIT, compose_config
@@ -38,6 +39,12 @@ def test_every_option_composes_and_instantiates(group, option, tmp_path, request
     if choice in OWN_IMAGES:  # the number of classes is counted from real files
         required = [OWN_IMAGES[choice].format(request.getfixturevalue("digits_png") / "digits_png")]
     cfg = compose_config("train", [choice, *required], tmp_path)
+    if (
+        choice == "trainer=fsdp" and not torch.cuda.is_available()
+    ):  # Lightning's FSDP needs GPUs: one error line
+        with pytest.raises(UserError, match="trainer.accelerator=gpu"):
+            build_trainer(cfg)
+        return
     if cfg.trainer.accelerator == "gpu" and not torch.cuda.is_available():
         cfg.trainer.accelerator = "cpu"  # composes here; the GPU itself is exercised where one exists
     if cfg.trainer.accelerator == "mps" and not torch.backends.mps.is_available():

@@ -44,6 +44,8 @@ EXCEPTIONS = {
     "src.train --cfg job data=flowers102": "full",
     # DDP with 2 gloo processes: tests/training/test_scale_out.py runs it
     "src.train data=digits trainer=ddp trainer.devices=2 trainer.accelerator=cpu": "compose",
+    # needs a run that kept k checkpoints: tests/runs/test_averaging.py runs it
+    "src.average run_dir=<run_dir> k=3": "compose",
 }
 # entry points that are no Hydra app and whose placeholders need files of their own (tests/models/test_token_learner.py,
 # tests/inference/test_export.py run them): asked for --help
