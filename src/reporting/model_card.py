@@ -57,6 +57,8 @@ def write_model_card(folder: Path, library: str, model_name: str, data_name: str
 
     summary_path = run_dir / "summary.json" if run_dir else None
     summary = json.loads(summary_path.read_text()) if summary_path and summary_path.is_file() else {}
+    # the run's data option (data=digits) names the data set as users know it, where the run recorded it
+    data_name = summary.get("data") or data_name
     tested = summary.get("test") or {}
     results = [
         EvalResult(

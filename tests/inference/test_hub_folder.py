@@ -90,7 +90,7 @@ def test_export_hf_writes_safetensors_config_and_a_card_with_the_runs_metrics(hu
     summary = json.loads((tiny_checkpoint.parent.parent / "summary.json").read_text())
     card = ModelCard.load(hub_folder / "README.md")
     assert card.data.library_name == "vitlab" and card.data.pipeline_tag == "image-classification"
-    assert card.data.datasets == ["DigitsDataModule"]
+    assert card.data.datasets == ["digits"]
     shown = {result.metric_type: result.metric_value for result in card.data.eval_results}
     assert shown == {
         "accuracy": summary["test"]["test/acc"],
