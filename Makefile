@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 # CI and developers get the optional extras too: the tests read back what the loggers wrote and run exported models
-EXTRAS ?= dev,export,hf,mlflow,wandb
+EXTRAS ?= dev,export,hf,serve,data,mlflow,wandb
 
 .PHONY: install train digits-images test test-slow test-all slurm-test lint format tensorboard gpu-wheels clean
 
