@@ -45,7 +45,7 @@ KEPT_WHERE_TAKEN = ("style",)
 # data sets whose data.num_classes is counted from the data (conf/data): counted again for another folder or manifest
 COUNTED_CLASSES = {
     "src.data.imagefolder.ImageFolderDataModule": "${folder_num_classes:${data_dir}}",
-    "src.data.manifest.CSVDataModule": "${csv_num_classes:${csv_path},${label_column}}",
+    "src.data.manifest.CSVDataModule": "${csv_num_classes:${csv_path},${label_column},${oc.select:label_separator,null}}",
 }
 
 

@@ -32,10 +32,10 @@ def _folder_num_classes(data_dir) -> int:
     return len(folder_classes(data_dir))
 
 
-def _csv_num_classes(csv_path, label_column) -> int:
+def _csv_num_classes(csv_path, label_column, separator=None) -> int:
     from src.data.manifest import manifest_classes
 
-    return len(manifest_classes(csv_path, label_column))
+    return len(manifest_classes(csv_path, label_column, separator))
 
 
 def _timm_input(name: str, key: str):

@@ -82,10 +82,12 @@ def kfold_split(
 
 
 class ImageDataModule(TrainLoaderStateInDataModule, L.LightningDataModule):
-    """Subclasses set `style` (see transforms.py) and `native_size`, and fill the three data sets in setup()."""
+    """Subclasses set `style` (see transforms.py) and `native_size`, and fill the three data sets in setup().
+    `task`: multiclass (one class index per image) or multilabel (a multi-hot float vector per image)."""
 
     style: str
     native_size: int | None = None
+    task: str = "multiclass"
 
     def __init__(
         self,

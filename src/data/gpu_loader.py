@@ -17,7 +17,8 @@ from torchvision.transforms.v2 import functional as TF
 
 
 class GPUBatches:
-    """Batches of (normalised float images, int64 labels) from `images` (N, C, H, W uint8) and `labels`,
+    """Batches of (normalised float images, labels) from `images` (N, C, H, W uint8) and `labels` (int64 class
+    indices, or N x labels multi-hot floats for multi-label data),
     both already on the device the model trains on. `train` shuffles every epoch and augments; otherwise
     batches come in order, un-augmented, and are the same every time. With several processes (DDP) each
     rank takes its own share (`rank::world_size`) of one permutation that all ranks draw alike.
@@ -54,7 +55,8 @@ class GPUBatches:
             raise ValueError(
                 f"expected N x C x H x W uint8 images and N labels, got {images.shape} {images.dtype}"
             )
-        self.images, self.labels = images, labels.to(images.device, torch.int64)
+        dtype = labels.dtype if labels.is_floating_point() else torch.int64
+        self.images, self.labels = images, labels.to(images.device, dtype)
         self.batch_size, self.image_size, self.train = batch_size, image_size, train
         self.interpolation = interpolation
         self.crop_padding, self.flip, self.cutout = crop_padding, flip, cutout

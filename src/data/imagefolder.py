@@ -53,18 +53,20 @@ class Index:
 
 
 class ImageFiles(Dataset):
-    """Image files and their labels; `targets` as in torchvision's data sets (no file is read to count them)."""
+    """Image files and their labels; `targets` as in torchvision's data sets (no file is read to count them):
+    class indices, or (multi-label) rows of 0/1 floats."""
 
-    def __init__(self, files: list[str], targets: list[int]):
+    def __init__(self, files: list[str], targets):
         # numpy arrays, not lists of str: forked loader workers then share them instead of copying them page by
         # page as Python's reference counts are touched (PyTorch issue #13246)
-        self.files, self.targets = np.array(files), np.array(targets)
+        self.files, self.targets = np.array(files), np.asarray(targets)
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, i: int):
-        return open_rgb(self.files[i]), int(self.targets[i])
+        target = self.targets[i]
+        return open_rgb(self.files[i]), torch.from_numpy(target) if target.ndim else int(target)
 
 
 def _expand(path: str | Path) -> Path:
@@ -262,11 +264,22 @@ class FileDataModule(ImageDataModule):
     def scan(self) -> Index:
         raise NotImplementedError
 
-    def _scan_and_split(self) -> tuple[Index, dict[str, np.ndarray]] | UserError:
+    def assign_splits(self, index: Index) -> dict[str, np.ndarray]:
         h = self.hparams
+        return assign_splits(index, h.val_size, h.test_size, h.seed)
+
+    def label_array(self, index: Index) -> np.ndarray:
+        """The labels of index.files as the data set serves them (here class indices)."""
+        return np.array(index.labels)
+
+    def train_targets(self) -> torch.Tensor:
+        """The training split's labels (multi-label: what module.class_weights=balanced weighs by)."""
+        return torch.as_tensor(self.data_train.dataset.targets[self.data_train.indices])
+
+    def _scan_and_split(self) -> tuple[Index, dict[str, np.ndarray]] | UserError:
         try:
             index = self.scan()
-            return index, assign_splits(index, h.val_size, h.test_size, h.seed)
+            return index, self.assign_splits(index)
         except UserError as err:  # handed to every rank, which raises it (instead of waiting for rank 0)
             return err
 
@@ -297,13 +310,21 @@ class FileDataModule(ImageDataModule):
         except ValueError as err:  # an unknown data.style
             raise UserError(f"data.style={self.style}: {err}") from None
         self.class_names = index.class_names
-        full = ImageFiles(index.files, index.labels)
-        labels = np.array(index.labels)
-        splits["train"], splits["val"] = self.train_and_val(splits["train"], splits["val"], labels)
+        labels = self.label_array(index)
+        full = ImageFiles(index.files, labels)
+        if self.task == "multilabel" and (self.hparams.folds is not None or self.hparams.sampler is not None):
+            raise UserError(
+                "data.folds and data.sampler split and draw single-label data only: leave them null"
+            )
+        if self.task == "multiclass":
+            splits["train"], splits["val"] = self.train_and_val(splits["train"], splits["val"], labels)
         for split in SPLITS:
             subset = TransformedSubset(full, splits[split], self.transform(train=split == "train"))
             setattr(self, f"data_{split}", subset)
-            counts = np.bincount(labels[splits[split]], minlength=len(self.class_names))
+            if self.task == "multilabel":  # images with each label
+                counts = labels[splits[split]].sum(axis=0).astype(int)
+            else:
+                counts = np.bincount(labels[splits[split]], minlength=len(self.class_names))
             self.split_counts[split] = dict(zip(self.class_names, counts.tolist(), strict=True))
 
     def train_sampler(self, dataset: TransformedSubset) -> WeightedRandomSampler | None:

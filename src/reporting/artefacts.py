@@ -18,12 +18,21 @@ import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 from rich.table import Table  # noqa: E402
-from sklearn.metrics import ConfusionMatrixDisplay, classification_report, confusion_matrix  # noqa: E402
+from sklearn.metrics import (  # noqa: E402
+    ConfusionMatrixDisplay,
+    average_precision_score,
+    classification_report,
+    confusion_matrix,
+    precision_recall_fscore_support,
+)
 
 from src.upstream_fixes.checkpoint_io import atomic_write  # noqa: E402
 
 REPORT_COLUMNS = ("precision", "recall", "f1-score", "support")
 SUMMARY_ROWS = ("accuracy", "macro avg", "weighted avg")
+# multi-label: each label a yes/no of its own, at its threshold; AP ranks the probabilities (no threshold)
+MULTILABEL_COLUMNS = ("precision", "recall", "f1-score", "average precision", "threshold", "support")
+MULTILABEL_SUMMARY_ROWS = ("micro avg", "macro avg")
 
 
 def classification_rows(y_true, y_pred, class_names: Sequence[str]) -> dict[str, dict[str, float]]:
@@ -43,10 +52,52 @@ def classification_rows(y_true, y_pred, class_names: Sequence[str]) -> dict[str,
     return report
 
 
-def _cells(row: dict[str, float], digits: int | None = 4) -> list[str]:
+def multilabel_rows(
+    y_true, probabilities, thresholds: Sequence[float], class_names: Sequence[str]
+) -> dict[str, dict[str, float]]:
+    """Per label: precision, recall and F1 of `probabilities` > its threshold, average precision, the threshold,
+    support (test images with the label); then micro and macro averages (macro AP: the mAP). A label the test
+    set lacks scores 0 (AP: NaN, left out of the macro average, as torchmetrics' mAP leaves it)."""
+    y_true, probabilities = np.asarray(y_true).astype(int), np.asarray(probabilities, dtype=float)
+    y_pred = (probabilities > np.asarray(thresholds)).astype(int)
+    precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, zero_division=0)
+    ap = [
+        average_precision_score(y_true[:, j], probabilities[:, j]) if y_true[:, j].any() else float("nan")
+        for j in range(y_true.shape[1])
+    ]
+    report = {
+        name: {
+            "precision": precision[j],
+            "recall": recall[j],
+            "f1-score": f1[j],
+            "average precision": ap[j],
+            "threshold": float(thresholds[j]),
+            "support": support[j],
+        }
+        for j, name in enumerate(class_names)
+    }
+    micro = precision_recall_fscore_support(y_true, y_pred, average="micro", zero_division=0)
+    report["micro avg"] = {
+        **dict(zip(("precision", "recall", "f1-score"), micro[:3], strict=True)),
+        "average precision": average_precision_score(y_true.ravel(), probabilities.ravel()),
+        "support": int(support.sum()),
+    }
+    report["macro avg"] = {
+        "precision": float(np.mean(precision)),
+        "recall": float(np.mean(recall)),
+        "f1-score": float(np.mean(f1)),
+        "average precision": float(np.nanmean(ap)),
+        "support": int(support.sum()),
+    }
+    return report
+
+
+def _cells(
+    row: dict[str, float], digits: int | None = 4, columns: Sequence[str] = REPORT_COLUMNS
+) -> list[str]:
     """Table cells ('' where scikit-learn has no value); `digits=None` keeps full precision (the CSV)."""
     cells = []
-    for key in REPORT_COLUMNS:
+    for key in columns:
         value = row.get(key)
         if value is None:
             cells.append("")
@@ -58,13 +109,16 @@ def _cells(row: dict[str, float], digits: int | None = 4) -> list[str]:
 
 
 def write_report(
-    report: dict[str, dict[str, float]], run_dir: Path, split_counts: dict[str, dict[str, int]] | None = None
+    report: dict[str, dict[str, float]],
+    run_dir: Path,
+    split_counts: dict[str, dict[str, int]] | None = None,
+    columns: Sequence[str] = REPORT_COLUMNS,
 ) -> str:
     """report.md and report.csv (the same rows); returns the markdown. With `split_counts` ({split: {class:
     images}}), report.md also gives each split's images per class (how imbalanced the data are)."""
-    lines = ["| class | " + " | ".join(REPORT_COLUMNS) + " |", "|---" * (len(REPORT_COLUMNS) + 1) + "|"]
+    lines = ["| class | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for name, row in report.items():
-        lines.append(f"| {name} | " + " | ".join(_cells(row)) + " |")
+        lines.append(f"| {name} | " + " | ".join(_cells(row, columns=columns)) + " |")
     if split_counts:
         splits = list(split_counts)
         lines += ["", "Images per class and split:", "", "| class | " + " | ".join(splits) + " |"]
@@ -75,19 +129,24 @@ def write_report(
     (run_dir / "report.md").write_text(markdown)
     with open(run_dir / "report.csv", "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["class", *REPORT_COLUMNS])
-        writer.writerows([name, *_cells(row, digits=None)] for name, row in report.items())
+        writer.writerow(["class", *columns])
+        writer.writerows([name, *_cells(row, digits=None, columns=columns)] for name, row in report.items())
     return markdown
 
 
-def report_table(report: dict[str, dict[str, float]], title: str) -> Table:
+def report_table(
+    report: dict[str, dict[str, float]],
+    title: str,
+    columns: Sequence[str] = REPORT_COLUMNS,
+    summary_rows: int = len(SUMMARY_ROWS),
+) -> Table:
     table = Table(title=title)
     table.add_column("class")
-    for column in REPORT_COLUMNS:
+    for column in columns:
         table.add_column(column, justify="right")
     for name, row in report.items():
-        table.add_row(name, *_cells(row))
-    table.rows[-len(SUMMARY_ROWS) - 1].end_section = True  # a rule between the classes and the averages
+        table.add_row(name, *_cells(row, columns=columns))
+    table.rows[-summary_rows - 1].end_section = True  # a rule between the classes and the averages
     return table
 
 
@@ -149,9 +208,10 @@ def plot_reliability(confidence, correct, ece: float, path: Path, n_bins: int = 
 
 
 def plot_curves(history: Sequence[dict[str, float]], path: Path) -> Figure:
-    """Loss and accuracy per epoch, train and val, from rows like {'epoch': 0, 'train/loss': ...}."""
+    """Loss and accuracy (multi-label: mAP) per epoch, train and val, from rows like {'epoch': 0, 'train/loss': ...}."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), layout="constrained")
-    for ax, metric in zip(axes, ("loss", "acc"), strict=True):
+    score = "map" if any("val/map" in row for row in history) else "acc"
+    for ax, metric in zip(axes, ("loss", score), strict=True):
         for stage in ("train", "val"):
             points = [
                 (row["epoch"], row[f"{stage}/{metric}"]) for row in history if f"{stage}/{metric}" in row
@@ -160,7 +220,7 @@ def plot_curves(history: Sequence[dict[str, float]], path: Path) -> Figure:
                 ax.plot(*zip(*points, strict=True), marker="o", markersize=3, label=stage)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_title({"loss": "loss", "acc": "accuracy"}[metric])
+        ax.set_title({"loss": "loss", "acc": "accuracy", "map": "mAP (macro)"}[metric])
         ax.grid(alpha=0.3)
         ax.legend()
     fig.savefig(path, dpi=100)

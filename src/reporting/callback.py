@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 # epoch-level names in trainer.callback_metrics -> names in the curves (train/loss is logged per step too)
 CURVE_METRICS = {
     "train": {"train/loss": "train/loss_epoch", "train/acc": "train/acc"},
-    "val": {"val/loss": "val/loss", "val/acc": "val/acc"},
+    "val": {"val/loss": "val/loss", "val/acc": "val/acc", "val/map": "val/map"},
 }
 
 
@@ -119,6 +119,10 @@ class ReportCallback(L.Callback):
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         images, targets = batch
+        if getattr(pl_module, "multilabel", False):  # the probabilities: report.md's per-label table
+            self._targets.append(targets)
+            self._preds.append(outputs.float().sigmoid())
+            return
         confidence, preds = outputs.float().softmax(dim=-1).max(dim=-1)
         self._targets.append(targets)
         self._preds.append(preds)
@@ -142,6 +146,11 @@ class ReportCallback(L.Callback):
 
     def on_test_end(self, trainer, pl_module) -> None:
         test_seconds = time.perf_counter() - self._test_start
+        if getattr(pl_module, "multilabel", False):
+            targets, probabilities = _gather(torch.cat(self._targets)), _gather(torch.cat(self._preds))
+            if trainer.is_global_zero:
+                self._write_multilabel(trainer, pl_module, targets.cpu(), probabilities.cpu(), test_seconds)
+            return
         # every rank takes part in the gathers; only rank 0 writes
         local = {
             "target": torch.cat(self._targets),
@@ -175,6 +184,32 @@ class ReportCallback(L.Callback):
             "Report, confusion matrix, reliability diagram, curves, misclassified images and summary.json in %s",
             self.output_dir,
         )
+
+    def _write_multilabel(self, trainer, pl_module, targets, probabilities, test_seconds: float) -> None:
+        """report.md/.csv with each label's precision, recall, F1 (at its threshold), AP and support, the curves,
+        and summary.json with the test mAP; multi-label runs draw no confusion matrix, reliability diagram or
+        misclassified images."""
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        names = _class_names(trainer, pl_module)
+        thresholds = pl_module.label_thresholds().tolist()
+        report = artefacts.multilabel_rows(targets.numpy(), probabilities.numpy(), thresholds, names)
+        columns = artefacts.MULTILABEL_COLUMNS
+        markdown = artefacts.write_report(report, self.output_dir, columns=columns)
+        title = "Multi-label report (test)"
+        summary_rows = len(artefacts.MULTILABEL_SUMMARY_ROWS)
+        Console().print(artefacts.report_table(report, title, columns, summary_rows))
+        figures = {}
+        if self.history:
+            figures["curves"] = artefacts.plot_curves(self.history, self.output_dir / "curves.png")
+        self._log_report(trainer, markdown, figures)
+        for figure in figures.values():
+            plt.close(figure)
+        peak = _peak_memory_mib(pl_module.device)
+        summary = self._summary(trainer, pl_module, None, names, len(targets), test_seconds, peak)
+        summary |= {"task": "multilabel", "thresholds": dict(zip(names, thresholds, strict=True))}
+        artefacts.write_summary(summary, self.output_dir / "summary.json")
+        self.summary = summary
+        log.info("Report, curves and summary.json in %s", self.output_dir)
 
     def _write_classification_report(self, trainer, targets, preds, names: list[str]) -> tuple[dict, str]:
         """Per-class precision, recall and F1 into report.md and report.csv, and as a table on the console."""
@@ -243,9 +278,17 @@ class ReportCallback(L.Callback):
                 )
 
     def _summary(
-        self, trainer, pl_module, report: dict, names: list[str], test_images: int, test_seconds: float, peak
+        self,
+        trainer,
+        pl_module,
+        report: dict | None,
+        names: list[str],
+        test_images: int,
+        test_seconds: float,
+        peak,
     ) -> dict:
-        """What summary.json holds: the run's model, data, scores, sizes, speed and checkpoints."""
+        """What summary.json holds: the run's model, data, scores, sizes, speed and checkpoints (`report`: the
+        single-label classification report; None for multi-label runs, whose test/map is the headline)."""
         backbone = pl_module.hparams.get("backbone", {})
         checkpoint = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         return {
@@ -258,13 +301,28 @@ class ReportCallback(L.Callback):
             "num_classes": len(names),
             # the best epoch's val/acc (what the default checkpoint keeps); the history survives resume and eval
             "best_val_acc": max((row["val/acc"] for row in self.history if "val/acc" in row), default=None),
+            **(
+                {
+                    "best_val_map": max(
+                        (row["val/map"] for row in self.history if "val/map" in row), default=None
+                    )
+                }
+                if report is None
+                else {}
+            ),
             "class_counts": getattr(trainer.datamodule, "split_counts", None) or None,
             "test": {
                 **metrics_to_floats(
                     {k: v for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
                 ),
-                "test/macro_f1": report["macro avg"]["f1-score"],
-                "test/weighted_f1": report["weighted avg"]["f1-score"],
+                **(
+                    {
+                        "test/macro_f1": report["macro avg"]["f1-score"],
+                        "test/weighted_f1": report["weighted avg"]["f1-score"],
+                    }
+                    if report is not None
+                    else {}
+                ),
             },
             **parameter_counts(pl_module),
             "seconds_per_epoch": statistics.fmean(self.epoch_seconds) if self.epoch_seconds else None,

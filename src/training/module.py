@@ -13,7 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from sklearn.utils.class_weight import compute_class_weight
 from torch import nn
-from torchmetrics import MeanMetric, MetricCollection
+from torchmetrics import CatMetric, MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibrationError
 
 from src.data.preprocessing import preprocessing_facts
@@ -21,6 +21,7 @@ from src.data.tta import Views, mean_probabilities
 from src.errors import UserError
 from src.runs.resume import read_checkpoint
 from src.runs.safe_config import current_target
+from src.training import multilabel
 from src.training.calibration import ECE_BINS, TEMPERATURE_KEY
 from src.training.freezing import (
     UnfreezeAtEpoch,
@@ -28,6 +29,7 @@ from src.training.freezing import (
     frozen_batchnorm_to_eval,
     optimizer_param_groups,
 )
+from src.training.multilabel import LOSSES
 from src.training.schedulers import build_lr_scheduler
 from src.upstream_fixes.lightning import (
     MetricsLoggedOncePerEpoch,
@@ -59,6 +61,8 @@ class ClassifierModule(L.LightningModule):
         distill: DictConfig | None = None,
         class_weights: str | None = None,
         mixup: DictConfig | None = None,
+        task: str | None = None,
+        loss: str | None = None,
     ):
         """`data` is the data config the model was trained with, kept so that eval and predict can rebuild
         the same inputs from the checkpoint alone. `freeze` (conf/freeze/) says which backbone parameters
@@ -66,7 +70,9 @@ class ClassifierModule(L.LightningModule):
         (conf/distill/): a teacher's term on top of the training loss (src/training/distillation.py).
         `class_weights=balanced` weighs the loss of each class by its inverse frequency in the training split.
         `mixup` (conf/mixup/, see mixing.py) mixes training batches; their loss is then the soft-target
-        cross-entropy."""
+        cross-entropy. `task`: multiclass (null: src.train sets the data's) or multilabel (multilabel.py: a
+        sigmoid per label, `loss` bce or asl, mAP metrics, per-label thresholds fitted on val); for multilabel,
+        class_weights=balanced weighs each label's positives by its negatives over its positives."""
         super().__init__()
         # filled from the DataModule when a checkpoint is saved, and from the checkpoint when one is loaded
         self.class_names: list[str] = []
@@ -97,8 +103,30 @@ class ClassifierModule(L.LightningModule):
             # each layer's input/output sizes (not when compiled: that pass would compile the model once more)
             size = data["image_size"]
             self.example_input_array = torch.zeros(1, backbone.get("in_chans", 3), size, size)
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        self.multilabel = task == "multilabel"
         distill = dict(distill or {"mode": "none"})
+        if self.multilabel:
+            refused = {
+                "module.label_smoothing": label_smoothing != 0.0,
+                "mixup": bool(mixup and mixup.get("prob", 0.0) != 0.0),
+                "distill": distill["mode"] != "none",
+            }
+            if named := [name for name, given in refused.items() if given]:
+                raise UserError(
+                    f"{', '.join(named)} work on single-label data only: with multi-label data use "
+                    "module.label_smoothing=0.0 mixup=none distill=none"
+                )
+            if loss not in LOSSES["multilabel"] + (None,):
+                raise UserError(f"module.loss={loss} is unknown for multi-label data: use bce or asl")
+            self.criterion = multilabel.criterion(loss)
+        elif loss not in (None, "ce"):
+            raise UserError(f"module.loss={loss} is for multi-label data: single-label data trains with ce")
+        else:
+            self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        # multi-label: a probability above its label's threshold is a prediction (fitted on each validation pass,
+        # kept in checkpoints); `threshold` (src.train/src.eval threshold=0.5) overrides them all when set
+        self.thresholds = torch.full((num_classes,), 0.5)
+        self.threshold: float | None = None
         self.distillation = None
         if distill["mode"] != "none":  # imports timm, which a run without a teacher never loads
             from src.training.distillation import Distillation
@@ -115,6 +143,10 @@ class ClassifierModule(L.LightningModule):
             self.mixup = BatchMixup(num_classes, **mixup)
         # probability targets: torch's cross-entropy is then timm's SoftTargetCrossEntropy (tests/training/test_recipes.py)
         self.soft_criterion = nn.CrossEntropyLoss()
+        if self.multilabel:
+            self._multilabel_metrics(num_classes)
+            self.epoch_metrics = MetricsLoggedOncePerEpoch()
+            return
         # no per-batch input checks: they wait for the GPU (a sync per step); a NaN loss then shows as a NaN mean
         metrics = {"acc": MulticlassAccuracy(num_classes, top_k=1, average="micro", validate_args=False)}
         if num_classes >= 5:
@@ -137,8 +169,31 @@ class ClassifierModule(L.LightningModule):
         # the epoch's metric objects go to self.log at the first step only (src/upstream_fixes/lightning.py)
         self.epoch_metrics = MetricsLoggedOncePerEpoch()
 
+    def _multilabel_metrics(self, num_labels: int) -> None:
+        """Per stage: mAP of the probabilities, F1 & co. of the thresholded labels, the mean loss; and the
+        validation probabilities and labels that thresholds are fitted to (gathered over DDP ranks)."""
+        for stage in ("train", "val", "test"):
+            ranking = multilabel.ranking_metrics(num_labels, test=stage == "test")
+            setattr(self, f"{stage}_metrics", ranking.clone(prefix=f"{stage}/"))
+            setattr(
+                self,
+                f"{stage}_thresholded",
+                multilabel.thresholded_metrics(num_labels).clone(prefix=f"{stage}/"),
+            )
+            setattr(self, f"{stage}_loss", MeanMetric(nan_strategy="disable"))
+        self.val_probabilities, self.val_targets = CatMetric(), CatMetric()
+
     def setup(self, stage: str) -> None:
-        if self.hparams.get("class_weights") == "balanced":
+        if self.multilabel and self.hparams.get("class_weights") == "balanced":
+            targets = getattr(self.trainer.datamodule, "train_targets", None)
+            if targets is None:
+                raise UserError(
+                    "module.class_weights=balanced needs the training split's labels, which "
+                    f"{type(self.trainer.datamodule).__name__} does not give"
+                )
+            pos_weight = multilabel.balanced_pos_weight(targets()).to(self.device)
+            self.criterion = multilabel.criterion(self.hparams.loss, pos_weight)
+        elif self.hparams.get("class_weights") == "balanced":
             counts = getattr(self.trainer.datamodule, "split_counts", {}).get("train")
             if counts is None:
                 raise UserError(
@@ -167,6 +222,16 @@ class ClassifierModule(L.LightningModule):
 
     def on_validation_epoch_start(self) -> None:
         self.epoch_metrics.new_epoch("val")
+        if self.multilabel:
+            self.val_probabilities.reset()
+            self.val_targets.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        # the checkpoint saved after this pass keeps the thresholds fitted to it
+        if self.multilabel and self.val_targets.update_count:
+            probabilities, targets = self.val_probabilities.compute(), self.val_targets.compute()
+            fitted = multilabel.fit_thresholds(probabilities.cpu().numpy(), targets.cpu().numpy())
+            self.thresholds = torch.tensor(fitted)
 
     def on_test_epoch_start(self) -> None:
         self.epoch_metrics.new_epoch("test")
@@ -182,6 +247,8 @@ class ClassifierModule(L.LightningModule):
     def inference_logits(self, images: torch.Tensor) -> torch.Tensor:
         """Test and predict: the logits divided by the checkpoint's temperature; with test-time augmentation, the
         log of the views' mean probability (its softmax is that mean, its cross-entropy that mean's NLL)."""
+        if self.tta is not None and self.multilabel:
+            raise UserError("test-time augmentation averages single-label probabilities: use tta=none")
         if self.tta is not None:
             return mean_probabilities(self, images, self.tta, self.temperature).log()
         logits = self(images)
@@ -195,7 +262,8 @@ class ClassifierModule(L.LightningModule):
             labels = targets.argmax(dim=1)
         logits = self.inference_logits(images) if stage == "test" else self(images)
         # Mixup's soft targets take the soft-target cross-entropy (without class weights)
-        label_criterion = self.soft_criterion if targets.ndim == 2 else self.criterion
+        soft = targets.ndim == 2 and not self.multilabel
+        label_criterion = self.soft_criterion if soft else self.criterion
         if self.distillation is None:
             loss = label_criterion(logits, targets)
         else:  # the teacher's term on top of the module's own label loss
@@ -204,8 +272,11 @@ class ClassifierModule(L.LightningModule):
         mean_loss, metrics = getattr(self, f"{stage}_loss"), getattr(self, f"{stage}_metrics")
         # update() only: forward() would also compute a per-batch value that nothing logs
         mean_loss.update(loss.detach())
-        # test: probabilities, as the calibration error takes logits for probabilities when all lie in [0, 1]
-        metrics.update(logits.float().softmax(dim=-1) if stage == "test" else logits, labels)
+        if self.multilabel:
+            metrics = self._update_multilabel_metrics(stage, logits.detach(), labels)
+        else:
+            # test: probabilities, as the calibration error takes logits for probabilities when all lie in [0, 1]
+            metrics.update(logits.float().softmax(dim=-1) if stage == "test" else logits, labels)
         # each self.log call costs ~0.5 ms (a whole step of a small model on a GPU), so the step's loss is logged
         # on the steps the logger writes (Lightning's own test: every trainer.log_every_n_steps, or fast_dev_run)
         # and at each epoch's start, so that the progress bar shows one from the first step on
@@ -215,8 +286,31 @@ class ClassifierModule(L.LightningModule):
             self.log("train/loss_step", progress_bar_value(loss), on_step=True, on_epoch=False, prog_bar=True)
         # Lightning computes (and resets) the logged metric objects at the epoch's end
         epoch_loss = {f"{stage}/loss" + ("_epoch" if stage == "train" else ""): mean_loss}
-        self.epoch_metrics.log(self, stage, epoch_loss, metrics, prog_bar=True)
+        self.epoch_metrics.log(
+            self,
+            stage,
+            epoch_loss,
+            *([metrics] if isinstance(metrics, MetricCollection) else metrics),
+            prog_bar=True,
+        )
         return loss, logits
+
+    def label_thresholds(self) -> torch.Tensor:
+        """Each label's threshold: `threshold` for all where set, else the fitted ones."""
+        if self.threshold is not None:
+            return torch.full_like(self.thresholds, float(self.threshold))
+        return self.thresholds
+
+    def _update_multilabel_metrics(self, stage: str, logits: torch.Tensor, labels: torch.Tensor) -> list:
+        probabilities, labels = torch.sigmoid(logits.float()), labels.int()
+        ranking, thresholded = getattr(self, f"{stage}_metrics"), getattr(self, f"{stage}_thresholded")
+        if stage != "train":  # the training split's mAP would cost a sort of every epoch's probabilities
+            ranking.update(probabilities, labels)
+        thresholded.update(multilabel.shifted_probabilities(logits, self.label_thresholds()), labels)
+        if stage == "val":
+            self.val_probabilities.update(probabilities)
+            self.val_targets.update(labels)
+        return [thresholded] if stage == "train" else [ranking, thresholded]
 
     def training_step(self, batch, batch_idx):
         return self._step(batch, batch_idx, "train")[0]
@@ -239,6 +333,8 @@ class ClassifierModule(L.LightningModule):
         names = getattr(self.trainer.datamodule, "class_names", None) or self.class_names
         if names:
             checkpoint["class_names"] = list(names)
+        if self.multilabel:  # a plain list: weights_only loads
+            checkpoint[multilabel.THRESHOLDS_KEY] = self.thresholds.tolist()
         # the eval transform as plain facts: src.predict then rebuilds it without Lightning (src/data/preprocessing.py)
         if hasattr(self.trainer.datamodule, "style"):
             checkpoint["preprocessing"] = preprocessing_facts(self.trainer.datamodule)
@@ -268,6 +364,8 @@ class ClassifierModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.class_names = checkpoint.get("class_names", [])
         self.temperature = float(checkpoint.get(TEMPERATURE_KEY, 1.0))
+        if self.multilabel and multilabel.THRESHOLDS_KEY in checkpoint:
+            self.thresholds = torch.tensor(checkpoint[multilabel.THRESHOLDS_KEY], dtype=torch.float32)
 
     def configure_optimizers(self):
         optimizer_cfg = dict(self.hparams.optimizer)
