@@ -27,6 +27,7 @@ from src.runs.guard import tidied_on_failure
 from src.runs.resume import read_checkpoint
 from src.training.calibration import TEMPERATURE_KEY, calibration_scores, fit_temperature
 from src.training.module import ClassifierModule, load_checkpoint
+from src.training.multilabel import check_threshold
 from src.training.trainer import build_trainer
 from src.upstream_fixes.checkpoint_io import atomic_torch_save
 
@@ -149,6 +150,11 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
             f"{datamodule.hparams.num_classes}: evaluate on the data set (data=...) or folder it was trained on"
         )
     model.tta = tta_views(cfg.tta, datamodule.style, datamodule.hparams.image_size)
+    model.threshold = check_threshold(cfg.get("threshold"))
+    if model.multilabel and cfg.calibrate != "none":
+        raise UserError(
+            "calibrate=temperature fits a softmax's temperature: multi-label checkpoints take none"
+        )
     # nothing to save; and the report would take its state for the training run's
     trainer = build_trainer(cfg, SameClassesAsTrained(model.class_names), enable_checkpointing=False)
     if cfg.calibrate == "temperature":

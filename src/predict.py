@@ -45,6 +45,13 @@ def predict(cfg: DictConfig) -> list[tuple[Path, list[tuple[str, float]]]]:
     else:
         classify = torch_classifier(ckpt_path, pick_device(cfg.device), cfg.tta)
     names = classify.class_names
+    thresholds = classify.thresholds
+    if thresholds is not None:
+        if (threshold := cfg.get("threshold")) is not None:
+            if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not 0 < threshold < 1:
+                raise UserError(f"threshold={threshold} must lie between 0 and 1 (or null: the fitted ones)")
+            thresholds = [float(cfg.threshold)] * len(names)
+        log.info("multi-label model: every label above its threshold, most probable first")
     inputs = list(cfg.inputs) if isinstance(cfg.inputs, ListConfig) else str(cfg.inputs)
     files = expand_inputs(inputs)
     k = min(cfg.topk, len(names))
@@ -58,14 +65,16 @@ def predict(cfg: DictConfig) -> list[tuple[Path, list[tuple[str, float]]]]:
             continue
         probs = classify([image for _, image in readable])
         for (file, _), row in zip(readable, probs, strict=True):
-            top = row.argsort(kind="stable")[::-1][:k]  # most probable first
+            top = row.argsort(kind="stable")[::-1]  # most probable first
+            top = top[:k] if thresholds is None else [i for i in top if row[i] > thresholds[i]]
             rows.append((file, [(names[i], float(row[i])) for i in top]))
     if not rows:
         raise UserError(f"none of the {len(files)} input files is a readable image")
 
     out = Path(cfg.paths.output_dir) / "predictions.csv"
     write_predictions(rows, out)
-    Console().print(predictions_table(rows, f"Top-{k} predictions of {ckpt_path.name}"))
+    title = f"Top-{k} predictions" if thresholds is None else "Labels above their thresholds"
+    Console().print(predictions_table(rows, f"{title} of {ckpt_path.name}"))
     log.info(
         "%d images classified, %d files skipped (not readable images); wrote %s", len(rows), skipped, out
     )

@@ -23,7 +23,7 @@ from src.reporting.run_metrics import metrics_to_floats
 from src.runs.folders import find_checkpoint, requeued_checkpoint
 from src.runs.guard import guarded_run
 from src.runs.resume import check_resume
-from src.training.multilabel import settle_task
+from src.training.multilabel import check_threshold, settle_task
 from src.training.nonfinite import DivergedTrial, NonFiniteLossError
 from src.training.swa import averaged_checkpoint
 from src.training.trainer import build_trainer
@@ -67,7 +67,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule: L.LightningDataModule = instantiate(cfg.data)
     settle_task(cfg, datamodule.task, type(datamodule).__name__)
     model: L.LightningModule = instantiate(cfg.module)
-    model.threshold = cfg.get("threshold")
+    model.threshold = check_threshold(cfg.get("threshold"))
     trainer = build_trainer(cfg)
     if cfg.get("tune") and cfg.tune.mode != "none":
         model = tuned(cfg, model, datamodule, trainer.loggers, ckpt_path)

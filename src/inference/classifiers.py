@@ -23,6 +23,8 @@ class Classifier:
     class_names: list[str]
     transform: Callable  # PIL image -> one model input
     run: Callable[[list], np.ndarray]  # transformed inputs -> (n, classes) probabilities
+    # multi-label models: each label's threshold (a label is predicted above it), their probabilities sigmoids
+    thresholds: list[float] | None = None
 
     def __call__(self, images: Sequence[Image.Image]) -> np.ndarray:
         return self.run([self.transform(image) for image in images])
@@ -119,6 +121,7 @@ def torch_classifier(path: Path, device, tta: str = "none") -> Classifier:
     from src.data.preprocessing import numpy_eval_transform
     from src.data.tta import tta_views
     from src.training.calibration import TEMPERATURE_KEY
+    from src.training.multilabel import THRESHOLDS_KEY
 
     try:
         checkpoint = torch.load(path, map_location=device, weights_only=True)
@@ -139,6 +142,9 @@ def torch_classifier(path: Path, device, tta: str = "none") -> Classifier:
         names = checkpoint.get("class_names") or []
         num_classes = checkpoint["hyper_parameters"]["num_classes"]
         facts, temperature = checkpoint["preprocessing"], float(checkpoint.get(TEMPERATURE_KEY, 1.0))
+        thresholds = None
+        if checkpoint["hyper_parameters"].get("task") == "multilabel":
+            thresholds = [float(t) for t in checkpoint.get(THRESHOLDS_KEY, [0.5] * num_classes)]
     else:
         from src.training.module import load_checkpoint  # Lightning: seconds of imports
 
@@ -146,7 +152,12 @@ def torch_classifier(path: Path, device, tta: str = "none") -> Classifier:
         facts = checkpoint_facts(model)
         transform = eval_transform(model, facts)
         names, num_classes, temperature = model.class_names, model.hparams.num_classes, model.temperature
+        thresholds = model.thresholds.tolist() if model.multilabel else None
     names = list(names) or [str(i) for i in range(num_classes)]
+    if thresholds is not None:
+        if tta != "none":
+            raise UserError("test-time augmentation averages single-label probabilities: use tta=none")
+        return Classifier(names, transform, _sigmoids(model, device), thresholds)
     views = tta_views(tta, facts["style"], facts["image_size"])
     return Classifier(names, transform, _probabilities(model, device, views, temperature))
 
@@ -161,6 +172,17 @@ def _probabilities(model, device, views, temperature: float) -> Callable[[list],
         with torch.inference_mode():
             batch = torch.stack(inputs).to(device)
             return mean_probabilities(model, batch, views, temperature).cpu().numpy()
+
+    return run
+
+
+def _sigmoids(model, device) -> Callable[[list], np.ndarray]:
+    """Multi-label: each label's probability, the sigmoid of its logit."""
+    import torch
+
+    def run(inputs: list) -> np.ndarray:
+        with torch.inference_mode():
+            return torch.sigmoid(model(torch.stack(inputs).to(device)).float()).cpu().numpy()
 
     return run
 

@@ -55,7 +55,9 @@ def load_image(path: Path) -> Image.Image | None:
 
 
 def write_predictions(rows: list[tuple[Path, list[tuple[str, float]]]], path: Path) -> None:
-    k = len(rows[0][1])
+    """One row per image: its classes with their probabilities, most probable first (multi-label: as many as
+    are above their thresholds, the other cells empty)."""
+    k = max(len(top) for _, top in rows)
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["path", *(f"{key}_{rank}" for rank in range(1, k + 1) for key in ("class", "prob"))])
@@ -66,11 +68,12 @@ def predictions_table(rows: list[tuple[Path, list[tuple[str, float]]]], title: s
     # Text, not markup: file and class names such as "cat [old]" show as they are ("[/x]" would end the run)
     table = Table(title=Text(title))
     table.add_column("file", overflow="fold")
-    for rank in range(1, len(rows[0][1]) + 1):
+    k = max(len(top) for _, top in rows)
+    for rank in range(1, k + 1):
         table.add_column(f"top {rank}")
     # short, unambiguous names; absolute paths without following links (a linked file may lie anywhere)
     root = os.path.commonpath([os.path.dirname(os.path.abspath(file)) for file, _ in rows])
     for file, top in rows:
         cells = [os.path.relpath(os.path.abspath(file), root), *(f"{name} {p:.1%}" for name, p in top)]
-        table.add_row(*map(Text, cells))
+        table.add_row(*map(Text, cells + [""] * (k - len(top))))
     return table

@@ -27,6 +27,7 @@ ALLOWED_TARGETS = {
         {
             "src.data.cifar10.CIFAR10DataModule",
             "src.data.digits.DigitsDataModule",
+            "src.data.digits_multilabel.DigitsMultilabelDataModule",
             "src.data.flowers102.Flowers102DataModule",
             "src.data.imagefolder.ImageFolderDataModule",
             "src.data.manifest.CSVDataModule",

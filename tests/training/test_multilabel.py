@@ -1,0 +1,134 @@
+"""Multi-label classification: its metrics agree with scikit-learn's, the thresholds fitted on val are each
+label's F1-maximising ones, a checkpoint's thresholds reach src.predict unchanged, and a tiny model trains."""
+
+import numpy as np
+import pytest
+import torch
+from hydra.errors import InstantiationException
+from sklearn.metrics import accuracy_score, average_precision_score, f1_score, hamming_loss
+
+from src.errors import UserError
+from src.training import multilabel
+from src.training.module import ClassifierModule
+from tests.conftest import compose_config
+
+
+def test_metrics_equal_scikit_learn():
+    rng = np.random.default_rng(0)
+    targets = rng.integers(0, 2, (200, 6))
+    logits = torch.tensor(rng.normal(size=(200, 6)) + 1.5 * targets, dtype=torch.float32)
+    thresholds = torch.tensor([0.3, 0.4, 0.5, 0.6, 0.7, 0.45])
+    probabilities = torch.sigmoid(logits).numpy()
+    ranking, thresholded = multilabel.ranking_metrics(6), multilabel.thresholded_metrics(6)
+    ranking.update(torch.sigmoid(logits), torch.tensor(targets))
+    thresholded.update(multilabel.shifted_probabilities(logits, thresholds), torch.tensor(targets))
+    scores = {**ranking.compute(), **thresholded.compute()}
+
+    predicted = probabilities > thresholds.numpy()
+    assert scores["map"] == pytest.approx(average_precision_score(targets, probabilities, average="macro"))
+    assert scores["map_micro"] == pytest.approx(
+        average_precision_score(targets, probabilities, average="micro")
+    )
+    assert scores["f1"] == pytest.approx(f1_score(targets, predicted, average="macro"))
+    assert scores["f1_micro"] == pytest.approx(f1_score(targets, predicted, average="micro"))
+    assert scores["exact_match"] == pytest.approx(accuracy_score(targets, predicted))
+    assert scores["hamming"] == pytest.approx(hamming_loss(targets, predicted))
+
+
+def test_fitted_thresholds_maximise_each_labels_f1():
+    # label 0: positives at 0.9, 0.6, 0.35; negatives at 0.7, 0.4, 0.1: the best cut keeps 0.9..0.35 (F1 0.75)
+    # label 1: separable: the cut lies between its lowest positive (0.55) and highest negative (0.5)
+    p = np.array([[0.9, 0.8], [0.7, 0.5], [0.6, 0.55], [0.4, 0.2], [0.35, 0.9], [0.1, 0.3]])
+    y = np.array([[1, 1], [0, 0], [1, 1], [0, 0], [1, 1], [0, 0]])
+    thresholds = multilabel.fit_thresholds(p, y)
+    assert thresholds == pytest.approx([(0.35 + 0.1) / 2, (0.55 + 0.5) / 2])
+    # no threshold does better than the fitted one, on any label
+    rng = np.random.default_rng(1)
+    p, y = rng.random((300, 4)), rng.integers(0, 2, (300, 4))
+    p = np.clip(p + 0.3 * y, 0, 1)
+    for j, t in enumerate(multilabel.fit_thresholds(p, y)):
+        best = max(f1_score(y[:, j], p[:, j] > c, zero_division=0) for c in np.unique(p[:, j]) - 1e-9)
+        assert f1_score(y[:, j], p[:, j] > t) == pytest.approx(best)
+    assert multilabel.fit_thresholds(p, np.zeros_like(y)) == [0.5] * 4  # no positives: the default
+
+
+def _module_config(tmp_path, *overrides):
+    return compose_config(
+        "train",
+        ["data=digits_multilabel", "model.embed_dim=32", "model.depth=1", "model.num_heads=2",
+         "model.mlp_dim=64", *overrides],
+        tmp_path,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "override",
+    ["module.label_smoothing=0.1", "mixup=mixup_cutmix", "module.loss=ce", "module.task=multiclass"],
+)
+def test_single_label_options_are_refused_for_multi_label_data(tmp_path, override):
+    from hydra.utils import instantiate
+
+    cfg = _module_config(tmp_path, override)
+    with pytest.raises((UserError, InstantiationException), match="multi-label|single-label|module.task"):
+        multilabel.settle_task(cfg, "multilabel", "data=digits_multilabel")
+        instantiate(cfg.module)
+
+
+def test_multi_label_data_switches_val_acc_monitors_to_val_map(tmp_path):
+    cfg = _module_config(tmp_path, "callbacks=[default,early_stopping]")
+    assert multilabel.settle_task(cfg, "multilabel", "data=digits_multilabel") == "multilabel"
+    assert cfg.module.task == "multilabel" and cfg.optimized_metric == "val/map"
+    for name in ("model_checkpoint", "early_stopping"):
+        assert (cfg.callbacks[name].monitor, cfg.callbacks[name].mode) == ("val/map", "max")
+
+
+def test_thresholds_travel_in_the_checkpoint_to_predict(tmp_path):
+    """A module's fitted thresholds, saved as src.train saves them, are the ones src.predict's classifier
+    applies; threshold=0.5 overrides them."""
+    import lightning as L
+    from hydra.utils import instantiate
+
+    from src.inference.classifiers import torch_classifier
+    from src.predict import predict
+
+    cfg = _module_config(tmp_path, "data.train_images=64", "data.val_images=32", "data.test_images=32")
+    multilabel.settle_task(cfg, "multilabel", "data=digits_multilabel")
+    model: ClassifierModule = instantiate(cfg.module)
+    datamodule = instantiate(cfg.data)
+    trainer = L.Trainer(
+        max_epochs=1, limit_train_batches=1, accelerator="cpu", logger=False, enable_progress_bar=False,
+        enable_checkpointing=False, enable_model_summary=False,
+    )  # fmt: skip
+    trainer.fit(model, datamodule=datamodule)
+    fitted = model.thresholds.tolist()
+    assert fitted != [0.5] * 10  # fitted on the validation pass, not the initial ones
+    path = tmp_path / "model.ckpt"
+    trainer.save_checkpoint(path)
+
+    classifier = torch_classifier(path, torch.device("cpu"))
+    assert classifier.thresholds == fitted
+    reloaded = ClassifierModule.load_from_checkpoint(path, map_location="cpu", weights_only=True)
+    assert reloaded.thresholds.tolist() == fitted
+
+    datamodule.setup("test")
+    image = datamodule.data_test.dataset.tensors[0][0].permute(1, 2, 0).numpy()
+    from PIL import Image
+
+    Image.fromarray(image).save(tmp_path / "canvas.png")
+    (probabilities,) = classifier([Image.open(tmp_path / "canvas.png").convert("RGB")])
+    for threshold, expected_thresholds in (("null", fitted), (0.5, [0.5] * 10)):
+        out = tmp_path / f"predict_{threshold}"
+        out.mkdir()
+        cfg = compose_config(
+            "predict",
+            [f"ckpt_path={path}", f"inputs={tmp_path / 'canvas.png'}", f"threshold={threshold}"],
+            out,
+        )
+        ((_, labels),) = predict(cfg)
+        names = [str(i) for i in range(10)]
+        expected = sorted(
+            ((names[j], float(p)) for j, p in enumerate(probabilities) if p > expected_thresholds[j]),
+            key=lambda pair: -pair[1],
+        )
+        assert [name for name, _ in labels] == [name for name, _ in expected]
+        assert [p for _, p in labels] == pytest.approx([p for _, p in expected])
