@@ -33,6 +33,7 @@ from src.inference.classifiers import METADATA_KEY, import_onnxruntime
 from src.runs.guard import tidied_on_failure
 from src.training.calibration import TEMPERATURE_KEY, TemperatureScaled
 from src.training.module import load_checkpoint
+from src.training.multilabel import THRESHOLDS_KEY
 
 # before Hydra composes the config (on import: the DDP ranks and SLURM jobs import this module again)
 register_resolvers()
@@ -154,13 +155,17 @@ def export(cfg: DictConfig) -> Path:
 
     path = Path(cfg.paths.output_dir) / FORMATS[cfg.format]
     path.parent.mkdir(parents=True, exist_ok=True)
+    if cfg.format == "hf" and module.multilabel:
+        raise UserError("a Hub folder keeps no label thresholds: export multi-label models with format=onnx")
     if cfg.format == "hf":
         exported = export_hf(module, path, facts, names, Path(cfg.ckpt_path))
     else:
         writer = export_onnx if cfg.format == "onnx" else export_torchscript
         # traced at batch 2: a batch of one lets tracing fold size-1 dimensions into constants
         # the temperature is already applied to the logits
-        metadata = json.dumps({**facts, "class_names": names, TEMPERATURE_KEY: module.temperature})
+        # multi-label: the graph gives logits; predict applies the sigmoid and the thresholds of the metadata
+        task = {"task": "multilabel", THRESHOLDS_KEY: module.thresholds.tolist()} if module.multilabel else {}
+        metadata = json.dumps({**facts, "class_names": names, TEMPERATURE_KEY: module.temperature, **task})
         exported = writer(model, images[:2], path, cfg.opset, metadata)
     worst, flips = compare(model, exported, images)
     if worst > cfg.tolerance or flips:

@@ -68,6 +68,18 @@ def onnx_classifier(path: Path, tta: str = "none") -> Classifier:
     def run(inputs: list[np.ndarray]) -> np.ndarray:
         return _softmax(logits_of(np.stack(inputs)).astype(np.float64))
 
+    if (
+        facts.get("task") == "multilabel"
+    ):  # src.export wrote its thresholds (the key of src/training/multilabel.py)
+        if tta != "none":
+            raise UserError("test-time augmentation averages single-label probabilities: use tta=none")
+
+        def sigmoids(inputs: list[np.ndarray]) -> np.ndarray:
+            return 1 / (1 + np.exp(-logits_of(np.stack(inputs)).astype(np.float64)))
+
+        transform = numpy_eval_transform(facts)
+        return Classifier(facts["class_names"], transform, sigmoids, [float(t) for t in facts["thresholds"]])
+
     if tta != "none":
         import torch
 

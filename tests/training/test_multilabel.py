@@ -83,12 +83,12 @@ def test_multi_label_data_switches_val_acc_monitors_to_val_map(tmp_path):
 
 
 def test_thresholds_travel_in_the_checkpoint_to_predict(tmp_path):
-    """A module's fitted thresholds, saved as src.train saves them, are the ones src.predict's classifier
-    applies; threshold=0.5 overrides them."""
+    """A module's fitted thresholds, saved as src.train saves them, are the ones src.predict applies, from the
+    checkpoint and from its ONNX export; threshold=0.5 overrides them."""
     import lightning as L
     from hydra.utils import instantiate
 
-    from src.inference.classifiers import torch_classifier
+    from src.inference.classifiers import onnx_classifier, torch_classifier
     from src.predict import predict
 
     cfg = _module_config(tmp_path, "data.train_images=64", "data.val_images=32", "data.test_images=32")
@@ -116,12 +116,21 @@ def test_thresholds_travel_in_the_checkpoint_to_predict(tmp_path):
 
     Image.fromarray(image).save(tmp_path / "canvas.png")
     (probabilities,) = classifier([Image.open(tmp_path / "canvas.png").convert("RGB")])
-    for threshold, expected_thresholds in (("null", fitted), (0.5, [0.5] * 10)):
-        out = tmp_path / f"predict_{threshold}"
+    # the ONNX export keeps the thresholds and the logits: the same probabilities, so the same labels
+    from src.export import export
+
+    onnx = export(compose_config("export", [f"ckpt_path={path}"], tmp_path / "export"))
+    onnx_classifier_ = onnx_classifier(onnx)
+    assert onnx_classifier_.thresholds == fitted
+    (onnx_probabilities,) = onnx_classifier_([Image.open(tmp_path / "canvas.png").convert("RGB")])
+    assert onnx_probabilities == pytest.approx(probabilities, abs=1e-5)
+    cases = [(path, "null", fitted), (path, 0.5, [0.5] * 10), (onnx, "null", fitted)]
+    for number, (model_path, threshold, expected_thresholds) in enumerate(cases):
+        out = tmp_path / f"predict_{number}"
         out.mkdir()
         cfg = compose_config(
             "predict",
-            [f"ckpt_path={path}", f"inputs={tmp_path / 'canvas.png'}", f"threshold={threshold}"],
+            [f"ckpt_path={model_path}", f"inputs={tmp_path / 'canvas.png'}", f"threshold={threshold}"],
             out,
         )
         ((_, labels),) = predict(cfg)
@@ -131,4 +140,4 @@ def test_thresholds_travel_in_the_checkpoint_to_predict(tmp_path):
             key=lambda pair: -pair[1],
         )
         assert [name for name, _ in labels] == [name for name, _ in expected]
-        assert [p for _, p in labels] == pytest.approx([p for _, p in expected])
+        assert [p for _, p in labels] == pytest.approx([p for _, p in expected], abs=1e-5)
