@@ -88,6 +88,8 @@ class ImageDataModule(TrainLoaderStateInDataModule, L.LightningDataModule):
     style: str
     native_size: int | None = None
     task: str = "multiclass"
+    # the 'cifar'/'digits' training crop's padding in pixels; None: image_size // 8 (at least 1); 0: no crop
+    crop_padding: int | None = None
 
     def __init__(
         self,
@@ -159,6 +161,7 @@ class ImageDataModule(TrainLoaderStateInDataModule, L.LightningDataModule):
             h.interpolation,
             h.augment,
             h.crop_pct,
+            self.crop_padding,
         )
 
     def in_memory(self, dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
@@ -229,7 +232,7 @@ class ImageDataModule(TrainLoaderStateInDataModule, L.LightningDataModule):
                 std=h.std,
                 train=shuffle,
                 interpolation=h.interpolation,
-                crop_padding=max(1, h.image_size // 8),
+                crop_padding=max(1, h.image_size // 8) if self.crop_padding is None else self.crop_padding,
                 flip=self.style == "cifar",
                 cutout=h.cutout,
                 seed=h.seed,

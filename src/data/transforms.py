@@ -16,6 +16,7 @@ def build_transforms(
     interpolation: str = "bilinear",
     augment: dict | None = None,
     crop_pct: float = 0.875,
+    crop_padding: int | None = None,
 ) -> v2.Compose:
     """`style` names the recipe: 'cifar' (pad-crop + flip), 'digits' (pad-crop, no flip: digits are not
     mirror-symmetric), 'imagenet' (random-resized crop + flip, for photos like Flowers102).
@@ -23,7 +24,8 @@ def build_transforms(
     a pretrained backbone was trained with). `augment` (conf/augment/, see augment.py) adds a policy
     (RandAugment, AutoAugment, TrivialAugment) after the style's crop/flip and random erasing after normalisation,
     to training transforms only. Eval transforms never augment; 'imagenet' ones keep the centre `crop_pct` of the
-    image (timm's data config gives each pretrained model's)."""
+    image (timm's data config gives each pretrained model's). `crop_padding`: the 'cifar'/'digits' crop's
+    padding (None: image_size // 8, at least 1; 0: no crop)."""
     resize = {"interpolation": v2.InterpolationMode(interpolation), "antialias": True}
     if style == "imagenet":
         if train:
@@ -32,10 +34,9 @@ def build_transforms(
             geometric = [v2.Resize(int(round(image_size / crop_pct)), **resize), v2.CenterCrop(image_size)]
     elif style in ("cifar", "digits"):
         geometric = [] if native_size == image_size else [v2.Resize((image_size, image_size), **resize)]
-        if train:
-            geometric.append(
-                v2.RandomCrop(image_size, padding=max(1, image_size // 8), padding_mode="reflect")
-            )
+        padding = max(1, image_size // 8) if crop_padding is None else crop_padding
+        if train and padding:
+            geometric.append(v2.RandomCrop(image_size, padding=padding, padding_mode="reflect"))
             if style == "cifar":
                 geometric.append(v2.RandomHorizontalFlip())
     else:
