@@ -194,7 +194,8 @@ class ReportCallback(L.Callback):
         thresholds = pl_module.label_thresholds().tolist()
         report = artefacts.multilabel_rows(targets.numpy(), probabilities.numpy(), thresholds, names)
         columns = artefacts.MULTILABEL_COLUMNS
-        markdown = artefacts.write_report(report, self.output_dir, columns=columns)
+        split_counts = getattr(trainer.datamodule, "split_counts", None)  # data=csv: images per label
+        markdown = artefacts.write_report(report, self.output_dir, split_counts, columns)
         title = "Multi-label report (test)"
         summary_rows = len(artefacts.MULTILABEL_SUMMARY_ROWS)
         Console().print(artefacts.report_table(report, title, columns, summary_rows))
