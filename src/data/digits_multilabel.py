@@ -75,3 +75,7 @@ class DigitsMultilabelDataModule(DigitsDataModule):
                 TensorDataset(canvases, targets), range(len(targets)), self.transform(train=split == "train")
             )
             setattr(self, f"data_{split}", subset)
+
+    def train_targets(self) -> torch.Tensor:
+        """The training canvases' labels (what module.class_weights=balanced weighs by)."""
+        return self.data_train.dataset.tensors[1]

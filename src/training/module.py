@@ -29,7 +29,6 @@ from src.training.freezing import (
     frozen_batchnorm_to_eval,
     optimizer_param_groups,
 )
-from src.training.multilabel import LOSSES
 from src.training.schedulers import build_lr_scheduler
 from src.upstream_fixes.lightning import (
     MetricsLoggedOncePerEpoch,
@@ -116,8 +115,6 @@ class ClassifierModule(L.LightningModule):
                     f"{', '.join(named)} work on single-label data only: with multi-label data use "
                     "module.label_smoothing=0.0 mixup=none distill=none"
                 )
-            if loss not in LOSSES["multilabel"] + (None,):
-                raise UserError(f"module.loss={loss} is unknown for multi-label data: use bce or asl")
             self.criterion = multilabel.criterion(loss)
         elif loss not in (None, "ce"):
             raise UserError(f"module.loss={loss} is for multi-label data: single-label data trains with ce")

@@ -24,7 +24,6 @@ from src.errors import UserError
 TASKS = ("multiclass", "multilabel")
 # where a checkpoint keeps the fitted thresholds (one float per label)
 THRESHOLDS_KEY = "thresholds"
-LOSSES = {"multiclass": ("ce",), "multilabel": ("bce", "asl")}
 
 log = logging.getLogger(__name__)
 

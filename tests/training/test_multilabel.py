@@ -52,6 +52,21 @@ def test_fitted_thresholds_maximise_each_labels_f1():
     assert multilabel.fit_thresholds(p, np.zeros_like(y)) == [0.5] * 4  # no positives: the default
 
 
+def test_losses_and_balanced_positive_weights():
+    targets = torch.tensor([[1.0, 0.0, 0.0], [1.0, 1.0, 0.0], [0.0, 0.0, 0.0], [1.0, 0.0, 0.0]])
+    # label 0: 3 positives, 1 negative; label 1: 1 and 3; label 2 has no positives and keeps weight 1
+    weights = multilabel.balanced_pos_weight(targets)
+    assert weights.tolist() == pytest.approx([1 / 3, 3.0, 1.0])
+    logits = torch.randn(4, 3)
+    weighted = multilabel.criterion("bce", weights)(logits, targets)
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(logits, targets, pos_weight=weights)
+    assert weighted == pytest.approx(expected.item())
+    asl = multilabel.criterion("asl")(logits, targets)
+    assert torch.isfinite(asl) and asl > 0
+    with pytest.raises(UserError, match="module.loss=ce"):
+        multilabel.criterion("ce")
+
+
 def _module_config(tmp_path, *overrides):
     return compose_config(
         "train",
