@@ -48,14 +48,14 @@ def test_digit_canvases_show_their_labels_and_test_digits_only():
     )
 
 
-def _manifest(tmp_path, rows: list[tuple[str, str, str]]):
+def _manifest(tmp_path, rows: list[tuple[str, str, str]], num_classes: int = 3):
     for name, _, _ in rows:
         Image.new("RGB", (8, 8), (len(name) * 20, 0, 0)).save(tmp_path / name)
     lines = ["path,label,split", *(f"{n},{label},{split}" for n, label, split in rows)]
     (tmp_path / "labels.csv").write_text("\n".join(lines) + "\n")
     return CSVDataModule(
         csv_path=str(tmp_path / "labels.csv"), label_separator=";", data_dir=None, image_size=8,
-        num_classes=3, mean=[0.5] * 3, std=[0.5] * 3, batch_size=2, style="digits", val_size=1, test_size=1,
+        num_classes=num_classes, mean=[0.5] * 3, std=[0.5] * 3, batch_size=2, style="digits", val_size=1, test_size=1,
     )  # fmt: skip
 
 
@@ -90,7 +90,7 @@ def test_csv_warns_of_a_label_the_carved_train_split_lacks(tmp_path, caplog):
         _manifest(tmp_path, rows).setup()
     rows[3] = ("d.png", "dog", "test")
     for seed in range(10):
-        datamodule = _manifest(tmp_path, rows)
+        datamodule = _manifest(tmp_path, rows, num_classes=2)
         datamodule.hparams.seed = seed
         with caplog.at_level(logging.WARNING):
             caplog.clear()
