@@ -7,6 +7,7 @@ from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import BinaryIO
 
 from PIL import Image, ImageOps
 
@@ -18,7 +19,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".
 READ_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
-def open_rgb(path: str | Path) -> Image.Image:
+def open_rgb(path: str | Path | BinaryIO) -> Image.Image:
     """The image at `path`, decoded, upright and RGB, whatever its mode (grey, RGBA, palette, 16-bit).
     Raises one of READ_ERRORS for a file that is no readable image."""
     with Image.open(path) as image:
@@ -33,8 +34,8 @@ def is_hidden(relative: Path) -> bool:
     return any(part.startswith(".") for part in relative.parts)
 
 
-def _check(path: str) -> str | None:
-    """Why `path` cannot be trained on, or None. Decodes the whole file (a truncated one fails only there);
+def _check(path: str | BinaryIO) -> str | None:
+    """Why `path` (a file name, or the bytes of a file) cannot be trained on, or None. Decodes the whole file (a truncated one fails only there);
     JPEGs at 1/8 scale (PIL's draft mode: the same bytes are read, an eighth of the pixels computed)."""
     try:
         with Image.open(path) as image:
@@ -46,12 +47,18 @@ def _check(path: str) -> str | None:
     return None
 
 
-def unreadable(paths: Sequence[str], threads: int | None = None) -> dict[str, str]:
-    """{path: reason} for the files that are no readable image. Threads: Pillow decodes without the GIL."""
+def unreadable_reasons(sources: Sequence[str | BinaryIO], threads: int | None = None) -> list[str | None]:
+    """For each file (a name, or its bytes), why it is no readable image, or None. Threads: Pillow decodes
+    without the GIL."""
     threads = threads or min(32, (os.cpu_count() or 1) * 2)
     with ThreadPoolExecutor(threads) as pool:
-        reasons = pool.map(_check, paths, chunksize=64)
-        return {path: reason for path, reason in zip(paths, reasons, strict=True) if reason}
+        return list(pool.map(_check, sources, chunksize=64))
+
+
+def unreadable(paths: Sequence[str], threads: int | None = None) -> dict[str, str]:
+    """{path: reason} for the files that are no readable image."""
+    reasons = unreadable_reasons(paths, threads)
+    return {path: reason for path, reason in zip(paths, reasons, strict=True) if reason}
 
 
 def warn_skipped(skipped: dict[str, str], total: int, where: str, shown: int = 5) -> None:

@@ -262,6 +262,10 @@ class FileDataModule(ImageDataModule):
     def scan(self) -> Index:
         raise NotImplementedError
 
+    def dataset(self, index: Index) -> Dataset:
+        """The images the scan listed, as (PIL image, label) pairs in the order of index.files."""
+        return ImageFiles(index.files, index.labels)
+
     def _scan_and_split(self) -> tuple[Index, dict[str, np.ndarray]] | UserError:
         h = self.hparams
         try:
@@ -297,7 +301,7 @@ class FileDataModule(ImageDataModule):
         except ValueError as err:  # an unknown data.style
             raise UserError(f"data.style={self.style}: {err}") from None
         self.class_names = index.class_names
-        full = ImageFiles(index.files, index.labels)
+        full = self.dataset(index)
         labels = np.array(index.labels)
         splits["train"], splits["val"] = self.train_and_val(splits["train"], splits["val"], labels)
         for split in SPLITS:

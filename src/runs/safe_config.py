@@ -28,6 +28,7 @@ ALLOWED_TARGETS = {
             "src.data.cifar10.CIFAR10DataModule",
             "src.data.digits.DigitsDataModule",
             "src.data.flowers102.Flowers102DataModule",
+            "src.data.hf.HFDataModule",
             "src.data.imagefolder.ImageFolderDataModule",
             "src.data.manifest.CSVDataModule",
         }
