@@ -182,7 +182,8 @@ def test_the_issues_checkpoint_is_one_error_line_from_the_command_line(trained, 
 OPTIONS = [f"{group}={path.stem}" for group in ("model", "data", "optimizer", "scheduler", "freeze", "mixup",
            "experiment") for path in sorted((CONF / group).glob("*.yaml"))]  # fmt: skip
 # values the options leave to the user (???) or count from data on disk
-FILLED = {"data=imagefolder": ["data.num_classes=3"], "data=hf": ["data.num_classes=3", "data.name=x"], "data=csv": ["data.num_classes=3", "data.csv_path=x.csv"],
+FILLED = {"data=imagefolder": ["data.num_classes=3"], "data=csv": ["data.num_classes=3", "data.csv_path=x.csv"],
+          "data=hf": ["data.num_classes=3", "data.name=x"],
           "experiment=quickstart_imagefolder": ["data.num_classes=3"], "experiment=quickstart_csv":
           ["data.num_classes=3"], "freeze=first_n_blocks": ["freeze.num_blocks=1"],
           "freeze=until": ["freeze.layer=blocks.1"]}  # fmt: skip
