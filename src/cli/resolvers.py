@@ -44,6 +44,12 @@ def _hf_num_classes(name, label_column) -> int:
     return hf_num_classes(name, label_column)
 
 
+def _shards_num_classes(path) -> int:
+    from src.data.shards import shards_num_classes
+
+    return shards_num_classes(path)
+
+
 def _timm_input(name: str, key: str):
     from src.models.timm_models import pretrained_input  # imported when used: it loads timm
 
@@ -67,11 +73,12 @@ def register_resolvers() -> None:
     """Registers (again: idempotent) every resolver vitlab's configs use."""
     # conf/paths' root: the folder a command was started from (a Hydra workaround, src/upstream_fixes)
     OmegaConf.register_new_resolver("cwd", start_folder, replace=True)
-    # data.num_classes of data=imagefolder / data=csv / data=hf, counted from the data (class folders, the label column):
+    # data.num_classes of data=imagefolder / csv / hf / shards, counted from the data (class folders, the label column):
     # the model gets it by interpolation, and `--cfg job --resolve` shows it
     OmegaConf.register_new_resolver("folder_num_classes", _folder_num_classes, use_cache=True, replace=True)
     OmegaConf.register_new_resolver("csv_num_classes", _csv_num_classes, use_cache=True, replace=True)
     OmegaConf.register_new_resolver("hf_num_classes", _hf_num_classes, use_cache=True, replace=True)
+    OmegaConf.register_new_resolver("shards_num_classes", _shards_num_classes, use_cache=True, replace=True)
     # conf/model/timm.yaml: the data settings the model's pretrained weights expect (timm's data config), and
     # which of them the config left to the model
     OmegaConf.register_new_resolver("timm_input", _timm_input, use_cache=True, replace=True)

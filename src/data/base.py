@@ -11,7 +11,8 @@ import numpy as np
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from sklearn.model_selection import StratifiedKFold, train_test_split
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torchdata.stateful_dataloader import StatefulDataLoader
 
 from src.data.augment import check_augment, gpu_loader_refusal
 from src.data.gpu_loader import GPUBatches
@@ -239,6 +240,10 @@ class ImageDataModule(TrainLoaderStateInDataModule, L.LightningDataModule):
         workers = h.num_workers > 0
         if shuffle:
             sampler = self.train_sampler(dataset)
+            if sampler is None and world_size > 1:
+                # the sampler Lightning would put in, made here: Lightning then keeps this loader, and with it the
+                # place in the epoch that checkpoints save, instead of building a new one
+                sampler = DistributedSampler(dataset, world_size, rank, shuffle=True, seed=h.seed)
         elif world_size > 1:
             # DDP: each rank evaluates its own part of val/test and no image twice (Lightning's DistributedSampler
             # repeats images to even the parts out: the test metrics and the report would count them twice). A rank
@@ -247,7 +252,9 @@ class ImageDataModule(TrainLoaderStateInDataModule, L.LightningDataModule):
             sampler = UnrepeatedDistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=False)
         else:
             sampler = None
-        return DataLoader(
+        # training: torchdata's DataLoader keeps its place in the epoch (sampler and workers), so that a fit
+        # resumed from a mid-epoch checkpoint serves the rest of that epoch, not its first batches again
+        return (StatefulDataLoader if shuffle else DataLoader)(
             dataset,
             batch_size=h.batch_size,
             shuffle=shuffle and sampler is None,

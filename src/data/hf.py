@@ -9,8 +9,10 @@ one warning, as for image folders."""
 
 import io
 import logging
+from pathlib import Path
 
 import numpy as np
+from PIL import Image
 from torch.utils.data import Dataset
 
 from src.data.files import open_rgb, unreadable_reasons, warn_skipped
@@ -183,10 +185,19 @@ class HFRows(Dataset):
     def __len__(self) -> int:
         return len(self.targets)
 
-    def __getitem__(self, i: int):
+    def _source(self, i: int) -> str | io.BytesIO:
         split = self.splits[self.split_names[self.split_of[i]]]
-        value = split[int(self.row_of[i])][self.image_column]
-        return open_rgb(_image_source(value)), int(self.targets[i])
+        return _image_source(split[int(self.row_of[i])][self.image_column])
+
+    def __getitem__(self, i: int):
+        return open_rgb(self._source(i)), int(self.targets[i])
+
+    def encoded(self, i: int) -> tuple[bytes, str]:
+        """The image's own bytes and format (what src.shards stores)."""
+        source = self._source(i)
+        data = source.getvalue() if isinstance(source, io.BytesIO) else Path(source).read_bytes()
+        with Image.open(io.BytesIO(data)) as image:
+            return data, (image.format or "png").lower()
 
 
 class HFDataModule(FileDataModule):

@@ -66,6 +66,11 @@ class ImageFiles(Dataset):
     def __getitem__(self, i: int):
         return open_rgb(self.files[i]), int(self.targets[i])
 
+    def encoded(self, i: int) -> tuple[bytes, str]:
+        """The file's own bytes and extension (what src.shards stores)."""
+        path = Path(self.files[i])
+        return path.read_bytes(), path.suffix.lstrip(".").lower()
+
 
 def _expand(path: str | Path) -> Path:
     return Path(os.path.expanduser(str(path)))

@@ -31,6 +31,7 @@ ALLOWED_TARGETS = {
             "src.data.hf.HFDataModule",
             "src.data.imagefolder.ImageFolderDataModule",
             "src.data.manifest.CSVDataModule",
+            "src.data.shards.ShardsDataModule",
         }
     ),
     # torch's optimizers that a step without a closure drives

@@ -183,7 +183,7 @@ OPTIONS = [f"{group}={path.stem}" for group in ("model", "data", "optimizer", "s
            "experiment") for path in sorted((CONF / group).glob("*.yaml"))]  # fmt: skip
 # values the options leave to the user (???) or count from data on disk
 FILLED = {"data=imagefolder": ["data.num_classes=3"], "data=csv": ["data.num_classes=3", "data.csv_path=x.csv"],
-          "data=hf": ["data.num_classes=3", "data.name=x"],
+          "data=hf": ["data.num_classes=3", "data.name=x"], "data=shards": ["data.num_classes=3", "data.path=x"],
           "experiment=quickstart_imagefolder": ["data.num_classes=3"], "experiment=quickstart_csv":
           ["data.num_classes=3"], "freeze=first_n_blocks": ["freeze.num_blocks=1"],
           "freeze=until": ["freeze.layer=blocks.1"]}  # fmt: skip
