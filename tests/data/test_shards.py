@@ -40,7 +40,7 @@ def shards(folder, tmp_path_factory) -> Path:
 
 
 def loaded(path, **settings) -> ShardsDataModule:
-    data = ShardsDataModule(path=str(path), num_classes=3, **(SETTINGS | settings))
+    data = ShardsDataModule(path=str(path), **(SETTINGS | {"num_classes": 3} | settings))
     data.setup()
     return data
 
@@ -158,3 +158,32 @@ def test_ddp_on_three_cpu_processes_tests_every_shard_image_once(shards, tmp_pat
     (run_dir,) = run_dirs(tmp_path, "train")
     supports = [line.rsplit(",", 1)[1] for line in (run_dir / "report.csv").read_text().splitlines()]
     assert supports[1:4] == ["2", "2", "2"] and supports[-1] == "6"
+
+
+def test_shards_of_a_hugging_face_data_set_and_of_digits_keep_their_images(tmp_path):
+    """hf rows keep their own encoded bytes; a data set held as pixels (digits) is stored as lossless PNGs."""
+    datasets = pytest.importorskip("datasets")
+    from src.data.digits import DigitsDataModule
+    from src.data.hf import HFDataModule
+    from tests.data.test_hf import digits_dataset
+
+    datasets.DatasetDict(train=digits_dataset(range(300)), test=digits_dataset(range(300, 400))).save_to_disk(
+        str(tmp_path / "hf")
+    )
+    settings = SETTINGS | {"num_classes": 10, "val_size": 30, "test_size": 30, "style": "digits"}
+    source = HFDataModule(name=str(tmp_path / "hf"), **settings)
+    write_shards(source, tmp_path / "hf_shards", 64)
+    data = loaded(tmp_path / "hf_shards", num_classes=10)
+    assert data.split_counts == source.split_counts
+    rows = source.data_test.dataset
+    assert [rows.encoded(i)[0] for i in source.data_test.indices] == [
+        data.data_test.dataset.read(j) for j in data.data_test.indices
+    ]
+    digits = DigitsDataModule(
+        data_dir="unused", **(SETTINGS | {"num_classes": 10, "val_size": 180, "test_size": 360})
+    )
+    write_shards(digits, tmp_path / "digits_shards", 500)
+    data = loaded(tmp_path / "digits_shards", num_classes=10)
+    pixels, label = digits.data_test.dataset[digits.data_test.indices[0]]
+    image, stored = data.data_test.dataset[data.data_test.indices[0]]
+    assert stored == label and np.array_equal(np.asarray(image), pixels.permute(1, 2, 0).numpy())
