@@ -99,7 +99,7 @@ async def _uploads(request, settings: Settings) -> list[tuple[str, bytes]]:
         return {"type": "http.request", "body": body, "more_body": False}
 
     try:
-        form = await Request(request.scope, replay).form(max_files=settings.max_queue)
+        form = await Request(request.scope, replay).form(max_files=settings.max_queue + 1)  # more: 413 below
     except (
         Exception
     ) as err:  # Starlette's MultiPartException and HTTPException: a malformed or too large form

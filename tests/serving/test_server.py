@@ -1,6 +1,7 @@
 """src.serve's server on loopback, real uvicorn in a thread: concurrent clients get src.predict's answers in shared
 forward passes, bad uploads get their 4xx and the server goes on, a full queue answers 503."""
 
+import io
 import json
 import sys
 import threading
@@ -23,14 +24,15 @@ from src.errors import UserError
 from src.inference.classifiers import load_classifier
 from src.predict import predict
 from src.serving.app import Settings, bind, create_app, import_server, server
+from src.serving.explainer import Explainer
 from tests.conftest import compose_config, run_cli
 
 
 @contextmanager
-def running(ckpt: Path, **settings) -> Iterator[str]:
+def running(ckpt: Path, explainer=None, **settings) -> Iterator[str]:
     """The server of `ckpt` with `settings` on a free loopback port, in a thread, until the block ends: its URL."""
     config = Settings(port=0, **settings)
-    app = create_app(load_classifier(ckpt, "cpu"), config, ckpt.name)
+    app = create_app(load_classifier(ckpt, "cpu"), config, ckpt.name, explainer)
     sock = bind("127.0.0.1", 0)
     uvicorn_server = server(app, config)
     thread = threading.Thread(target=uvicorn_server.run, kwargs={"sockets": [sock]}, daemon=True)
@@ -153,7 +155,7 @@ def test_bad_uploads_get_their_4xx_and_the_server_keeps_serving(tiny_checkpoint,
         status, answer, _ = request(f"{url}/predict", bomb_png(5000))  # 25 M pixels in 12 kB
         assert status == 413 and "5000x5000 pixels" in answer["detail"]
         big = Image.new("RGB", (100, 100))  # not a bomb, but beyond serve.max_image_pixels
-        big.save(buffer := __import__("io").BytesIO(), format="PNG")
+        big.save(buffer := io.BytesIO(), format="PNG")
         status, answer, _ = request(f"{url}/predict", buffer.getvalue())
         assert status == 413 and "100x100" in answer["detail"]
         status, answer, _ = request(f"{url}/predict", b"")
@@ -211,3 +213,26 @@ def test_without_fastapi_one_error_line_names_the_extra(monkeypatch):
 def test_option_errors_are_one_line(overrides, message, tmp_path):
     result = run_cli("src.serve", *overrides, f"paths.log_dir={tmp_path}")
     assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
+
+
+def test_the_demo_page_and_its_overlays(tiny_checkpoint, images):
+    with running(tiny_checkpoint, Explainer(tiny_checkpoint, "cpu", None)) as url:
+        with urllib.request.urlopen(url, timeout=60) as response:
+            page = response.read().decode()
+        with urllib.request.urlopen(
+            urllib.request.Request(f"{url}/explain", (images / "image_4.png").read_bytes()), timeout=60
+        ) as response:
+            assert response.headers["Content-Type"] == "image/png"
+            overlay = Image.open(io.BytesIO(response.read()))
+        status, answer, _ = request(f"{url}/explain", b"no image")
+    assert 'type="file"' in page and tiny_checkpoint.name in page
+    assert "http" not in page  # nothing fetched from elsewhere: works offline
+    assert (
+        overlay.size == (16, 16) and len(set(overlay.convert("RGB").getdata())) > 10
+    )  # the heat map's colours
+    assert status == 415
+
+
+def test_the_demo_needs_a_checkpoint(tmp_path):
+    with pytest.raises(UserError, match="pass the .ckpt"):
+        Explainer(tmp_path / "model.onnx", "cpu", None)
