@@ -1,14 +1,16 @@
 """Requests per second and latency of src.serve under concurrent clients, for each server batch size:
 
-    python -m src.bench.serve --ckpt <run>/checkpoints/last.ckpt --requests 512 --clients 8 --batch-sizes 1 8
+    python -m src.bench.serve --ckpt <run>/checkpoints/last.ckpt --requests 512 --clients 8 --batch-sizes 1 8 --threads 1 0
 
-Per batch size, a server (`python -m src.serve serve.max_batch_size=<b>`, its own process on a free loopback port)
+Per torch thread count and batch size, a server (`python -m src.serve serve.threads=<t> serve.max_batch_size=<b>`, its
+own process on a free loopback port)
 answers `--requests` POST /predict requests of one image each from `--clients` threads, each with a keep-alive
 connection, after `--warmup` requests; printed as a Markdown table: requests/s, p50 and p99 latency, and the mean
 number of images per forward pass (from GET /health). Clients and server share the machine's cores."""
 
 import argparse
 import http.client
+import itertools
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -82,6 +84,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=16)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--max-wait-ms", type=float, default=5)
+    parser.add_argument(
+        "--threads", type=int, nargs="+", default=[0], help="serve.threads of each row (0: null)"
+    )
     parser.add_argument("--log-dir", default="outputs", help="where the servers' run dirs go (paths.log_dir)")
     args = parser.parse_args(argv)
     if not args.ckpt.exists():
@@ -100,12 +105,20 @@ def main(argv: list[str] | None = None) -> None:
 
     print(f"load average (1, 5, 15 min) at the start: {load_average()}")
     rows = []
-    for size in args.batch_sizes:
-        overrides = [f"ckpt_path={args.ckpt}", f"serve.max_batch_size={size}", f"serve.max_wait_ms={args.max_wait_ms}",
-                     f"serve.max_queue={max(64, args.clients)}", f"paths.log_dir={args.log_dir}"]  # fmt: skip
+    for threads, size in itertools.product(args.threads, args.batch_sizes):
+        overrides = [f"ckpt_path={args.ckpt}", f"serve.threads={threads or 'null'}", f"serve.max_batch_size={size}",
+                     f"serve.max_wait_ms={args.max_wait_ms}", f"serve.max_queue={max(64, args.clients)}",
+                     f"paths.log_dir={args.log_dir}"]  # fmt: skip
         with server_process("src.serve", *overrides) as url:
             result = measure(url, body, args.requests, args.clients, args.warmup)
-        rows.append({"serve.max_batch_size": size, "clients": args.clients, **result})
+        rows.append(
+            {
+                "serve.threads": threads or "null",
+                "serve.max_batch_size": size,
+                "clients": args.clients,
+                **result,
+            }
+        )
     print(markdown(rows))
     print(f"load average (1, 5, 15 min) at the end: {load_average()}")
 

@@ -48,6 +48,7 @@ class Settings:
     max_upload_bytes: int = 10 * 2**20
     max_image_pixels: int = 4096 * 4096
     max_connections: int = 128
+    threads: int | None = None
     demo: bool = False
     method: str | None = None
 
@@ -63,6 +64,8 @@ class Settings:
             value = getattr(self, key)
             if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
                 raise UserError(f"serve.{key}={value} must be a whole number of at least 1")
+        if self.threads is not None and not (isinstance(self.threads, int) and self.threads >= 1):
+            raise UserError(f"serve.threads={self.threads} must be a whole number of at least 1, or null")
         if not (isinstance(self.max_wait_ms, int | float) and self.max_wait_ms >= 0):
             raise UserError(
                 f"serve.max_wait_ms={self.max_wait_ms} must be a number of milliseconds, 0 or more"

@@ -23,6 +23,10 @@ def serve(cfg: DictConfig) -> None:
         raise UserError(
             f"ckpt_path={path} does not exist: pass a checkpoint, an exported model.onnx or a Hub folder"
         )
+    if settings.threads is not None:
+        import torch
+
+        torch.set_num_threads(settings.threads)
     classifier = load_classifier(path, cfg.device)
     explainer = None
     if settings.demo:
