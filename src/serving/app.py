@@ -101,17 +101,19 @@ async def _uploads(request, settings: Settings) -> list[tuple[str, bytes]]:
     async def replay():
         return {"type": "http.request", "body": body, "more_body": False}
 
+    # Starlette's MultiPartException and HTTPException: a malformed form, or one with too many parts
     try:
         form = await Request(request.scope, replay).form(max_files=settings.max_queue + 1)  # more: 413 below
-    except (
-        Exception
-    ) as err:  # Starlette's MultiPartException and HTTPException: a malformed or too large form
+    except Exception as err:
         raise Rejected(400, f"the multipart form cannot be read: {getattr(err, 'detail', err)}") from None
-    files = [
-        (value.filename or key, await value.read())
-        for key, value in form.multi_items()
-        if hasattr(value, "read")
-    ]
+    try:
+        files = [
+            (value.filename or key, await value.read())
+            for key, value in form.multi_items()
+            if hasattr(value, "read")
+        ]
+    finally:
+        await form.close()
     if not files:
         raise Rejected(
             400, "the multipart form has no file: send images as its files (curl -F file=@image.png)"

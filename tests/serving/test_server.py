@@ -160,6 +160,10 @@ def test_bad_uploads_get_their_4xx_and_the_server_keeps_serving(tiny_checkpoint,
         assert status == 413 and "100x100" in answer["detail"]
         status, answer, _ = request(f"{url}/predict", b"")
         assert status == 400
+        status, answer, _ = request(
+            f"{url}/predict", b"no parts", {"Content-Type": "multipart/form-data; boundary=x"}
+        )
+        assert status == 400 and "multipart form" in answer["detail"]
         status, answer, _ = request(f"{url}/predict?k=0", good)
         assert status == 400
         status, answer, _ = request(f"{url}/predict?k=50", good)  # k beyond the classes: every class
