@@ -7,7 +7,7 @@ vitlab's configs itself, e.g. a notebook that composes conf/train.yaml with Hydr
     register_resolvers()  # before reading a value: `${cwd:}` and the others resolve when read
 """
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from src.upstream_fixes.hydra import start_folder
 
@@ -46,6 +46,27 @@ def _timm_input(name: str, key: str):
     return OmegaConf.create(value) if isinstance(value, list) else value
 
 
+# PIL's convert("L"): the grey value of an RGB pixel (ITU-R 601-2 luma)
+_LUMA = (0.299, 0.587, 0.114)
+
+
+def _per_channel(values, channels: int) -> ListConfig:
+    """`values` (a data set's or a model's mean or std) for images of `channels` channels: as they are when they
+    have one per channel; one value for all; three (RGB) for grey images their luma-weighted average (what a
+    grey image read with PIL's mode "L" has), for N channels repeated in turn, as timm repeats a pretrained
+    model's RGB filters for in_chans=N. Other lengths are left for the config check to refuse."""
+    values = [float(v) for v in values]
+    if len(values) == channels or not isinstance(channels, int) or channels < 1:
+        return OmegaConf.create(values)
+    if len(values) == 1:
+        return OmegaConf.create(values * channels)
+    if len(values) == 3 and channels == 1:
+        return OmegaConf.create([round(sum(w * v for w, v in zip(_LUMA, values, strict=True)), 4)])
+    if len(values) == 3:
+        return OmegaConf.create([values[i % 3] for i in range(channels)])
+    return OmegaConf.create(values)
+
+
 def _preprocessing_from(*, _parent_) -> DictConfig:
     """For each setting conf/model/timm.yaml fills in from the model: `model` where the data config still takes the
     model's value, `config` where the command or a config file set its own."""
@@ -69,6 +90,8 @@ def register_resolvers() -> None:
     # which of them the config left to the model
     OmegaConf.register_new_resolver("timm_input", _timm_input, use_cache=True, replace=True)
     OmegaConf.register_new_resolver("preprocessing_from", _preprocessing_from, replace=True)
+    # data.mean / data.std for data.channels (grey images, N-channel models)
+    OmegaConf.register_new_resolver("per_channel", _per_channel, replace=True)
     # conf/hydra/train.yaml's run dir (a resumed fit continues in its checkpoint's) and where its config copy
     # goes (src/runs/folders.py). Cached: every look at hydra.run.dir in a process sees the same folder, even once
     # checkpoints are written
