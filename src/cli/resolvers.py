@@ -7,6 +7,8 @@ vitlab's configs itself, e.g. a notebook that composes conf/train.yaml with Hydr
     register_resolvers()  # before reading a value: `${cwd:}` and the others resolve when read
 """
 
+import re
+
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from src.upstream_fixes.hydra import start_folder
@@ -46,6 +48,8 @@ def _timm_input(name: str, key: str):
     return OmegaConf.create(value) if isinstance(value, list) else value
 
 
+# the resolvers that fill a data setting in from the model (conf/model/timm.yaml, hf.yaml)
+MODEL_INPUT = re.compile(r"\$\{(timm|hf)_input:")
 # PIL's convert("L"): the grey value of an RGB pixel (ITU-R 601-2 luma)
 _LUMA = (0.299, 0.587, 0.114)
 
@@ -67,14 +71,21 @@ def _per_channel(values, channels: int) -> ListConfig:
     return OmegaConf.create(values)
 
 
+def _hf_input(name: str, key: str):
+    from src.models.hf_models import processor_input  # imported when used: it loads transformers
+
+    value = processor_input(name)[key]
+    return OmegaConf.create(value) if isinstance(value, list) else value
+
+
 def _preprocessing_from(*, _parent_) -> DictConfig:
-    """For each setting conf/model/timm.yaml fills in from the model: `model` where the data config still takes the
+    """For each setting conf/model/timm.yaml (hf.yaml) fills in from the model: `model` where the data config still takes the
     model's value, `config` where the command or a config file set its own."""
     from src.models.timm_models import INPUT_KEYS
 
     raw = OmegaConf.to_container(_parent_, resolve=False)
     return OmegaConf.create(
-        {key: "model" if "${timm_input:" in str(raw.get(key)) else "config" for key in INPUT_KEYS}
+        {key: "model" if MODEL_INPUT.search(str(raw.get(key))) else "config" for key in INPUT_KEYS}
     )
 
 
@@ -89,6 +100,8 @@ def register_resolvers() -> None:
     # conf/model/timm.yaml: the data settings the model's pretrained weights expect (timm's data config), and
     # which of them the config left to the model
     OmegaConf.register_new_resolver("timm_input", _timm_input, use_cache=True, replace=True)
+    # conf/model/hf.yaml: the same from a transformers model's image processor
+    OmegaConf.register_new_resolver("hf_input", _hf_input, use_cache=True, replace=True)
     OmegaConf.register_new_resolver("preprocessing_from", _preprocessing_from, replace=True)
     # data.mean / data.std for data.channels (grey images, N-channel models)
     OmegaConf.register_new_resolver("per_channel", _per_channel, replace=True)
