@@ -14,21 +14,9 @@ from src.errors import UserError
 from src.eval import evaluate
 from src.models.hf_models import hf_model
 from src.train import train
-from tests.conftest import QUICK, compose_config
+from tests.conftest import QUICK, compose_config, write_hf_vit
 
 transformers = pytest.importorskip("transformers")
-
-
-def vit_folder(path):
-    config = transformers.ViTConfig(
-        image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-        intermediate_size=64, num_labels=3,
-    )  # fmt: skip
-    transformers.ViTForImageClassification(config).save_pretrained(path)
-    transformers.ViTImageProcessor(
-        size={"height": 32, "width": 32}, image_mean=[0.4, 0.4, 0.4], image_std=[0.3, 0.3, 0.3], resample=3
-    ).save_pretrained(path)
-    return path
 
 
 def convnext_folder(path):
@@ -45,7 +33,7 @@ RUN = [*QUICK, "data=digits", "data.batch_size=16", "+trainer.limit_train_batche
 @pytest.mark.parametrize(
     ("make", "expected"),
     [
-        (vit_folder, {"image_size": 32, "interpolation": "bicubic", "mean": [0.4] * 3, "crop_pct": 1.0}),
+        (write_hf_vit, {"image_size": 32, "interpolation": "bicubic", "mean": [0.4] * 3, "crop_pct": 1.0}),
         (
             convnext_folder,
             {"image_size": 32, "interpolation": "bicubic", "mean": [0.5] * 3, "crop_pct": 0.875},
