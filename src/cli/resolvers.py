@@ -7,7 +7,9 @@ vitlab's configs itself, e.g. a notebook that composes conf/train.yaml with Hydr
     register_resolvers()  # before reading a value: `${cwd:}` and the others resolve when read
 """
 
-from omegaconf import DictConfig, OmegaConf
+import re
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from src.upstream_fixes.hydra import start_folder
 
@@ -58,14 +60,44 @@ def _timm_input(name: str, key: str):
     return OmegaConf.create(value) if isinstance(value, list) else value
 
 
+# the resolvers that fill a data setting in from the model (conf/model/timm.yaml, hf.yaml)
+MODEL_INPUT = re.compile(r"\$\{(timm|hf)_input:")
+# PIL's convert("L"): the grey value of an RGB pixel (ITU-R 601-2 luma)
+_LUMA = (0.299, 0.587, 0.114)
+
+
+def _per_channel(values, channels: int) -> ListConfig:
+    """`values` (a data set's or a model's mean or std) for images of `channels` channels: as they are when they
+    have one per channel; one value for all; three (RGB) for grey images their luma-weighted average (what a
+    grey image read with PIL's mode "L" has), for N channels repeated in turn, as timm repeats a pretrained
+    model's RGB filters for in_chans=N. Other lengths are left for the config check to refuse."""
+    values = [float(v) for v in values]
+    if len(values) == channels or not isinstance(channels, int) or channels < 1:
+        return OmegaConf.create(values)
+    if len(values) == 1:
+        return OmegaConf.create(values * channels)
+    if len(values) == 3 and channels == 1:
+        return OmegaConf.create([round(sum(w * v for w, v in zip(_LUMA, values, strict=True)), 4)])
+    if len(values) == 3:
+        return OmegaConf.create([values[i % 3] for i in range(channels)])
+    return OmegaConf.create(values)
+
+
+def _hf_input(name: str, key: str):
+    from src.models.hf_models import processor_input  # imported when used: it loads transformers
+
+    value = processor_input(name)[key]
+    return OmegaConf.create(value) if isinstance(value, list) else value
+
+
 def _preprocessing_from(*, _parent_) -> DictConfig:
-    """For each setting conf/model/timm.yaml fills in from the model: `model` where the data config still takes the
+    """For each setting conf/model/timm.yaml (hf.yaml) fills in from the model: `model` where the data config still takes the
     model's value, `config` where the command or a config file set its own."""
     from src.models.timm_models import INPUT_KEYS
 
     raw = OmegaConf.to_container(_parent_, resolve=False)
     return OmegaConf.create(
-        {key: "model" if "${timm_input:" in str(raw.get(key)) else "config" for key in INPUT_KEYS}
+        {key: "model" if MODEL_INPUT.search(str(raw.get(key))) else "config" for key in INPUT_KEYS}
     )
 
 
@@ -82,7 +114,11 @@ def register_resolvers() -> None:
     # conf/model/timm.yaml: the data settings the model's pretrained weights expect (timm's data config), and
     # which of them the config left to the model
     OmegaConf.register_new_resolver("timm_input", _timm_input, use_cache=True, replace=True)
+    # conf/model/hf.yaml: the same from a transformers model's image processor
+    OmegaConf.register_new_resolver("hf_input", _hf_input, use_cache=True, replace=True)
     OmegaConf.register_new_resolver("preprocessing_from", _preprocessing_from, replace=True)
+    # data.mean / data.std for data.channels (grey images, N-channel models)
+    OmegaConf.register_new_resolver("per_channel", _per_channel, replace=True)
     # conf/hydra/train.yaml's run dir (a resumed fit continues in its checkpoint's) and where its config copy
     # goes (src/runs/folders.py). Cached: every look at hydra.run.dir in a process sees the same folder, even once
     # checkpoints are written

@@ -83,10 +83,13 @@ def kfold_split(
 
 
 class ImageDataModule(TrainLoaderStateInDataModule, L.LightningDataModule):
-    """Subclasses set `style` (see transforms.py) and `native_size`, and fill the three data sets in setup()."""
+    """Subclasses set `style` (see transforms.py), `native_size` and `channel_counts`, and fill the three data
+    sets in setup()."""
 
     style: str
     native_size: int | None = None
+    # the data.channels the data set can give (None: any): its images as they are stored, or converted by PIL
+    channel_counts: tuple[int, ...] | None = (3,)
 
     def __init__(
         self,
@@ -111,13 +114,15 @@ class ImageDataModule(TrainLoaderStateInDataModule, L.LightningDataModule):
         fold: int = 0,
         crop_pct: float = 0.875,
         preprocessing_from: dict | None = None,
+        channels: int = 3,
     ):
         """`augment`: the train-time policy of conf/augment/ (None: the data set's own crop/flip only).
         `folds`: k-fold cross-validation over train and val together, `fold` the one validated on (None: the
         data set's own train/val split). The test split is the same either way. `crop_pct`: the share of the
         image that photos' ('imagenet' style) evaluation keeps. `preprocessing_from`: which of image_size,
         interpolation, mean, std and crop_pct came from the model and which from the config (conf/model/timm.yaml),
-        kept for the checkpoint's preprocessing facts."""
+        kept for the checkpoint's preprocessing facts. `channels`: of the images the model gets (1: grey), one
+        mean and std per channel."""
         super().__init__()
         self.save_hyperparameters(logger=False)
         self.data_train: Dataset | None = None

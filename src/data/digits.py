@@ -11,6 +11,7 @@ from src.data.base import ImageDataModule, TransformedSubset, stratified_split
 class DigitsDataModule(ImageDataModule):
     style = "digits"
     native_size = 8
+    channel_counts = None  # grey, repeated in as many channels as the model takes
 
     def __init__(self, val_size: int, test_size: int, **kwargs):
         super().__init__(**kwargs)
@@ -20,9 +21,9 @@ class DigitsDataModule(ImageDataModule):
         if self.data_train is not None:
             return
         digits = load_digits()
-        # 0..16 grey levels -> uint8 RGB, so the same transforms as for photos apply
+        # 0..16 grey levels -> uint8 in data.channels channels (3: RGB), so the same transforms as for photos apply
         images = torch.from_numpy(digits.images * (255 / 16)).round().to(torch.uint8)
-        images = images.unsqueeze(1).expand(-1, 3, -1, -1).contiguous()
+        images = images.unsqueeze(1).expand(-1, self.hparams.channels, -1, -1).contiguous()
         labels = torch.from_numpy(digits.target)
         full = TensorDataset(images, labels)
         h = self.hparams

@@ -1,4 +1,4 @@
-"""Image files on disk: reading one as RGB (shared by the folder/CSV data sets and src.predict), and the one
+"""Image files on disk: reading one as RGB or grey (shared by the folder/CSV data sets and src.predict), and the one
 scan at setup that finds what cannot be read, so that no epoch meets a bad file."""
 
 import logging
@@ -19,14 +19,19 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".
 READ_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
-def open_rgb(path: str | Path | BinaryIO) -> Image.Image:
-    """The image at `path`, decoded, upright and RGB, whatever its mode (grey, RGBA, palette, 16-bit).
-    Raises one of READ_ERRORS for a file that is no readable image."""
+def open_image(path: str | Path | BinaryIO, mode: str = "RGB") -> Image.Image:
+    """The image at `path`, decoded, upright and in `mode` ("RGB", or "L": grey), whatever its own (grey, RGBA,
+    palette, 16-bit). Raises one of READ_ERRORS for a file that is no readable image."""
     with Image.open(path) as image:
         image = ImageOps.exif_transpose(image)  # photos are stored sideways with an EXIF rotation
         if image.mode.startswith("I"):  # 16-bit greys: to 8 bits, not clipped at 255 by convert()
             image = image.convert("I").point(lambda value: value / 257).convert("L")
-        return image.convert("RGB")  # convert() decodes the pixels: truncated files fail here, not later
+        return image.convert(mode)  # convert() decodes the pixels: truncated files fail here, not later
+
+
+def image_mode(channels: int) -> str:
+    """The PIL mode images are read in for a model of `channels` input channels (1: grey, 3: RGB)."""
+    return "L" if channels == 1 else "RGB"
 
 
 def is_hidden(relative: Path) -> bool:

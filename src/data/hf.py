@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
-from src.data.files import open_rgb, unreadable_reasons, warn_skipped
+from src.data.files import image_mode, open_image, unreadable_reasons, warn_skipped
 from src.data.imagefolder import SPLITS, FileDataModule, Index, _expand
 from src.errors import UserError
 
@@ -165,9 +165,9 @@ def scan_hf(name: str, image_column: str, label_column: str, splits: dict) -> In
 
 
 class HFRows(Dataset):
-    """The rows that index.files names ('<split>/<row>'), as (RGB image, label); images decoded when read."""
+    """The rows that index.files names ('<split>/<row>'), as (image in `mode`, label); decoded when read."""
 
-    def __init__(self, data, image_column: str, rows: list[str], targets: list[int]):
+    def __init__(self, data, image_column: str, rows: list[str], targets: list[int], mode: str = "RGB"):
         datasets = _import_datasets()
         self.splits = {
             split: part.cast_column(image_column, datasets.Image(decode=False))
@@ -175,7 +175,7 @@ class HFRows(Dataset):
             else part
             for split, part in data.items()
         }
-        self.image_column = image_column
+        self.image_column, self.mode = image_column, mode
         split_and_row = [row.rsplit("/", 1) for row in rows]
         self.split_names = sorted({split for split, _ in split_and_row})
         self.split_of = np.array([self.split_names.index(split) for split, _ in split_and_row])
@@ -190,7 +190,7 @@ class HFRows(Dataset):
         return _image_source(split[int(self.row_of[i])][self.image_column])
 
     def __getitem__(self, i: int):
-        return open_rgb(self._source(i)), int(self.targets[i])
+        return open_image(self._source(i), self.mode), int(self.targets[i])
 
     def encoded(self, i: int) -> tuple[bytes, str]:
         """The image's own bytes and format (what src.shards stores)."""
@@ -219,4 +219,4 @@ class HFDataModule(FileDataModule):
 
     def dataset(self, index: Index) -> HFRows:
         h = self.hparams
-        return HFRows(load_hf(h.name), h.image_column, index.files, index.labels)
+        return HFRows(load_hf(h.name), h.image_column, index.files, index.labels, image_mode(h.channels))

@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import Dataset, WeightedRandomSampler
 
 from src.data.base import ImageDataModule, TransformedSubset, stratified_split
-from src.data.files import IMAGE_EXTENSIONS, is_hidden, open_rgb, unreadable, warn_skipped
+from src.data.files import IMAGE_EXTENSIONS, image_mode, is_hidden, open_image, unreadable, warn_skipped
 from src.errors import UserError
 
 SPLITS = ("train", "val", "test")
@@ -55,16 +55,16 @@ class Index:
 class ImageFiles(Dataset):
     """Image files and their labels; `targets` as in torchvision's data sets (no file is read to count them)."""
 
-    def __init__(self, files: list[str], targets: list[int]):
+    def __init__(self, files: list[str], targets: list[int], mode: str = "RGB"):
         # numpy arrays, not lists of str: forked loader workers then share them instead of copying them page by
         # page as Python's reference counts are touched (PyTorch issue #13246)
-        self.files, self.targets = np.array(files), np.array(targets)
+        self.files, self.targets, self.mode = np.array(files), np.array(targets), mode
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, i: int):
-        return open_rgb(self.files[i]), int(self.targets[i])
+        return open_image(self.files[i], self.mode), int(self.targets[i])
 
     def encoded(self, i: int) -> tuple[bytes, str]:
         """The file's own bytes and extension (what src.shards stores)."""
@@ -251,6 +251,8 @@ class FileDataModule(ImageDataModule):
     """Images read from files listed by `scan()` (a folder, a CSV manifest); `style` picks the augmentation
     recipe of transforms.py ('imagenet' for photos; 'digits'/'cifar' for small images of one size)."""
 
+    channel_counts = (1, 3)  # read as grey (PIL's mode "L") or RGB
+
     def __init__(
         self,
         val_size: float = 0.1,
@@ -269,7 +271,7 @@ class FileDataModule(ImageDataModule):
 
     def dataset(self, index: Index) -> Dataset:
         """The images the scan listed, as (PIL image, label) pairs in the order of index.files."""
-        return ImageFiles(index.files, index.labels)
+        return ImageFiles(index.files, index.labels, image_mode(self.hparams.channels))
 
     def _scan_and_split(self) -> tuple[Index, dict[str, np.ndarray]] | UserError:
         h = self.hparams

@@ -22,7 +22,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from src.data.files import open_rgb
+from src.data.files import image_mode, open_image
 from src.data.imagefolder import SPLITS, FileDataModule, Index
 from src.errors import UserError
 
@@ -115,8 +115,8 @@ def shards_num_classes(path: str) -> int:
 class ShardSamples(Dataset):
     """The images at (shard, offset, size) with their labels; each process opens each shard once."""
 
-    def __init__(self, root: str, entries: list[str], targets: list[int]):
-        self.root = os.path.expanduser(str(root).rstrip("/"))
+    def __init__(self, root: str, entries: list[str], targets: list[int], mode: str = "RGB"):
+        self.root, self.mode = os.path.expanduser(str(root).rstrip("/")), mode
         shard_offset_size = [entry.rsplit(":", 2) for entry in entries]
         self.shard_names = sorted({shard for shard, _, _ in shard_offset_size})
         self.shard_of = np.array([self.shard_names.index(shard) for shard, _, _ in shard_offset_size])
@@ -140,7 +140,7 @@ class ShardSamples(Dataset):
         return handle.read(int(self.sizes[i]))
 
     def __getitem__(self, i: int):
-        return open_rgb(io.BytesIO(self.read(i))), int(self.targets[i])
+        return open_image(io.BytesIO(self.read(i)), self.mode), int(self.targets[i])
 
 
 class ShardsDataModule(FileDataModule):
@@ -158,4 +158,4 @@ class ShardsDataModule(FileDataModule):
         return index
 
     def dataset(self, index: Index) -> ShardSamples:
-        return ShardSamples(self.hparams.path, index.files, index.labels)
+        return ShardSamples(self.hparams.path, index.files, index.labels, image_mode(self.hparams.channels))

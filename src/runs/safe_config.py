@@ -20,6 +20,7 @@ ALLOWED_TARGETS = {
             "src.models.timm_models.timm_model",
             "src.models.timm_models.vision_transformer",
             "src.models.keras_cnn.KerasCNN",
+            "src.models.hf_models.hf_model",
             "timm.create_model",
         }
     ),

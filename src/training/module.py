@@ -248,7 +248,7 @@ class ClassifierModule(L.LightningModule):
             checkpoint["hyper_parameters"]["backbone"] = {
                 **backbone,
                 "pretrained": False,
-                "weights_path": None,
+                **({"weights_path": None} if "weights_path" in backbone else {}),  # model=hf has none
             }
 
         if checkpoint["hyper_parameters"].get(

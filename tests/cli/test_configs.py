@@ -38,6 +38,8 @@ def test_every_option_composes_and_instantiates(group, option, tmp_path, request
     required = REQUIRED.get(choice, [])
     if choice in OWN_IMAGES:  # the number of classes is counted from real files
         required = [OWN_IMAGES[choice].format(request.getfixturevalue("digits_png") / "digits_png")]
+    if choice == "model=hf":  # a folder written by save_pretrained (no Hub here)
+        required = [f"model.name={request.getfixturevalue('hf_vit_folder')}"]
     cfg = compose_config("train", [choice, *required], tmp_path)
     if (
         choice == "trainer=fsdp" and not torch.cuda.is_available()

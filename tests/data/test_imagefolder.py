@@ -19,7 +19,7 @@ import yaml
 from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
 from PIL import Image
 
-from src.data.files import open_rgb
+from src.data.files import open_image
 from src.data.imagefolder import SPLITS, EpochSeededSampler, ImageFolderDataModule
 from src.data.manifest import CSVDataModule
 from src.errors import UserError
@@ -98,8 +98,8 @@ def test_class_folders_read_every_image_kind_and_skip_bad_files_with_one_warning
         for i in range(len(dataset)):
             image, label = dataset[i]
             assert image.shape == (3, 16, 16) and image.dtype == torch.float32 and 0 <= label < 3
-    assert open_rgb(odd["rotated.jpg"]).size == (10, 20)  # EXIF applied: 20 x 10 stored, upright 10 x 20
-    assert open_rgb(odd["grey16.tif"]).getpixel((0, 0))[0] == np.asarray(Image.open(odd["grey.png"]))[0, 0]
+    assert open_image(odd["rotated.jpg"]).size == (10, 20)  # EXIF applied: 20 x 10 stored, upright 10 x 20
+    assert open_image(odd["grey16.tif"]).getpixel((0, 0))[0] == np.asarray(Image.open(odd["grey.png"]))[0, 0]
 
 
 def test_split_folders_keep_class_order_and_carve_a_missing_split(tmp_path):

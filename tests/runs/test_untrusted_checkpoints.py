@@ -190,17 +190,20 @@ FILLED = {"data=imagefolder": ["data.num_classes=3"], "data=csv": ["data.num_cla
 
 
 @pytest.mark.parametrize("option", OPTIONS)
-def test_the_configs_of_every_option_of_conf_pass_the_check(option, tmp_path):
+def test_the_configs_of_every_option_of_conf_pass_the_check(option, tmp_path, request):
     """What a checkpoint of a run with `option` stores (src.training.module keeps its configs resolved, as plain data)."""
     overrides = ["data=digits", option, *FILLED.get(option, [])]
+    if option == "model=hf":  # a folder written by save_pretrained (no Hub here)
+        overrides.append(f"model.name={request.getfixturevalue('hf_vit_folder')}")
     if option.startswith("experiment=") or option.startswith("model="):
         overrides.remove("data=digits")  # experiments choose their data set; pretrained models their input
     module = compose_config("train", overrides, tmp_path).module
     hparams = OmegaConf.to_container(module, resolve=True)
     hparams = {key: value for key, value in hparams.items() if not key.startswith("_")} | {"distill": None}
     # what ClassifierModule.on_save_checkpoint stores: the checkpoint's own weights replace pretrained ones
-    if hparams["backbone"].get("pretrained") or hparams["backbone"].get("weights_path"):
-        hparams["backbone"] |= {"pretrained": False, "weights_path": None}
+    backbone = hparams["backbone"]
+    if backbone.get("pretrained") or backbone.get("weights_path"):
+        backbone |= {"pretrained": False} | ({"weights_path": None} if "weights_path" in backbone else {})
     check_checkpoint_config(hparams, "x.ckpt")
 
 
