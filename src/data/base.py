@@ -86,6 +86,8 @@ class ImageDataModule(TrainLoaderStateInDataModule, L.LightningDataModule):
 
     style: str
     native_size: int | None = None
+    # data.sampler's values (FileDataModule adds balanced); null, as older checkpoints have it, is default
+    samplers: tuple[str, ...] = ("default", "repeated")
 
     def __init__(
         self,
@@ -110,13 +112,16 @@ class ImageDataModule(TrainLoaderStateInDataModule, L.LightningDataModule):
         fold: int = 0,
         crop_pct: float = 0.875,
         preprocessing_from: dict | None = None,
+        sampler: str | None = "default",
+        repeats: int = 3,
     ):
         """`augment`: the train-time policy of conf/augment/ (None: the data set's own crop/flip only).
         `folds`: k-fold cross-validation over train and val together, `fold` the one validated on (None: the
         data set's own train/val split). The test split is the same either way. `crop_pct`: the share of the
         image that photos' ('imagenet' style) evaluation keeps. `preprocessing_from`: which of image_size,
         interpolation, mean, std and crop_pct came from the model and which from the config (conf/model/timm.yaml),
-        kept for the checkpoint's preprocessing facts."""
+        kept for the checkpoint's preprocessing facts. `sampler`: how the training loader draws images (default:
+        shuffled, each once per epoch; repeated: timm's RepeatAugSampler, each drawn image `repeats` times)."""
         super().__init__()
         self.save_hyperparameters(logger=False)
         self.data_train: Dataset | None = None
@@ -175,7 +180,8 @@ class ImageDataModule(TrainLoaderStateInDataModule, L.LightningDataModule):
         h = self.hparams
         if h.loader != "auto":
             return h.loader
-        return "gpu" if self.fits_in_memory() and gpu_loader_refusal(h.augment) is None else "torch"
+        fits = self.fits_in_memory() and (h.sampler or "default") == "default"
+        return "gpu" if fits and gpu_loader_refusal(h.augment) is None else "torch"
 
     def _check_loader(self) -> None:
         # here, not in __init__: Hydra would wrap the error of a constructor in its own
@@ -185,6 +191,7 @@ class ImageDataModule(TrainLoaderStateInDataModule, L.LightningDataModule):
                 f"data.loader={h.loader} is unknown: use data.loader=torch (DataLoader), data.loader=gpu or "
                 "data.loader=auto (gpu where the data set and its augmentation allow it)"
             )
+        self.check_sampler()
         loader = self.loader_kind()
         if not 0 <= h.cutout < h.image_size:
             raise UserError(
@@ -194,6 +201,11 @@ class ImageDataModule(TrainLoaderStateInDataModule, L.LightningDataModule):
             raise UserError(
                 f"data.cutout={h.cutout} is applied by the GPU-resident loader only: add data.loader=gpu"
             )
+        if loader == "gpu" and (h.sampler or "default") != "default":
+            # the GPU-resident loader draws its own batches (and resumes mid-epoch through its own state)
+            raise UserError(
+                f"data.sampler={h.sampler} needs a DataLoader: use data.loader=torch (or auto), or data.sampler=default"
+            )
         if loader == "gpu" and (refusal := gpu_loader_refusal(h.augment)):
             raise UserError(refusal)
         if loader == "gpu" and not self.fits_in_memory():
@@ -201,6 +213,13 @@ class ImageDataModule(TrainLoaderStateInDataModule, L.LightningDataModule):
                 f"data.loader=gpu needs a data set that fits in memory as one uint8 tensor (cifar10, digits); "
                 f"{type(self).__name__} reads images of varying sizes from disk: use data.loader=torch"
             )
+
+    def check_sampler(self) -> None:
+        h = self.hparams
+        if (h.sampler or "default") not in self.samplers:
+            raise UserError(f"data.sampler={h.sampler} is unknown: use one of {', '.join(self.samplers)}")
+        if h.sampler == "repeated" and not (isinstance(h.repeats, int) and h.repeats >= 1):
+            raise UserError(f"data.repeats={h.repeats}: use a whole number of at least 1 (DeiT: 3)")
 
     def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader | GPUBatches:
         self._check_loader()
@@ -239,6 +258,8 @@ class ImageDataModule(TrainLoaderStateInDataModule, L.LightningDataModule):
         workers = h.num_workers > 0
         if shuffle:
             sampler = self.train_sampler(dataset)
+            if h.sampler == "repeated":  # each rank draws len(sampler) images (timm's rounding)
+                drop_last = len(sampler) % h.batch_size == 1
         elif world_size > 1:
             # DDP: each rank evaluates its own part of val/test and no image twice (Lightning's DistributedSampler
             # repeats images to even the parts out: the test metrics and the report would count them twice). A rank
@@ -261,8 +282,19 @@ class ImageDataModule(TrainLoaderStateInDataModule, L.LightningDataModule):
         )
 
     def train_sampler(self, dataset: Dataset) -> Sampler | None:
-        """The training loader's sampler (data.sampler=balanced, say); None: shuffle."""
-        return None
+        """The training loader's sampler; None (data.sampler=default): shuffle, which Lightning shards under DDP.
+        data.sampler=repeated: timm's RepeatAugSampler (DeiT's repeated augmentation) for this process's rank of
+        the trainer's world size. An epoch keeps its number of images (rounded down to a multiple of 256 where there
+        are more): a shuffled 1/repeats of the data, each image `repeats` times in a row, the copies dealt to
+        different ranks, so each rank augments its own. Its order is seeded by the epoch alone (as timm's and
+        DeiT's). It shards by itself: src.training.trainer keeps Lightning from sharding it again."""
+        h = self.hparams
+        if h.sampler != "repeated":
+            return None
+        from timm.data.distributed_sampler import RepeatAugSampler
+
+        rank, world_size = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+        return RepeatAugSampler(dataset, num_replicas=world_size, rank=rank, num_repeats=h.repeats)
 
     def train_dataloader(self) -> DataLoader | GPUBatches:
         if self.hparams.loader == "auto":  # say which one, as num_workers & co. only apply to the DataLoader

@@ -22,6 +22,10 @@ def build_trainer(cfg: DictConfig, *callbacks: L.Callback, **settings) -> L.Trai
     loggers = instantiate_loggers(cfg.get("logger"))
     configured = needing_no_logger(instantiate_group(cfg.get("callbacks")), loggers)
     built = {"callbacks": [*configured, *callbacks, WorldSizeCheck(), RequeueAtBatchEnd()], "logger": loggers}
+    if (cfg.get("data") or {}).get("sampler") == "repeated":
+        # timm's RepeatAugSampler shards the training images by itself (data/base.py): Lightning would wrap it in its
+        # DistributedSamplerWrapper and shard each rank's share again. The val and test loaders shard themselves
+        built["use_distributed_sampler"] = False
     try:
         return instantiate(cfg.trainer, **(built | settings))
     except InstantiationException as err:
