@@ -27,7 +27,7 @@ def tuned(cfg: DictConfig, model, datamodule, loggers: list, ckpt_path) -> L.Lig
     if mode not in ("lr_find", "batch_size"):
         raise UserError(f"tune.mode={mode}: use tune=lr_find, tune=batch_size or tune=none")
     if ckpt_path or not cfg.train:
-        raise UserError(f"tune={mode} tunes a fresh fit: drop ckpt_path / train=false, or tune")
+        raise UserError(f"tune={mode} tunes a fresh fit: drop ckpt_path / train=false, or use tune=none")
     if mode == "batch_size":
         batch_size = find_batch_size(cfg, model, datamodule)
         if not cfg.tune.apply:
@@ -76,6 +76,10 @@ def find_batch_size(cfg: DictConfig, model: L.LightningModule, datamodule: L.Lig
         enable_checkpointing=False,
         enable_progress_bar=False,
     )
+    if trainer.fast_dev_run:  # Lightning's finder skips the search then
+        raise UserError(
+            "tune=batch_size does not run with trainer.fast_dev_run (debug=fdr): drop one of them"
+        )
     if isinstance(trainer.strategy, ParallelStrategy):
         raise UserError(
             "tune=batch_size runs on one device (Lightning's finder does not run distributed): use the default "
@@ -150,5 +154,12 @@ def find_lr(
             run_dir / "lr_find.png",
         )
     else:
-        log.info("lr finder: suggested optimizer.lr=%.3g (plot: %s)", suggestion, run_dir / "lr_find.png")
+        # the suggestion is the lr of this run's batch: scaled again, it would be another
+        unscaled = " optimizer.lr_scale=none" if cfg.optimizer.get("lr_scale", "none") != "none" else ""
+        log.info(
+            "lr finder: suggested optimizer.lr=%.3g%s (plot: %s)",
+            suggestion,
+            unscaled,
+            run_dir / "lr_find.png",
+        )
     return suggestion

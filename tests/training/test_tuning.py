@@ -121,6 +121,7 @@ class NoBatchSize(L.LightningDataModule):
     [
         ("tune.search=linear", "tune.search=linear: use power or binsearch"),
         ("tune.max_trials=0", "tune.max_trials=0: use a whole number of at least 1"),
+        ("debug=fdr", "tune=batch_size does not run with trainer.fast_dev_run (debug=fdr)"),
         (None, "tune=batch_size changes the DataModule's batch_size, which NoBatchSize does not have"),
     ],
 )
