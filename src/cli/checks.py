@@ -66,6 +66,8 @@ RULES: dict[str, tuple[Callable, str]] = {
     "optimizer.lr": POSITIVE,
     "optimizer.weight_decay": NON_NEGATIVE,
     "optimizer.momentum": fraction(),
+    "optimizer.lr_scale": ((lambda v: v in ("none", "linear", "sqrt")), "none, linear or sqrt"),
+    "optimizer.lr_base_size": whole_at_least(1),
     "module.label_smoothing": fraction(),
     "model.depth": whole_at_least(1),
     "model.num_heads": whole_at_least(1),

@@ -252,13 +252,14 @@ class FileDataModule(ImageDataModule):
     recipe of transforms.py ('imagenet' for photos; 'digits'/'cifar' for small images of one size)."""
 
     channel_counts = (1, 3)  # read as grey (PIL's mode "L") or RGB
+    # balanced: each class drawn equally often (EpochSeededSampler)
+    samplers = (*ImageDataModule.samplers, "balanced")
 
     def __init__(
         self,
         val_size: float = 0.1,
         test_size: float = 0.1,
         style: str = "imagenet",
-        sampler: str | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -284,10 +285,7 @@ class FileDataModule(ImageDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.data_train is not None:
             return
-        if self.hparams.sampler not in (None, "balanced"):
-            raise UserError(
-                f"data.sampler={self.hparams.sampler} is unknown: use data.sampler=balanced or null"
-            )
+        self.check_sampler()  # before the scan of a large folder
         trainer = self.trainer
         if trainer is not None and trainer.world_size > 1:
             # DDP: rank 0 scans (once, not once per rank: a folder of 100 000 files is read once) and sends the
@@ -319,7 +317,7 @@ class FileDataModule(ImageDataModule):
 
     def train_sampler(self, dataset: TransformedSubset) -> WeightedRandomSampler | None:
         if self.hparams.sampler != "balanced":
-            return None
+            return super().train_sampler(dataset)
         labels = dataset.dataset.targets[dataset.indices]
         weights = 1.0 / np.bincount(labels)[labels]  # each class drawn equally often, in expectation
         return EpochSeededSampler(weights, len(labels), self.hparams.seed, self._epoch)

@@ -97,7 +97,8 @@ HYDRA_KEYS = {
 # keys src.training.module takes out of the backbone's and the optimizer's configs before building them
 MODULE_KEYS = {
     "backbone": frozenset({"compile", "channels_last"}),
-    "optimizer": frozenset({"layer_decay"}),  # the parameter groups' setting (src.training.freezing)
+    # the parameter groups' setting (src.training.freezing); the lr's scaling with the global batch
+    "optimizer": frozenset({"layer_decay", "lr_scale", "lr_base_size"}),
 }
 # the arguments of targets that take **kwargs (timm passes them to the model class), instead of their signature:
 # timm.create_model's named ones include files and hub configs to load (checkpoint_path, pretrained_cfg_overlay)

@@ -192,7 +192,7 @@ def test_unknown_style_or_sampler_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="data.style=photo: unknown augmentation style 'photo'"):
         folder_module(tmp_path, num_classes=2, style="photo")
     with pytest.raises(
-        UserError, match="data.sampler=weighted is unknown: use data.sampler=balanced or null"
+        UserError, match="data.sampler=weighted is unknown: use one of default, repeated, balanced"
     ):
         folder_module(tmp_path, num_classes=2, sampler="weighted")
 
