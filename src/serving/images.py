@@ -6,7 +6,7 @@ from io import BytesIO
 
 from PIL import Image
 
-from src.data.files import READ_ERRORS, open_rgb
+from src.data.files import READ_ERRORS, open_image
 
 
 class Rejected(Exception):
@@ -31,6 +31,6 @@ def decode(data: bytes, max_image_pixels: int, name: str = "upload") -> Image.Im
             413, f"{name} has {width}x{height} pixels, more than the server's limit of {max_image_pixels}"
         )
     try:
-        return open_rgb(BytesIO(data))  # decoded, upright and RGB as src.predict reads files
+        return open_image(BytesIO(data))  # decoded, upright and RGB as src.predict reads files
     except READ_ERRORS as err:
         raise Rejected(415, f"{name} is not a readable image ({type(err).__name__}: {err})") from None

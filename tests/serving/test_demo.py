@@ -9,7 +9,7 @@ from PIL import Image
 
 from scripts.demo_screenshot import demo_in_browser, digit_png
 from scripts.tensorboard_view import find_chromium
-from src.data.files import open_rgb
+from src.data.files import open_image
 from src.inference.classifiers import load_classifier
 from src.serving.process import server_process
 
@@ -25,7 +25,7 @@ needs_chromium = pytest.mark.skipif(
 def test_the_demo_page_in_a_browser_shows_the_top_classes_and_the_overlay(tiny_checkpoint, tmp_path):
     image = tmp_path / "digit.png"
     digit_png(image, index=0)
-    probabilities = load_classifier(tiny_checkpoint, "cpu")([open_rgb(image)])[0]
+    probabilities = load_classifier(tiny_checkpoint, "cpu")([open_image(image)])[0]
     ranked = [str(i) for i in np.argsort(-probabilities, kind="stable")[:5]]
 
     with server_process("src.demo", f"ckpt_path={tiny_checkpoint}", f"paths.log_dir={tmp_path}") as url:
