@@ -59,17 +59,33 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, opset: int,
 
     # torch.onnx's TorchScript-based exporter (dynamo=False): it traces in seconds and needs no onnxscript; attention
     # as explicit softmax(q k^T) (timm sets fused_attn off for export too, `exportable=True`)
-    with unfused_attention(model):
-        torch.onnx.export(
-            model, (example,), str(path), dynamo=False, opset_version=opset,
-            input_names=["image"], output_names=["logits"],
-            dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
-        )  # fmt: skip
+    try:
+        with unfused_attention(model):
+            torch.onnx.export(
+                model, (example,), str(path), dynamo=False, opset_version=opset,
+                input_names=["image"], output_names=["logits"],
+                dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
+            )  # fmt: skip
+    except torch.onnx.errors.OnnxExporterError as err:  # an operator ONNX has no form for, at this input
+        path.unlink(missing_ok=True)
+        raise UserError(onnx_refusal(str(err), example.shape[-1])) from None
     proto = onnx.load(str(path))
     onnx.helper.set_model_props(proto, {METADATA_KEY: metadata})
     onnx.save(proto, str(path))
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return lambda images: torch.from_numpy(session.run(None, {"image": images.numpy()})[0])
+
+
+def onnx_refusal(message: str, image_size: int) -> str:
+    """The error line for what torch's ONNX exporter refused (`message`) at input side `image_size`."""
+    problem = message.split("[Caused by")[0].split(". Please feel free")[0].strip()
+    fix = "export with format=torchscript or format=hf instead"
+    if "adaptive_avg_pool2d" in message:  # VGG pools its last feature map (1x1 at 32 px) up to 7x7
+        fix = (
+            f"at data.image_size={image_size} the model pools its last feature map to a size that is not a "
+            f"multiple of it: train at the size it was built for (224 px for VGG), or {fix}"
+        )
+    return f"format=onnx: torch's ONNX exporter cannot write this model ({problem}); {fix}"
 
 
 def export_torchscript(model: nn.Module, example: torch.Tensor, path: Path, opset: int, metadata: str):

@@ -17,7 +17,7 @@ from src.cli.command import run_command
 from src.cli.exits import exit_on_user_error
 from src.cli.resolvers import register_resolvers
 from src.errors import UserError
-from src.inference.classifiers import hub_folder_classifier, onnx_classifier, pick_device, torch_classifier
+from src.inference.classifiers import load_classifier
 from src.inference.files import expand_inputs, load_image, predictions_table, write_predictions
 from src.runs.guard import tidied_on_failure
 
@@ -38,12 +38,7 @@ def predict(cfg: DictConfig) -> list[tuple[Path, list[tuple[str, float]]]]:
         if not (isinstance(cfg[key], int) and cfg[key] >= 1):
             raise UserError(f"{key}={cfg[key]} must be a whole number of at least 1")
     ckpt_path = Path(cfg.ckpt_path)
-    if ckpt_path.suffix == ".onnx":
-        classify = onnx_classifier(ckpt_path, cfg.tta)
-    elif ckpt_path.is_dir():
-        classify = hub_folder_classifier(ckpt_path, pick_device(cfg.device), cfg.tta)
-    else:
-        classify = torch_classifier(ckpt_path, pick_device(cfg.device), cfg.tta)
+    classify = load_classifier(ckpt_path, cfg.device, cfg.tta)
     names = classify.class_names
     thresholds = classify.thresholds
     if thresholds is not None:

@@ -106,6 +106,28 @@ def digits_png(tmp_path_factory) -> Path:
     return root
 
 
+def write_hf_vit(path: Path) -> Path:
+    """A tiny random transformers ViT classifier (3 classes, 32 px) and its image processor, as save_pretrained
+    writes them: what model=hf model.name=<folder> loads."""
+    import transformers
+
+    config = transformers.ViTConfig(
+        image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=64, num_labels=3,
+    )  # fmt: skip
+    transformers.ViTForImageClassification(config).save_pretrained(path)
+    transformers.ViTImageProcessor(
+        size={"height": 32, "width": 32}, image_mean=[0.4, 0.4, 0.4], image_std=[0.3, 0.3, 0.3], resample=3
+    ).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def hf_vit_folder(tmp_path_factory) -> Path:
+    pytest.importorskip("transformers")
+    return write_hf_vit(tmp_path_factory.mktemp("hf") / "vit")
+
+
 @pytest.fixture(scope="session")
 def tiny_sweep(tmp_path_factory) -> Path:
     """One `src.train -m` sweep of two tiny digits runs (ViT depth 1 and 2, 2 short epochs): the multirun dir.

@@ -56,6 +56,7 @@ RULES: dict[str, tuple[Callable, str]] = {
     "data.batch_size": whole_at_least(1),
     "data.num_workers": whole_at_least(0),
     "data.image_size": whole_at_least(1),
+    "data.channels": whole_at_least(1),
     # a count, or (data=imagefolder/csv) a fraction of the images
     "data.val_size": (
         (lambda v: _number(v) and (0 < v < 1 or (_whole(v) and v >= 1))),
@@ -65,6 +66,8 @@ RULES: dict[str, tuple[Callable, str]] = {
     "optimizer.lr": POSITIVE,
     "optimizer.weight_decay": NON_NEGATIVE,
     "optimizer.momentum": fraction(),
+    "optimizer.lr_scale": ((lambda v: v in ("none", "linear", "sqrt")), "none, linear or sqrt"),
+    "optimizer.lr_base_size": whole_at_least(1),
     "module.label_smoothing": fraction(),
     "model.depth": whole_at_least(1),
     "model.num_heads": whole_at_least(1),
@@ -87,7 +90,37 @@ def check_values(cfg: DictConfig) -> None:
     for key in cfg.get("model") or {}:
         if any(word in str(key) for word in RATE_WORDS):
             _check(cfg, f"model.{key}", *RATE)
+    check_channels(cfg)
     check_model_settings(cfg)
+
+
+def check_channels(cfg: DictConfig) -> None:
+    """data.channels against what the data set can read, its mean/std (one value per channel) and the model
+    (a config whose model has no in_chans takes RGB images only)."""
+    data, model = cfg.get("data") or {}, cfg.get("model") or {}
+    channels = data.get("channels", 3)
+    if "_target_" in data:
+        from hydra.utils import get_class
+
+        counts = get_class(data._target_).channel_counts
+        if counts is not None and channels not in counts:
+            readable = " or ".join(map(str, counts))
+            raise UserError(
+                f"data.channels={channels}: this data set's images are read with {readable} channel(s) "
+                f"(1: grey, 3: RGB); use data.channels={counts[-1]}"
+            )
+    if channels != 3 and model and "in_chans" not in model:
+        name = model.get("model_name") or model.get("name") or model.get("_target_")
+        raise UserError(
+            f"data.channels={channels}: model {name} takes RGB images only; use data.channels=3, or a timm model "
+            "(model=timm model.name=...) or model=vit, which take any number"
+        )
+    for key in ("mean", "std"):
+        if key in data and len(data[key]) != channels:
+            raise UserError(
+                f"data.{key}={list(data[key])} has {len(data[key])} value(s) for data.channels={channels}: "
+                f"give one per channel (or leave data.{key} to the data set or model, which follow data.channels)"
+            )
 
 
 def check_model_settings(cfg: DictConfig) -> None:

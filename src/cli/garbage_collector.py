@@ -18,7 +18,16 @@ import gc
 import sys
 
 # the commands whose `__main__` block is run_command (tests/cli/test_garbage_collector.py)
-COMMANDS = ("src.train", "src.eval", "src.predict", "src.export", "src.explain", "src.token_maps")
+COMMANDS = (
+    "src.train",
+    "src.eval",
+    "src.predict",
+    "src.export",
+    "src.explain",
+    "src.token_maps",
+    "src.serve",
+    "src.demo",
+)
 
 
 def started_as_command(argv: list[str]) -> bool:

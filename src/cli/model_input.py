@@ -1,6 +1,6 @@
 """The data settings a run gives its model, said in the run log: each value, whether it is the model's own (its
-pretrained weights' data config, conf/model/timm.yaml) or the config's, and a warning where pretrained weights meet
-another input than theirs."""
+pretrained weights' data config, conf/model/timm.yaml, or a transformers model's image processor, hf.yaml) or the
+config's, and a warning where pretrained weights meet another input than theirs."""
 
 import logging
 
@@ -21,9 +21,12 @@ def report_model_input(cfg: DictConfig) -> None:
     log.info("Model input: %s", ", ".join(f"data.{key}={values[key]} ({sources[key]})" for key in sources))
     if not (model.get("pretrained") or model.get("weights_path")):
         return
-    from src.models.timm_models import pretrained_input  # imported when used: it loads timm
+    if model.get("_target_") == "src.models.hf_models.hf_model":
+        from src.models.hf_models import processor_input as expected_input  # imported when used: transformers
+    else:
+        from src.models.timm_models import pretrained_input as expected_input  # imported when used: timm
 
-    expected = pretrained_input(model.name)
+    expected = expected_input(model.name)
     for key, source in sources.items():
         if source == "config" and not _same(values[key], expected[key]):
             log.warning(

@@ -11,7 +11,8 @@ import numpy as np
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from sklearn.model_selection import StratifiedKFold, train_test_split
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torchdata.stateful_dataloader import StatefulDataLoader
 
 from src.data.augment import check_augment, gpu_loader_refusal
 from src.data.gpu_loader import GPUBatches
@@ -82,14 +83,19 @@ def kfold_split(
 
 
 class ImageDataModule(TrainLoaderStateInDataModule, L.LightningDataModule):
-    """Subclasses set `style` (see transforms.py) and `native_size`, and fill the three data sets in setup().
-    `task`: multiclass (one class index per image) or multilabel (a multi-hot float vector per image)."""
+    """Subclasses set `style` (see transforms.py), `native_size` and `channel_counts`, and fill the three data
+    sets in setup(). `task`: multiclass (one class index per image) or multilabel (a multi-hot float vector per
+    image)."""
 
     style: str
     native_size: int | None = None
     task: str = "multiclass"
     # the 'cifar'/'digits' training crop's padding in pixels; None: image_size // 8 (at least 1); 0: no crop
     crop_padding: int | None = None
+    # the data.channels the data set can give (None: any): its images as they are stored, or converted by PIL
+    channel_counts: tuple[int, ...] | None = (3,)
+    # data.sampler's values (FileDataModule adds balanced); null, as older checkpoints have it, is default
+    samplers: tuple[str, ...] = ("default", "repeated")
 
     def __init__(
         self,
@@ -114,13 +120,18 @@ class ImageDataModule(TrainLoaderStateInDataModule, L.LightningDataModule):
         fold: int = 0,
         crop_pct: float = 0.875,
         preprocessing_from: dict | None = None,
+        channels: int = 3,
+        sampler: str | None = "default",
+        repeats: int = 3,
     ):
         """`augment`: the train-time policy of conf/augment/ (None: the data set's own crop/flip only).
         `folds`: k-fold cross-validation over train and val together, `fold` the one validated on (None: the
         data set's own train/val split). The test split is the same either way. `crop_pct`: the share of the
         image that photos' ('imagenet' style) evaluation keeps. `preprocessing_from`: which of image_size,
         interpolation, mean, std and crop_pct came from the model and which from the config (conf/model/timm.yaml),
-        kept for the checkpoint's preprocessing facts."""
+        kept for the checkpoint's preprocessing facts. `channels`: of the images the model gets (1: grey), one
+        mean and std per channel. `sampler`: how the training loader draws images (default: shuffled, each once
+        per epoch; repeated: timm's RepeatAugSampler, each drawn image `repeats` times)."""
         super().__init__()
         self.save_hyperparameters(logger=False)
         self.data_train: Dataset | None = None
@@ -180,7 +191,8 @@ class ImageDataModule(TrainLoaderStateInDataModule, L.LightningDataModule):
         h = self.hparams
         if h.loader != "auto":
             return h.loader
-        return "gpu" if self.fits_in_memory() and gpu_loader_refusal(h.augment) is None else "torch"
+        fits = self.fits_in_memory() and (h.sampler or "default") == "default"
+        return "gpu" if fits and gpu_loader_refusal(h.augment) is None else "torch"
 
     def _check_loader(self) -> None:
         # here, not in __init__: Hydra would wrap the error of a constructor in its own
@@ -190,6 +202,7 @@ class ImageDataModule(TrainLoaderStateInDataModule, L.LightningDataModule):
                 f"data.loader={h.loader} is unknown: use data.loader=torch (DataLoader), data.loader=gpu or "
                 "data.loader=auto (gpu where the data set and its augmentation allow it)"
             )
+        self.check_sampler()
         loader = self.loader_kind()
         if not 0 <= h.cutout < h.image_size:
             raise UserError(
@@ -199,6 +212,11 @@ class ImageDataModule(TrainLoaderStateInDataModule, L.LightningDataModule):
             raise UserError(
                 f"data.cutout={h.cutout} is applied by the GPU-resident loader only: add data.loader=gpu"
             )
+        if loader == "gpu" and (h.sampler or "default") != "default":
+            # the GPU-resident loader draws its own batches (and resumes mid-epoch through its own state)
+            raise UserError(
+                f"data.sampler={h.sampler} needs a DataLoader: use data.loader=torch (or auto), or data.sampler=default"
+            )
         if loader == "gpu" and (refusal := gpu_loader_refusal(h.augment)):
             raise UserError(refusal)
         if loader == "gpu" and not self.fits_in_memory():
@@ -206,6 +224,13 @@ class ImageDataModule(TrainLoaderStateInDataModule, L.LightningDataModule):
                 f"data.loader=gpu needs a data set that fits in memory as one uint8 tensor (cifar10, digits); "
                 f"{type(self).__name__} reads images of varying sizes from disk: use data.loader=torch"
             )
+
+    def check_sampler(self) -> None:
+        h = self.hparams
+        if (h.sampler or "default") not in self.samplers:
+            raise UserError(f"data.sampler={h.sampler} is unknown: use one of {', '.join(self.samplers)}")
+        if h.sampler == "repeated" and not (isinstance(h.repeats, int) and h.repeats >= 1):
+            raise UserError(f"data.repeats={h.repeats}: use a whole number of at least 1 (DeiT: 3)")
 
     def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader | GPUBatches:
         self._check_loader()
@@ -244,6 +269,12 @@ class ImageDataModule(TrainLoaderStateInDataModule, L.LightningDataModule):
         workers = h.num_workers > 0
         if shuffle:
             sampler = self.train_sampler(dataset)
+            if sampler is None and world_size > 1:
+                # the sampler Lightning would put in, made here: Lightning then keeps this loader, and with it the
+                # place in the epoch that checkpoints save, instead of building a new one
+                sampler = DistributedSampler(dataset, world_size, rank, shuffle=True, seed=h.seed)
+            if h.sampler == "repeated":  # each rank draws len(sampler) images (timm's rounding)
+                drop_last = len(sampler) % h.batch_size == 1
         elif world_size > 1:
             # DDP: each rank evaluates its own part of val/test and no image twice (Lightning's DistributedSampler
             # repeats images to even the parts out: the test metrics and the report would count them twice). A rank
@@ -252,7 +283,9 @@ class ImageDataModule(TrainLoaderStateInDataModule, L.LightningDataModule):
             sampler = UnrepeatedDistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=False)
         else:
             sampler = None
-        return DataLoader(
+        # training: torchdata's DataLoader keeps its place in the epoch (sampler and workers), so that a fit
+        # resumed from a mid-epoch checkpoint serves the rest of that epoch, not its first batches again
+        return (StatefulDataLoader if shuffle else DataLoader)(
             dataset,
             batch_size=h.batch_size,
             shuffle=shuffle and sampler is None,
@@ -266,8 +299,19 @@ class ImageDataModule(TrainLoaderStateInDataModule, L.LightningDataModule):
         )
 
     def train_sampler(self, dataset: Dataset) -> Sampler | None:
-        """The training loader's sampler (data.sampler=balanced, say); None: shuffle."""
-        return None
+        """The training loader's sampler; None (data.sampler=default): shuffle, which Lightning shards under DDP.
+        data.sampler=repeated: timm's RepeatAugSampler (DeiT's repeated augmentation) for this process's rank of
+        the trainer's world size. An epoch keeps its number of images (rounded down to a multiple of 256 where there
+        are more): a shuffled 1/repeats of the data, each image `repeats` times in a row, the copies dealt to
+        different ranks, so each rank augments its own. Its order is seeded by the epoch alone (as timm's and
+        DeiT's). It shards by itself: src.training.trainer keeps Lightning from sharding it again."""
+        h = self.hparams
+        if h.sampler != "repeated":
+            return None
+        from timm.data.distributed_sampler import RepeatAugSampler
+
+        rank, world_size = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+        return RepeatAugSampler(dataset, num_replicas=world_size, rank=rank, num_repeats=h.repeats)
 
     def train_dataloader(self) -> DataLoader | GPUBatches:
         if self.hparams.loader == "auto":  # say which one, as num_workers & co. only apply to the DataLoader

@@ -9,18 +9,19 @@ from torch.utils.data import TensorDataset
 from src.data.base import ImageDataModule, TransformedSubset, stratified_split
 
 
-def digit_images() -> tuple[torch.Tensor, np.ndarray, list[str]]:
-    """All the digits as (N x 3 x 8 x 8 uint8 images, their labels, the class names)."""
+def digit_images(channels: int = 3) -> tuple[torch.Tensor, np.ndarray, list[str]]:
+    """All the digits as (N x channels x 8 x 8 uint8 images, their labels, the class names)."""
     digits = load_digits()
-    # 0..16 grey levels -> uint8 RGB, so the same transforms as for photos apply
+    # 0..16 grey levels -> uint8 in `channels` channels (3: RGB), so the same transforms as for photos apply
     images = torch.from_numpy(digits.images * (255 / 16)).round().to(torch.uint8)
-    images = images.unsqueeze(1).expand(-1, 3, -1, -1).contiguous()
+    images = images.unsqueeze(1).expand(-1, channels, -1, -1).contiguous()
     return images, digits.target, [str(name) for name in digits.target_names]
 
 
 class DigitsDataModule(ImageDataModule):
     style = "digits"
     native_size = 8
+    channel_counts = None  # grey, repeated in as many channels as the model takes
 
     def __init__(self, val_size: int, test_size: int, **kwargs):
         super().__init__(**kwargs)
@@ -37,7 +38,7 @@ class DigitsDataModule(ImageDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.data_train is not None:
             return
-        images, labels, self.class_names = digit_images()
+        images, labels, self.class_names = digit_images(self.hparams.channels)
         full = TensorDataset(images, torch.from_numpy(labels))
         train, val, test = self.split_digits(labels)
         self.data_train = TransformedSubset(full, train, self.transform(train=True))

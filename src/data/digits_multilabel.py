@@ -65,7 +65,7 @@ class DigitsMultilabelDataModule(DigitsDataModule):
             raise UserError(
                 f"data.digits_per_image={list(per_image)} must list numbers of digits from 1 to {CELLS * CELLS}"
             )
-        images, labels, self.class_names = digit_images()
+        images, labels, self.class_names = digit_images(h.channels)
         splits = zip(("train", "val", "test"), self.split_digits(labels), strict=True)
         for number, (split, indices) in enumerate(splits):
             canvases, targets = compose_canvases(

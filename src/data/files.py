@@ -1,4 +1,4 @@
-"""Image files on disk: reading one as RGB (shared by the folder/CSV data sets and src.predict), and the one
+"""Image files on disk: reading one as RGB or grey (shared by the folder/CSV data sets and src.predict), and the one
 scan at setup that finds what cannot be read, so that no epoch meets a bad file."""
 
 import logging
@@ -7,6 +7,7 @@ from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import BinaryIO
 
 from PIL import Image, ImageOps
 
@@ -18,14 +19,19 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".
 READ_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
-def open_rgb(path: str | Path) -> Image.Image:
-    """The image at `path`, decoded, upright and RGB, whatever its mode (grey, RGBA, palette, 16-bit).
-    Raises one of READ_ERRORS for a file that is no readable image."""
+def open_image(path: str | Path | BinaryIO, mode: str = "RGB") -> Image.Image:
+    """The image at `path`, decoded, upright and in `mode` ("RGB", or "L": grey), whatever its own (grey, RGBA,
+    palette, 16-bit). Raises one of READ_ERRORS for a file that is no readable image."""
     with Image.open(path) as image:
         image = ImageOps.exif_transpose(image)  # photos are stored sideways with an EXIF rotation
         if image.mode.startswith("I"):  # 16-bit greys: to 8 bits, not clipped at 255 by convert()
             image = image.convert("I").point(lambda value: value / 257).convert("L")
-        return image.convert("RGB")  # convert() decodes the pixels: truncated files fail here, not later
+        return image.convert(mode)  # convert() decodes the pixels: truncated files fail here, not later
+
+
+def image_mode(channels: int) -> str:
+    """The PIL mode images are read in for a model of `channels` input channels (1: grey, 3: RGB)."""
+    return "L" if channels == 1 else "RGB"
 
 
 def is_hidden(relative: Path) -> bool:
@@ -33,8 +39,8 @@ def is_hidden(relative: Path) -> bool:
     return any(part.startswith(".") for part in relative.parts)
 
 
-def _check(path: str) -> str | None:
-    """Why `path` cannot be trained on, or None. Decodes the whole file (a truncated one fails only there);
+def _check(path: str | BinaryIO) -> str | None:
+    """Why `path` (a file name, or the bytes of a file) cannot be trained on, or None. Decodes the whole file (a truncated one fails only there);
     JPEGs at 1/8 scale (PIL's draft mode: the same bytes are read, an eighth of the pixels computed)."""
     try:
         with Image.open(path) as image:
@@ -46,12 +52,18 @@ def _check(path: str) -> str | None:
     return None
 
 
-def unreadable(paths: Sequence[str], threads: int | None = None) -> dict[str, str]:
-    """{path: reason} for the files that are no readable image. Threads: Pillow decodes without the GIL."""
+def unreadable_reasons(sources: Sequence[str | BinaryIO], threads: int | None = None) -> list[str | None]:
+    """For each file (a name, or its bytes), why it is no readable image, or None. Threads: Pillow decodes
+    without the GIL."""
     threads = threads or min(32, (os.cpu_count() or 1) * 2)
     with ThreadPoolExecutor(threads) as pool:
-        reasons = pool.map(_check, paths, chunksize=64)
-        return {path: reason for path, reason in zip(paths, reasons, strict=True) if reason}
+        return list(pool.map(_check, sources, chunksize=64))
+
+
+def unreadable(paths: Sequence[str], threads: int | None = None) -> dict[str, str]:
+    """{path: reason} for the files that are no readable image."""
+    reasons = unreadable_reasons(paths, threads)
+    return {path: reason for path, reason in zip(paths, reasons, strict=True) if reason}
 
 
 def warn_skipped(skipped: dict[str, str], total: int, where: str, shown: int = 5) -> None:

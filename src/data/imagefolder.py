@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import Dataset, WeightedRandomSampler
 
 from src.data.base import ImageDataModule, TransformedSubset, stratified_split
-from src.data.files import IMAGE_EXTENSIONS, is_hidden, open_rgb, unreadable, warn_skipped
+from src.data.files import IMAGE_EXTENSIONS, image_mode, is_hidden, open_image, unreadable, warn_skipped
 from src.errors import UserError
 
 SPLITS = ("train", "val", "test")
@@ -56,17 +56,22 @@ class ImageFiles(Dataset):
     """Image files and their labels; `targets` as in torchvision's data sets (no file is read to count them):
     class indices, or (multi-label) rows of 0/1 floats."""
 
-    def __init__(self, files: list[str], targets):
+    def __init__(self, files: list[str], targets, mode: str = "RGB"):
         # numpy arrays, not lists of str: forked loader workers then share them instead of copying them page by
         # page as Python's reference counts are touched (PyTorch issue #13246)
-        self.files, self.targets = np.array(files), np.asarray(targets)
+        self.files, self.targets, self.mode = np.array(files), np.asarray(targets), mode
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, i: int):
         target = self.targets[i]
-        return open_rgb(self.files[i]), torch.from_numpy(target) if target.ndim else int(target)
+        return open_image(self.files[i], self.mode), torch.from_numpy(target) if target.ndim else int(target)
+
+    def encoded(self, i: int) -> tuple[bytes, str]:
+        """The file's own bytes and extension (what src.shards stores)."""
+        path = Path(self.files[i])
+        return path.read_bytes(), path.suffix.lstrip(".").lower()
 
 
 def _expand(path: str | Path) -> Path:
@@ -248,12 +253,15 @@ class FileDataModule(ImageDataModule):
     """Images read from files listed by `scan()` (a folder, a CSV manifest); `style` picks the augmentation
     recipe of transforms.py ('imagenet' for photos; 'digits'/'cifar' for small images of one size)."""
 
+    channel_counts = (1, 3)  # read as grey (PIL's mode "L") or RGB
+    # balanced: each class drawn equally often (EpochSeededSampler)
+    samplers = (*ImageDataModule.samplers, "balanced")
+
     def __init__(
         self,
         val_size: float = 0.1,
         test_size: float = 0.1,
         style: str = "imagenet",
-        sampler: str | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -263,6 +271,11 @@ class FileDataModule(ImageDataModule):
 
     def scan(self) -> Index:
         raise NotImplementedError
+
+    def dataset(self, index: Index, labels: np.ndarray) -> Dataset:
+        """The images the scan listed, as (PIL image, label) pairs in the order of index.files; `labels`: as
+        label_array gives them."""
+        return ImageFiles(index.files, labels, image_mode(self.hparams.channels))
 
     def assign_splits(self, index: Index) -> dict[str, np.ndarray]:
         h = self.hparams
@@ -286,10 +299,7 @@ class FileDataModule(ImageDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.data_train is not None:
             return
-        if self.hparams.sampler not in (None, "balanced"):
-            raise UserError(
-                f"data.sampler={self.hparams.sampler} is unknown: use data.sampler=balanced or null"
-            )
+        self.check_sampler()  # before the scan of a large folder
         trainer = self.trainer
         if trainer is not None and trainer.world_size > 1:
             # DDP: rank 0 scans (once, not once per rank: a folder of 100 000 files is read once) and sends the
@@ -311,8 +321,10 @@ class FileDataModule(ImageDataModule):
             raise UserError(f"data.style={self.style}: {err}") from None
         self.class_names = index.class_names
         labels = self.label_array(index)
-        full = ImageFiles(index.files, labels)
-        if self.task == "multilabel" and (self.hparams.folds is not None or self.hparams.sampler is not None):
+        full = self.dataset(index, labels)
+        if self.task == "multilabel" and (
+            self.hparams.folds is not None or self.hparams.sampler not in (None, "default")
+        ):
             raise UserError(
                 "data.folds and data.sampler split and draw single-label data only: leave them null"
             )
@@ -329,7 +341,7 @@ class FileDataModule(ImageDataModule):
 
     def train_sampler(self, dataset: TransformedSubset) -> WeightedRandomSampler | None:
         if self.hparams.sampler != "balanced":
-            return None
+            return super().train_sampler(dataset)
         labels = dataset.dataset.targets[dataset.indices]
         weights = 1.0 / np.bincount(labels)[labels]  # each class drawn equally often, in expectation
         return EpochSeededSampler(weights, len(labels), self.hparams.seed, self._epoch)

@@ -10,7 +10,7 @@ from collections.abc import Callable
 import numpy as np
 from PIL import Image
 
-FACT_KEYS = ("image_size", "mean", "std", "interpolation", "style", "native_size", "crop_pct")
+FACT_KEYS = ("image_size", "mean", "std", "interpolation", "style", "native_size", "crop_pct", "channels")
 
 
 def preprocessing_facts(datamodule) -> dict:
@@ -24,6 +24,7 @@ def preprocessing_facts(datamodule) -> dict:
         "style": datamodule.style,
         "native_size": datamodule.native_size,
         "crop_pct": float(h.get("crop_pct", 0.875)),
+        "channels": int(h.get("channels", 3)),
         # model (its pretrained weights' data config) or config, per setting; absent for a model without one
         **({"from": dict(h.preprocessing_from)} if h.get("preprocessing_from") else {}),
     }
@@ -32,7 +33,7 @@ def preprocessing_facts(datamodule) -> dict:
 def torch_eval_transform(facts: dict):
     """The data set's eval transform (src.data.transforms), preceded for small fixed-size data sets (CIFAR,
     digits) by bringing any photo to their native size first (shorter side, then a centre crop), as the
-    training images were."""
+    training images were. Images come as RGB; a grey model's (channels 1) are converted as PIL reads grey."""
     from torchvision.transforms import v2
 
     from src.data.transforms import build_transforms
@@ -51,6 +52,10 @@ def torch_eval_transform(facts: dict):
     if f["native_size"]:
         size = f["native_size"]
         transform = v2.Compose([v2.Resize(size, antialias=True), v2.CenterCrop(size), transform])
+    channels = f.get("channels", 3)  # absent from checkpoints before it was a setting: RGB
+    if channels != 3:  # grey; N channels (data=digits) repeat it
+        repeat = [] if channels == 1 else [v2.Lambda(lambda x: x.expand(channels, -1, -1))]
+        transform = v2.Compose([v2.Grayscale(1), transform, *repeat])
     return transform
 
 
@@ -76,7 +81,9 @@ def _center_crop(image: Image.Image, size: int) -> Image.Image:
 
 
 def numpy_eval_transform(facts: dict) -> Callable[[Image.Image], np.ndarray]:
-    """torch_eval_transform with Pillow and NumPy: RGB image -> normalised float32 (C, H, W). Resizing is
+    """torch_eval_transform with Pillow and NumPy: image -> normalised float32 (C, H, W), C the model's
+    channels (an RGB image is converted to grey with PIL's mode "L" for a model of other than 3 channels, and
+    repeated in each of N: data=digits gives its grey digits any number of channels). Resizing is
     Pillow's antialiased filter, which torchvision's antialiased tensor resize reproduces to within about one
     grey level, so probabilities agree to about 1e-3 and the ranking of classes as a rule."""
     f = facts
@@ -87,14 +94,21 @@ def numpy_eval_transform(facts: dict) -> Callable[[Image.Image], np.ndarray]:
     mean = np.asarray(f["mean"], dtype=np.float32).reshape(-1, 1, 1)
     std = np.asarray(f["std"], dtype=np.float32).reshape(-1, 1, 1)
 
+    channels = f.get("channels", 3)
+    mode = "RGB" if channels == 3 else "L"
+
     def transform(image: Image.Image) -> np.ndarray:
+        if image.mode != mode:
+            image = image.convert(mode)
         if native:
             image = _center_crop(_resize_short_side(image, native, Image.Resampling.BILINEAR), native)
         if f["style"] == "imagenet":
             image = _center_crop(_resize_short_side(image, int(round(size / crop_pct)), resample), size)
         elif native != size:
             image = image.resize((size, size), resample)
-        pixels = np.asarray(image, dtype=np.float32).transpose(2, 0, 1) / 255.0
+        pixels = np.atleast_3d(np.asarray(image, dtype=np.float32)).transpose(2, 0, 1) / 255.0
+        if len(pixels) != channels:
+            pixels = np.repeat(pixels, channels, axis=0)
         return (pixels - mean) / std
 
     return transform

@@ -218,6 +218,15 @@ def hub_folder_classifier(path: Path, device, tta: str = "none") -> Classifier:
     )
 
 
+def load_classifier(path: Path, device: str | None = None, tta: str = "none") -> Classifier:
+    """The classifier of a checkpoint, an exported .onnx file or a Hub folder (src.export format=hf), by its path."""
+    if path.suffix == ".onnx":
+        return onnx_classifier(path, tta)
+    if path.is_dir():
+        return hub_folder_classifier(path, pick_device(device), tta)
+    return torch_classifier(path, pick_device(device), tta)
+
+
 def checkpoint_facts(model) -> dict:
     """The preprocessing facts of a loaded checkpoint's data config (building the DataModule reads no files)."""
     from hydra.utils import instantiate

@@ -11,7 +11,7 @@ from PIL import Image
 from rich.table import Table
 from rich.text import Text
 
-from src.data.files import READ_ERRORS, open_rgb
+from src.data.files import READ_ERRORS, open_image
 from src.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ def expand_inputs(inputs: str | list[str]) -> list[Path]:
 
 def load_image(path: Path) -> Image.Image | None:
     try:
-        return open_rgb(path)  # as the training images were read (data=imagefolder, data=csv)
+        return open_image(path)  # RGB; the eval transform converts to the model's channels (preprocessing.py)
     except READ_ERRORS as err:
         log.warning("skipped %s: not a readable image (%s)", path, err)
         return None

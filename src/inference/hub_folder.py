@@ -34,7 +34,7 @@ def timm_data_config(facts: dict) -> dict:
     centre; the others resize to the size (crop_pct 1)."""
     size = facts["image_size"]
     return {
-        "input_size": (3, size, size),
+        "input_size": (facts.get("channels", 3), size, size),
         "interpolation": facts["interpolation"],
         "mean": tuple(facts["mean"]),
         "std": tuple(facts["std"]),

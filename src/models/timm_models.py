@@ -97,7 +97,7 @@ def create_timm_model(
 # arguments the config always passes, which models without a fixed input size do not take
 _INPUT_SIZE_ARGUMENTS = {"img_size"}
 # config keys of the arguments named after other settings
-_ARGUMENT_KEYS = {"img_size": "data.image_size"}
+_ARGUMENT_KEYS = {"img_size": "data.image_size", "in_chans": "data.channels"}
 
 
 INPUT_KEYS = ("image_size", "interpolation", "mean", "std", "crop_pct")
@@ -127,6 +127,7 @@ def timm_model(
     drop_path_rate: float | None = None,
     patch_size: int | None = None,
     grad_checkpointing: bool = False,
+    in_chans: int = 3,
 ) -> nn.Module:
     """Any model timm lists, by `name`, classifying `num_classes`. The arguments only some families take are
     passed when set (None: the family's own): `img_size` to models built for one input size (ViT, Swin, EVA:
@@ -135,10 +136,15 @@ def timm_model(
     `head`: 'linear' (timm's) or 'keras_mlp' (the CIFAR-10 notebook's 256-256 MLP on the classifier's input). A
     distilled DeiT keeps both of its heads and returns their average (timm's behaviour unless
     `distilled_training` is set), so the label trains both heads through the average, and eval averages too.
-    `grad_checkpointing`: timm's activation checkpointing (less memory, a second forward per step)."""
+    `grad_checkpointing`: timm's activation checkpointing (less memory, a second forward per step).
+    `in_chans`: the images' channels; timm adapts pretrained weights' first layer (summed for 1, repeated for N)."""
     if head not in ("linear", "keras_mlp"):
         raise ValueError(f"head={head!r} is not a head; use 'linear' or 'keras_mlp'")
     optional = {"img_size": img_size, "drop_path_rate": drop_path_rate, "patch_size": patch_size}
+    if (
+        in_chans != 3
+    ):  # timm's default: a model that takes no in_chans fails only where the images are not RGB
+        optional["in_chans"] = in_chans
     kwargs = {key: value for key, value in optional.items() if value is not None}
     while True:
         try:
@@ -154,8 +160,13 @@ def timm_model(
                 del kwargs[taken[2]]
                 continue
             key = _ARGUMENT_KEYS.get(taken[2], f"model.{taken[2]}")
+            fix = (
+                "it takes RGB images only: data.channels=3"
+                if key == "data.channels"
+                else "leave it out (null)"
+            )
             raise UserError(
-                f"{key}={kwargs[taken[2]]}: {name} ({taken[1]}) takes no {taken[2]}; leave it out (null)"
+                f"{key}={kwargs[taken[2]]}: {name} ({taken[1]}) takes no {taken[2]}; {fix}"
             ) from None
         except (ValueError, AssertionError, RuntimeError, KeyError, NotImplementedError) as err:
             settings = ", ".join(f"{_ARGUMENT_KEYS.get(k, 'model.' + k)}={v}" for k, v in kwargs.items())

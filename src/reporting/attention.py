@@ -1,12 +1,15 @@
 """Heat-map overlays (src/inference/attention_maps.py) as figures: one image with its map, a grid of them, and the test report's
 attention.png (the most confidently wrong test images and a few right ones, each with where the model looked)."""
 
+import io
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from matplotlib import colormaps
 from matplotlib.figure import Figure
+from PIL import Image
 
 from src.inference import attention_maps as maps
 from src.reporting.artefacts import displayable, image_grid
@@ -15,6 +18,22 @@ from src.reporting.artefacts import displayable, image_grid
 NUM_RIGHT = 4
 # the heat map's weight over the image
 HEAT_ALPHA = 0.45
+
+
+def blend(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """An (H, W, 3) image in [0, 1] under its (H, W) map in [0, 1]: jet, HEAT_ALPHA opaque."""
+    return ((1 - HEAT_ALPHA) * image + HEAT_ALPHA * colormaps["jet"](mask)[..., :3]).clip(0, 1)
+
+
+def overlay_png(
+    image: torch.Tensor, heat: torch.Tensor, mean: Sequence[float], std: Sequence[float]
+) -> bytes:
+    """One normalised (C, H, W) image under its (H, W) map as PNG bytes, at the model's input size (the demo page's
+    overlay: a picture without a figure around it)."""
+    pixels = blend(displayable(image[None], mean, std)[0], heat.numpy())
+    out = io.BytesIO()
+    Image.fromarray((pixels * 255).round().astype(np.uint8)).save(out, format="PNG")
+    return out.getvalue()
 
 
 def plot_overlays(
@@ -29,11 +48,9 @@ def plot_overlays(
 ) -> Figure:
     """Normalised (N, C, H, W) images, each under its (N, H, W) map in [0, 1] (jet, half transparent)."""
     fig, axes = image_grid(len(images), cols)
-    jet = colormaps["jet"]
     for ax, image, mask, text in zip(axes.flat, displayable(images, mean, std), heat, titles, strict=False):
         # blended here, one picture per panel: two layers with alpha took matplotlib twice as long to draw
-        blended = (1 - HEAT_ALPHA) * image + HEAT_ALPHA * jet(mask.numpy())[..., :3]
-        ax.imshow(blended.clip(0, 1), interpolation="nearest")
+        ax.imshow(blend(image, mask.numpy()), interpolation="nearest")
         ax.set_title(text, fontsize=9)
     if len(images) == 0:
         axes[0, 0].text(0.5, 0.5, "no images", ha="center", va="center")

@@ -22,6 +22,7 @@ from torch.utils.tensorboard.summary import hparams as hparams_summary
 
 from src.reporting.callback import ReportCallback
 from src.reporting.run_metrics import headline_metrics, parameter_counts
+from src.training.optimizers import effective_batch_size
 
 # config groups whose option is a hyper-parameter, where the config has them (augment, mixup, ema and distill
 # exist only in some versions of conf/)
@@ -186,11 +187,6 @@ def _loggable(value):
     if isinstance(value, DictConfig | ListConfig):
         return json.dumps(OmegaConf.to_container(value, resolve=True))
     return value
-
-
-def effective_batch_size(trainer: L.Trainer, batch_size: int) -> int:
-    """Images per optimizer step: per device x devices x nodes x accumulated batches."""
-    return batch_size * trainer.num_devices * trainer.num_nodes * trainer.accumulate_grad_batches
 
 
 def log_hyperparameters(

@@ -20,6 +20,7 @@ ALLOWED_TARGETS = {
             "src.models.timm_models.timm_model",
             "src.models.timm_models.vision_transformer",
             "src.models.keras_cnn.KerasCNN",
+            "src.models.hf_models.hf_model",
             "timm.create_model",
         }
     ),
@@ -29,8 +30,10 @@ ALLOWED_TARGETS = {
             "src.data.digits.DigitsDataModule",
             "src.data.digits_multilabel.DigitsMultilabelDataModule",
             "src.data.flowers102.Flowers102DataModule",
+            "src.data.hf.HFDataModule",
             "src.data.imagefolder.ImageFolderDataModule",
             "src.data.manifest.CSVDataModule",
+            "src.data.shards.ShardsDataModule",
         }
     ),
     # torch's optimizers that a step without a closure drives
@@ -95,7 +98,8 @@ HYDRA_KEYS = {
 # keys src.training.module takes out of the backbone's and the optimizer's configs before building them
 MODULE_KEYS = {
     "backbone": frozenset({"compile", "channels_last"}),
-    "optimizer": frozenset({"layer_decay"}),  # the parameter groups' setting (src.training.freezing)
+    # the parameter groups' setting (src.training.freezing); the lr's scaling with the global batch
+    "optimizer": frozenset({"layer_decay", "lr_scale", "lr_base_size"}),
 }
 # the arguments of targets that take **kwargs (timm passes them to the model class), instead of their signature:
 # timm.create_model's named ones include files and hub configs to load (checkpoint_path, pretrained_cfg_overlay)

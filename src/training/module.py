@@ -4,6 +4,7 @@ It receives the backbone, optimizer and scheduler as configs (`_recursive_: fals
 so a checkpoint alone rebuilds the model: `ClassifierModule.load_from_checkpoint(path)` needs no config.
 """
 
+import logging
 from pathlib import Path
 
 import lightning as L
@@ -29,12 +30,15 @@ from src.training.freezing import (
     frozen_batchnorm_to_eval,
     optimizer_param_groups,
 )
+from src.training.optimizers import effective_batch_size, scaled_lr
 from src.training.schedulers import build_lr_scheduler
 from src.upstream_fixes.lightning import (
     MetricsLoggedOncePerEpoch,
     logger_writes_this_step,
     progress_bar_value,
 )
+
+log = logging.getLogger(__name__)
 
 
 def _plain(config):
@@ -341,7 +345,7 @@ class ClassifierModule(L.LightningModule):
             checkpoint["hyper_parameters"]["backbone"] = {
                 **backbone,
                 "pretrained": False,
-                "weights_path": None,
+                **({"weights_path": None} if "weights_path" in backbone else {}),  # model=hf has none
             }
 
         if checkpoint["hyper_parameters"].get(
@@ -366,6 +370,11 @@ class ClassifierModule(L.LightningModule):
 
     def configure_optimizers(self):
         optimizer_cfg = dict(self.hparams.optimizer)
+        optimizer_cfg["lr"] = self._batch_scaled_lr(
+            optimizer_cfg["lr"],
+            optimizer_cfg.pop("lr_scale", "none"),
+            optimizer_cfg.pop("lr_base_size", None),
+        )
         groups = optimizer_param_groups(
             self.backbone,
             optimizer_cfg.get("weight_decay", 0.0),
@@ -386,6 +395,21 @@ class ClassifierModule(L.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": self.hparams.scheduler["interval"]},
         }
+
+    def _batch_scaled_lr(self, lr: float, lr_scale: str, lr_base_size: int | None) -> float:
+        """optimizer.lr, or with optimizer.lr_scale=linear|sqrt the lr of this run's global batch (timm's rule,
+        src/training/optimizers.py), which the run log states."""
+        if lr_scale == "none":
+            return lr
+        batch = effective_batch_size(self.trainer, self.hparams.data["batch_size"])
+        scaled = scaled_lr(lr, lr_scale, lr_base_size, batch)
+        if self.trainer.is_global_zero:
+            log.info(
+                "optimizer.lr_scale=%s: lr %.4g for a global batch of %d (optimizer.lr=%.4g at optimizer.lr_base_size="
+                "%d; batch_size x devices x nodes x accumulate_grad_batches)",
+                lr_scale, scaled, batch, lr, lr_base_size,
+            )  # fmt: skip
+        return scaled
 
     def _fused_kernel_choice(self) -> dict:
         """optimizer.fused, when the optimizer has the setting: null picks torch's fused kernel when the weights

@@ -1,13 +1,30 @@
-"""The optimizer's side of fine-tuning recipes: layer-wise learning-rate decay over timm's layer order, and any
-optimizer timm registers, by name (conf/optimizer/timm.yaml)."""
+"""The optimizer's side of training recipes: the lr scaled with the global batch, layer-wise learning-rate decay over
+timm's layer order, and any optimizer timm registers, by name (conf/optimizer/timm.yaml)."""
 
 import difflib
 import inspect
+import math
 from collections.abc import Collection
 
 from torch import nn
 
 from src.errors import UserError
+
+# optimizer.lr_scale: how the lr follows the global batch (timm's train.py, --lr-base-scale)
+LR_SCALES = {"none": lambda ratio: 1.0, "linear": lambda ratio: ratio, "sqrt": math.sqrt}
+
+
+def effective_batch_size(trainer, batch_size: int) -> int:
+    """Images per optimizer step (the global batch): data.batch_size per device x devices x nodes x accumulated
+    batches."""
+    return batch_size * trainer.num_devices * trainer.num_nodes * trainer.accumulate_grad_batches
+
+
+def scaled_lr(lr: float, lr_scale: str, lr_base_size: int, global_batch: int) -> float:
+    """timm's rule (train.py: --lr-base, --lr-base-size, --lr-base-scale): with lr_scale=linear, `lr` is the lr of a
+    global batch of `lr_base_size` images, and a global batch of B trains at lr x B / lr_base_size (Goyal et al.
+    2017); sqrt: lr x sqrt(B / lr_base_size), the rule timm picks for the adaptive optimizers; none: `lr` as it is."""
+    return lr * LR_SCALES[lr_scale](global_batch / lr_base_size)
 
 
 def layer_decay_param_groups(

@@ -5,6 +5,8 @@ import lightning as L
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.accelerators import CPUAccelerator
+from lightning.pytorch.strategies import ParallelStrategy
 from omegaconf import DictConfig
 
 from src.cli.checks import needing_no_logger
@@ -22,8 +24,12 @@ def build_trainer(cfg: DictConfig, *callbacks: L.Callback, **settings) -> L.Trai
     loggers = instantiate_loggers(cfg.get("logger"))
     configured = needing_no_logger(instantiate_group(cfg.get("callbacks")), loggers)
     built = {"callbacks": [*configured, *callbacks, WorldSizeCheck(), RequeueAtBatchEnd()], "logger": loggers}
+    if (cfg.get("data") or {}).get("sampler") == "repeated":
+        # timm's RepeatAugSampler shards the training images by itself (data/base.py): Lightning would wrap it in its
+        # DistributedSamplerWrapper and shard each rank's share again. The val and test loaders shard themselves
+        built["use_distributed_sampler"] = False
     try:
-        return instantiate(cfg.trainer, **(built | settings))
+        trainer = instantiate(cfg.trainer, **(built | settings))
     except InstantiationException as err:
         # Lightning's own check of the trainer settings (no GPU for accelerator=gpu, more devices than there are)
         if not isinstance(err.__cause__, MisconfigurationException):
@@ -32,3 +38,12 @@ def build_trainer(cfg: DictConfig, *callbacks: L.Callback, **settings) -> L.Trai
         raise UserError(
             f"{chosen}: {str(err.__cause__).rstrip('.!')}. Pick what this machine has (trainer.accelerator=auto uses it)"
         ) from err
+    distributed = isinstance(trainer.strategy, ParallelStrategy)
+    if cfg.trainer.get("sync_batchnorm") and distributed and isinstance(trainer.accelerator, CPUAccelerator):
+        # torch's SyncBatchNorm refuses CPU tensors in training ("expected input tensor to be on GPU or XPU"), on any
+        # number of DDP ranks: the fit would stop at its first batch
+        raise UserError(
+            "trainer.sync_batchnorm=true needs GPUs (torch's SyncBatchNorm runs on CUDA or XPU only): on CPU, set "
+            "trainer.sync_batchnorm=false (each rank then keeps its own BatchNorm statistics)"
+        )
+    return trainer

@@ -29,7 +29,11 @@ GROUP_OPTIONS = [
 # options with a value the user must give (???)
 REQUIRED = {"freeze=until": ["freeze.layer=blocks.6"], "freeze=first_n_blocks": ["freeze.num_blocks=2"]}
 # options that read your own images: where (the fixture digits_png writes them)
-OWN_IMAGES = {"data=imagefolder": "data.data_dir={}", "data=csv": "data.csv_path={}/labels.csv"}
+OWN_IMAGES = {
+    "data=imagefolder": "data.data_dir={}",
+    "data=csv": "data.csv_path={}/labels.csv",
+    "data=hf": "data.name={}",
+}
 
 
 @pytest.mark.parametrize(("group", "option"), GROUP_OPTIONS, ids=[f"{g}={o}" for g, o in GROUP_OPTIONS])
@@ -38,6 +42,13 @@ def test_every_option_composes_and_instantiates(group, option, tmp_path, request
     required = REQUIRED.get(choice, [])
     if choice in OWN_IMAGES:  # the number of classes is counted from real files
         required = [OWN_IMAGES[choice].format(request.getfixturevalue("digits_png") / "digits_png")]
+    if choice == "data=shards":  # a manifest as src.shards writes it
+        (tmp_path / "shards.json").write_text(
+            '{"class_names": ["a", "b"], "samples": {"train": [["t.tar", 0, 1, 0]]}}'
+        )
+        required = [f"data.path={tmp_path}"]
+    if choice == "model=hf":  # a folder written by save_pretrained (no Hub here)
+        required = [f"model.name={request.getfixturevalue('hf_vit_folder')}"]
     cfg = compose_config("train", [choice, *required], tmp_path)
     if (
         choice == "trainer=fsdp" and not torch.cuda.is_available()

@@ -19,7 +19,7 @@ import yaml
 from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
 from PIL import Image
 
-from src.data.files import open_rgb
+from src.data.files import open_image
 from src.data.imagefolder import SPLITS, EpochSeededSampler, ImageFolderDataModule
 from src.data.manifest import CSVDataModule
 from src.errors import UserError
@@ -98,8 +98,8 @@ def test_class_folders_read_every_image_kind_and_skip_bad_files_with_one_warning
         for i in range(len(dataset)):
             image, label = dataset[i]
             assert image.shape == (3, 16, 16) and image.dtype == torch.float32 and 0 <= label < 3
-    assert open_rgb(odd["rotated.jpg"]).size == (10, 20)  # EXIF applied: 20 x 10 stored, upright 10 x 20
-    assert open_rgb(odd["grey16.tif"]).getpixel((0, 0))[0] == np.asarray(Image.open(odd["grey.png"]))[0, 0]
+    assert open_image(odd["rotated.jpg"]).size == (10, 20)  # EXIF applied: 20 x 10 stored, upright 10 x 20
+    assert open_image(odd["grey16.tif"]).getpixel((0, 0))[0] == np.asarray(Image.open(odd["grey.png"]))[0, 0]
 
 
 def test_split_folders_keep_class_order_and_carve_a_missing_split(tmp_path):
@@ -192,7 +192,7 @@ def test_unknown_style_or_sampler_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="data.style=photo: unknown augmentation style 'photo'"):
         folder_module(tmp_path, num_classes=2, style="photo")
     with pytest.raises(
-        UserError, match="data.sampler=weighted is unknown: use data.sampler=balanced or null"
+        UserError, match="data.sampler=weighted is unknown: use one of default, repeated, balanced"
     ):
         folder_module(tmp_path, num_classes=2, sampler="weighted")
 

@@ -49,7 +49,9 @@ EXCEPTIONS = {
 }
 # entry points that are no Hydra app and whose placeholders need files of their own (tests/models/test_token_learner.py,
 # tests/inference/test_export.py run them): asked for --help
-HELP_ONLY = ("src.token_maps", "src.bench.predict")
+HELP_ONLY = ("src.token_maps", "src.bench.predict", "src.bench.serve")
+# servers answer until stopped: composed here; tests/serving starts them (and src.bench.serve)
+SERVERS = ("src.serve", "src.demo")
 
 
 def page_commands(page: Path) -> list[str]:
@@ -98,6 +100,8 @@ def plan(command: str) -> str:
     entry, *args = shlex.split(command)
     if command in EXCEPTIONS:
         return EXCEPTIONS[command]
+    if entry in SERVERS:
+        return "compose"
     if not hydra_app(entry):
         return "full" if any("<" in a for a in args) and entry not in HELP_ONLY else "help"
     if COVERED_ELSEWHERE.search(command):

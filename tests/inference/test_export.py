@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import src.export
+from src.errors import UserError
 from src.export import compare, export, export_onnx, export_torchscript
 from src.models.keras_cnn import KerasCNN
 from src.models.timm_models import vision_transformer
@@ -98,7 +99,8 @@ def test_export_writes_the_preprocessing_and_class_names(exported):
     assert meta["class_names"] == [str(d) for d in range(10)]
     assert meta | {"class_names": None} == {
         "image_size": 16, "mean": [0.3051] * 3, "std": [0.382] * 3, "interpolation": "bilinear",
-        "style": "digits", "native_size": 8, "crop_pct": 0.875, "class_names": None, "temperature": 1.0,
+        "style": "digits", "native_size": 8, "crop_pct": 0.875, "channels": 3, "class_names": None,
+        "temperature": 1.0,
     }  # fmt: skip
 
 
@@ -167,6 +169,25 @@ def error_lines(capsys, cfg) -> list[str]:
         export(cfg)
     assert exit_info.value.code == 2
     return capsys.readouterr().err.strip().splitlines()
+
+
+def test_a_model_onnx_cannot_write_at_its_size_is_one_error_line_naming_the_fix(tmp_path):
+    # VGG's classifier pools its last feature map (1x1 at 32 px) up to 7x7, which ONNX has no operator for
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3, stride=32),
+        torch.nn.AdaptiveAvgPool2d(7),
+        torch.nn.Flatten(),
+        torch.nn.Linear(196, 10),
+    ).eval()
+    with pytest.raises(UserError) as raised:
+        export_onnx(model, torch.randn(2, 3, 32, 32), tmp_path / "model.onnx", 17, "{}")
+    line = str(raised.value)
+    assert line.startswith(
+        "format=onnx: torch's ONNX exporter cannot write this model (Unsupported: ONNX export of operator "
+        "adaptive_avg_pool2d, output size that are not factor of input size); at data.image_size=32 "
+    )
+    assert line.endswith("export with format=torchscript or format=hf instead") and "\n" not in line
+    assert not (tmp_path / "model.onnx").exists()
 
 
 def test_a_wrong_opset_and_a_file_that_is_no_checkpoint_are_one_error_line(tiny_checkpoint, tmp_path, capsys):

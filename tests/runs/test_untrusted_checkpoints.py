@@ -183,23 +183,27 @@ OPTIONS = [f"{group}={path.stem}" for group in ("model", "data", "optimizer", "s
            "experiment") for path in sorted((CONF / group).glob("*.yaml"))]  # fmt: skip
 # values the options leave to the user (???) or count from data on disk
 FILLED = {"data=imagefolder": ["data.num_classes=3"], "data=csv": ["data.num_classes=3", "data.csv_path=x.csv"],
+          "data=hf": ["data.num_classes=3", "data.name=x"], "data=shards": ["data.num_classes=3", "data.path=x"],
           "experiment=quickstart_imagefolder": ["data.num_classes=3"], "experiment=quickstart_csv":
           ["data.num_classes=3"], "freeze=first_n_blocks": ["freeze.num_blocks=1"],
           "freeze=until": ["freeze.layer=blocks.1"]}  # fmt: skip
 
 
 @pytest.mark.parametrize("option", OPTIONS)
-def test_the_configs_of_every_option_of_conf_pass_the_check(option, tmp_path):
+def test_the_configs_of_every_option_of_conf_pass_the_check(option, tmp_path, request):
     """What a checkpoint of a run with `option` stores (src.training.module keeps its configs resolved, as plain data)."""
     overrides = ["data=digits", option, *FILLED.get(option, [])]
+    if option == "model=hf":  # a folder written by save_pretrained (no Hub here)
+        overrides.append(f"model.name={request.getfixturevalue('hf_vit_folder')}")
     if option.startswith("experiment=") or option.startswith("model="):
         overrides.remove("data=digits")  # experiments choose their data set; pretrained models their input
     module = compose_config("train", overrides, tmp_path).module
     hparams = OmegaConf.to_container(module, resolve=True)
     hparams = {key: value for key, value in hparams.items() if not key.startswith("_")} | {"distill": None}
     # what ClassifierModule.on_save_checkpoint stores: the checkpoint's own weights replace pretrained ones
-    if hparams["backbone"].get("pretrained") or hparams["backbone"].get("weights_path"):
-        hparams["backbone"] |= {"pretrained": False, "weights_path": None}
+    backbone = hparams["backbone"]
+    if backbone.get("pretrained") or backbone.get("weights_path"):
+        backbone |= {"pretrained": False} | ({"weights_path": None} if "weights_path" in backbone else {})
     check_checkpoint_config(hparams, "x.ckpt")
 
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
+from src.runs.safe_config import MODULE_KEYS
 from src.training.trainer import build_trainer
 from tests.cli.test_configs import options
 from tests.conftest import compose_config
@@ -29,8 +30,10 @@ def test_every_experiment_builds_and_trains_a_step(experiment, tmp_path, digits_
     assert isinstance(build_trainer(cfg), L.Trainer)
     module = instantiate(cfg.module).train()
     trainable = [p for p in module.parameters() if p.requires_grad]
-    # layer_decay shapes the module's parameter groups, and is no argument of the optimizer
-    optimizer = instantiate({k: v for k, v in cfg.optimizer.items() if k != "layer_decay"})(params=trainable)
+    # layer_decay and the lr's scaling shape the module's parameter groups, and are no arguments of the optimizer
+    optimizer = instantiate({k: v for k, v in cfg.optimizer.items() if k not in MODULE_KEYS["optimizer"]})(
+        params=trainable
+    )
     images = torch.randn(2, 3, cfg.data.image_size, cfg.data.image_size)
     loss = module.criterion(module(images), torch.tensor([0, 1]))
     loss.backward()

@@ -1,8 +1,10 @@
 """Layer-wise lr decay driven by vitlab's schedules, with its weight-decay rule and freezing; timm's optimizers by
 name (src/training/optimizers.py)."""
 
+import logging
 from types import SimpleNamespace
 
+import lightning as L
 import pytest
 import torch
 from hydra.utils import instantiate
@@ -169,3 +171,43 @@ def test_resuming_with_other_optimizer_groups_or_state_is_one_error(
     with pytest.raises(SystemExit) as exit_:  # train() prints the UserError as one line and exits 2
         train(cfg)
     assert exit_.value.code == 2 and difference in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("lr_scale", "devices", "accumulate", "factor"),
+    # a global batch of 64 per device x devices x accumulated batches, against lr_base_size=128
+    [
+        ("none", 2, 3, 1.0),
+        ("linear", 1, 1, 0.5),
+        ("linear", 2, 3, 3.0),
+        ("sqrt", 2, 3, 3.0**0.5),
+        ("sqrt", 1, 2, 1.0),
+    ],
+)
+def test_lr_scale_follows_the_global_batch_of_devices_and_accumulation(
+    tmp_path, caplog, lr_scale, devices, accumulate, factor
+):
+    overrides = ["data=digits", *TINY_VIT, "scheduler=none", "data.batch_size=64", "optimizer.lr=1e-3", f"optimizer.lr_scale={lr_scale}",
+                 "optimizer.lr_base_size=128"]  # fmt: skip
+    model = instantiate(compose_config("train", overrides, tmp_path).module)
+    # a DDP Trainer that is never fit: its world size and accumulation are what the optimizer reads
+    model.trainer = L.Trainer(accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto",
+                              accumulate_grad_batches=accumulate, logger=False)  # fmt: skip
+    with caplog.at_level(logging.INFO, logger="src.training.module"):
+        optimizer = model.configure_optimizers()
+    assert max(group["lr"] for group in optimizer.param_groups) == pytest.approx(1e-3 * factor)
+    if lr_scale != "none":
+        assert (
+            f"optimizer.lr_scale={lr_scale}: lr {1e-3 * factor:.4g} for a global batch of {64 * devices * accumulate}"
+            in caplog.text
+        )
+
+
+@pytest.mark.parametrize(("key", "value"), [("lr_scale", "cubic"), ("lr_base_size", 0)])
+def test_a_bad_lr_scale_setting_is_one_error_line(tmp_path, capsys, key, value):
+    with pytest.raises(SystemExit) as exit_:
+        train(
+            compose_config("train", ["data=digits", *TINY_VIT, *QUICK, f"optimizer.{key}={value}"], tmp_path)
+        )
+    assert exit_.value.code == 2
+    assert f"error: optimizer.{key}={value!r} is not allowed" in capsys.readouterr().err
