@@ -23,8 +23,10 @@ TIMM_MODELS = ["timm", "vit_timm", "vit_tiny", "deit", "deit_tiny", "vgg19", "de
 
 @pytest.mark.slow
 @pytest.mark.parametrize("model", options("model"))
-def test_every_model_config_trains_a_step_at_32_px(model, tmp_path):
-    cfg = compose_config("train", [f"model={model}", "data=cifar10", "data.image_size=32"], tmp_path)
+def test_every_model_config_trains_a_step_at_32_px(model, tmp_path, request):
+    # model=hf: a folder written by save_pretrained (no Hub here)
+    named = [f"model.name={request.getfixturevalue('hf_vit_folder')}"] if model == "hf" else []
+    cfg = compose_config("train", [f"model={model}", "data=cifar10", "data.image_size=32", *named], tmp_path)
     module = instantiate(cfg.module).train()
     logits = module(torch.randn(2, 3, 32, 32))
     assert logits.shape == (2, 10)

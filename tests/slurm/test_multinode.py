@@ -134,6 +134,21 @@ def lose_node(cluster: Cluster, node: int) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
+def resume_node(cluster: Cluster, node: int, timeout: float = 60) -> None:
+    """`scontrol update State=RESUME` for a node whose slurmd was started again. The node may be back already (its
+    slurmd registered first: slurmctld then refuses RESUME as "Invalid node state specified"), or slurmctld may
+    refuse while the slurmd is still registering; fails with slurmctld's reason if the node stays down."""
+    name, deadline = cluster.nodes.names[node], time.monotonic() + timeout
+    while True:
+        resume = ("scontrol", "update", f"NodeName={name}", "State=RESUME")
+        result = subprocess.run(resume, env=cluster.env, capture_output=True, text=True, timeout=60)
+        states = cluster.node_states()
+        if result.returncode == 0 or (len(states) > node and not states[node].startswith(("down", "drain"))):
+            return
+        assert time.monotonic() < deadline, f"{name} stays {states}: {result.stderr}"
+        time.sleep(1)
+
+
 def test_a_job_that_lost_a_node_is_requeued_and_resumes_when_the_node_is_back(two_nodes, tmp_path):
     """sbatch --requeue --nodes=2: the job waits for two nodes again and resumes from the last epoch's end (the
     dead node sent no signal, so no hpc checkpoint was saved); it ends with all its epochs and one report."""
@@ -148,7 +163,7 @@ def test_a_job_that_lost_a_node_is_requeued_and_resumes_when_the_node_is_back(tw
     wait_for_state(two_nodes, job, "PENDING")
     assert "node1" not in two_nodes.run("squeue", "--noheader", "--format=%N", f"--job={job}")
     two_nodes.start_slurmd(1)
-    two_nodes.run("scontrol", "update", "NodeName=node2", "State=RESUME")
+    resume_node(two_nodes, 1)
     # SLURM holds a requeued batch job back for 2 minutes (EligibleTime); the test lets it start at once
     two_nodes.run("scontrol", "update", f"JobId={job}", "StartTime=now")
     info = wait_for_job(two_nodes, job, JOB_TIMEOUT)
@@ -194,7 +209,7 @@ def test_a_sweep_lands_on_both_nodes_and_a_job_of_a_lost_node_is_requeued(two_no
     finally:
         sweep_process.kill()
         two_nodes.start_slurmd(1)
-        two_nodes.run("scontrol", "update", "NodeName=node2", "State=RESUME")
+        resume_node(two_nodes, 1)
     for job in placed:
         info = wait_for_job(two_nodes, job, timeout=120)  # submitit returns once the result is written
         restarts = "1" if job in on_node2 else "0"
