@@ -74,7 +74,7 @@ def test_shards_hold_the_files_own_bytes_and_the_folders_splits(folder, shards):
 @pytest.mark.parametrize("world", [2, 3])
 def test_ranks_read_disjoint_parts_and_every_sample_once(shards, world):
     """Val and test (vitlab's evaluation sampler): each sample once across ranks, whatever the shard sizes;
-    train (Lightning's DistributedSampler): disjoint parts of the 27 training images, each once per epoch
+    train (the DistributedSampler vitlab builds): disjoint parts of the 27 training images, each once per epoch
     (27 = 3 x 9; with 2 ranks one image is read twice, to give both ranks 14)."""
     for split in ("val", "test"):
         seen = []
@@ -89,8 +89,18 @@ def test_ranks_read_disjoint_parts_and_every_sample_once(shards, world):
                 for i in loader.sampler
             ]
         assert sorted(seen) == sorted(getattr(loaded(shards), f"data_{split}").indices)
-    train = loaded(shards).data_train
-    parts = [list(DistributedSampler(train, world, rank, shuffle=True, seed=0)) for rank in range(world)]
+    parts = []
+    for rank in range(world):  # the sampler vitlab's training loader builds for each rank
+        data = loaded(shards)
+        data.trainer = SimpleNamespace(
+            global_rank=rank, world_size=world, strategy=SimpleNamespace(root_device="cpu"), current_epoch=0
+        )  # fmt: skip
+        sampler = data.train_dataloader().sampler
+        assert isinstance(
+            sampler, DistributedSampler
+        )  # so Lightning keeps the loader (and its resumable state)
+        parts.append(list(sampler))
+    train = data.data_train
     counts = np.bincount(np.concatenate(parts), minlength=len(train))
     assert counts.min() == 1 and counts.sum() - len(train) == (-len(train)) % world
 
