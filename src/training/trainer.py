@@ -17,6 +17,13 @@ from src.training.loggers import instantiate_loggers
 from src.upstream_fixes.lightning import RequeueAtBatchEnd
 
 
+def uses_fsdp(trainer: DictConfig) -> bool:
+    strategy = trainer.get("strategy")
+    if isinstance(strategy, DictConfig):
+        return str(strategy.get("_target_", "")).endswith("FSDPStrategy")
+    return str(strategy).startswith("fsdp")
+
+
 def build_trainer(cfg: DictConfig, *callbacks: L.Callback, **settings) -> L.Trainer:
     """conf/trainer with the run's `callbacks` and `logger` groups (a callback that needs a logger is left out
     when there is none), the entry point's own `callbacks` and the upstream workarounds (src/upstream_fixes/);
@@ -31,6 +38,12 @@ def build_trainer(cfg: DictConfig, *callbacks: L.Callback, **settings) -> L.Trai
     try:
         trainer = instantiate(cfg.trainer, **(built | settings))
     except InstantiationException as err:
+        if isinstance(err.__cause__, ValueError) and uses_fsdp(cfg.trainer):
+            # Lightning's FSDPStrategy refuses any accelerator but CUDA
+            raise UserError(
+                f"trainer=fsdp needs GPUs (Lightning's FSDPStrategy runs on CUDA only), and this run has "
+                f"trainer.accelerator={cfg.trainer.get('accelerator')}: on CPU, use trainer=ddp"
+            ) from err
         # Lightning's own check of the trainer settings (no GPU for accelerator=gpu, more devices than there are)
         if not isinstance(err.__cause__, MisconfigurationException):
             raise

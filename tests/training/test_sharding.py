@@ -39,6 +39,20 @@ def test_sync_batchnorm_on_cpu_is_one_error_line(tmp_path, capsys):
     assert "error: trainer.sync_batchnorm=true needs GPUs" in capsys.readouterr().err
 
 
+def test_fsdp_on_cpu_is_one_error_line(tmp_path, capsys):
+    overrides = [
+        "data=digits",
+        "trainer=fsdp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "trainer.precision=32",
+    ]
+    with pytest.raises(SystemExit) as exit_:
+        train(compose_config("train", [*overrides, "callbacks=none", "logger=none", *TINY_VIT], tmp_path))
+    assert exit_.value.code == 2
+    assert "error: trainer=fsdp needs GPUs" in capsys.readouterr().err
+
+
 def rank_images(rank: int) -> torch.Tensor:
     """Rank `rank`'s batch: its own images (rank 1's are shifted by 1, so the ranks' statistics differ)."""
     return torch.randn(4, 3, 6, 6, generator=torch.Generator().manual_seed(rank)) + rank
