@@ -139,11 +139,15 @@ class ReportCallback(L.Callback):
         if self.attention:
             self._right = attention.keep_right(self._right, images, targets, preds, confidence)
 
+    @property
+    def _mistakes_per_kind(self) -> int:
+        return -(-self.num_misclassified // 2)  # of 16 images, 8 added and 8 missed labels
+
     def _keep_multilabel_mistakes(self, images, targets, probabilities, thresholds) -> None:
         """Of this batch and those before, the images with the most confidently added label and those with the
         most confidently missed one (half of num_misclassified each; an image may be in both)."""
         errors = artefacts.confident_errors(targets, probabilities, thresholds)
-        n = -(-self.num_misclassified // 2)
+        n = self._mistakes_per_kind
         wrong = dict(self._wrong or {})
         for kind in ("added", "missed"):
             batch = {
@@ -160,7 +164,7 @@ class ReportCallback(L.Callback):
     def multilabel_mistakes(self, gathered: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
         """The kept (and gathered) mistakes by kind, most confident first, without the empty slots."""
         mistakes = {}
-        n = -(-self.num_misclassified // 2)
+        n = self._mistakes_per_kind
         for kind in ("added", "missed"):
             confidence = gathered[f"{kind}_confidence"]
             order = confidence.argsort(descending=True, stable=True)

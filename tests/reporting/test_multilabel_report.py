@@ -64,7 +64,7 @@ def test_error_cooccurrence_counts_missed_and_added_labels_of_the_same_image():
 def test_most_confidently_wrong_images_over_batches(tmp_path):
     """Two batches; thresholds 0.5 but car's 0.8. Each image's tensor holds its number, to see which are kept."""
     callback = ReportCallback(str(tmp_path), num_misclassified=4)  # two of each kind
-    callback._wrong = None
+    callback.on_test_epoch_start(None, None)
     thresholds = torch.tensor([0.5, 0.5, 0.8])
     batches = [
         # image 0: car added at 0.9 (also dog missed at 0.4); 1: right; 2: cat added at 0.6
