@@ -46,6 +46,8 @@ COLUMNS = [
     _headline("test/acc", "{:.4f}"),
     _headline("test/loss", "{:.4f}"),
     _headline("test/macro_f1", "{:.4f}"),
+    _headline("val/map_best", "{:.4f}"),
+    _headline("test/map", "{:.4f}"),
     ("params", lambda s: s["params_total"], "{:,}"),
     ("trainable params", lambda s: s["params_trainable"], "{:,}"),
     _headline("seconds_per_epoch", "{:.1f}"),
@@ -54,6 +56,8 @@ COLUMNS = [
 ]
 # the columns a group of repeated runs is summarised by (mean ± std, min, max)
 STATISTICS = [column for column, _ in HEADLINE.values()]
+# multi-label columns: in the tables only when some run has them (single-label comparisons stay as they were)
+MULTILABEL_ONLY = ("best val mAP", "test mAP")
 # overrides that repeat a configuration rather than change it
 REPEATS = ("seed=", "data.fold=")
 CHARTS = ["test acc", "macro F1", "s/epoch", "test s", "peak memory MiB", "trainable params"]
@@ -137,7 +141,7 @@ def group_statistics(rows: list[dict], groups: list[str], oof: list[dict] = ()) 
         if len(group_rows) < 2:
             continue
         stats: dict = {"group": group, "runs": len(group_rows)}
-        for name in STATISTICS:
+        for name in _statistics(rows):
             values = np.array([row[name] for row in group_rows if row[name] is not None], dtype=float)
             has_two = len(values) > 1
             stats |= {
@@ -152,8 +156,13 @@ def group_statistics(rows: list[dict], groups: list[str], oof: list[dict] = ()) 
     return table
 
 
+def _statistics(rows: list[dict]) -> list[str]:
+    return [name for name in STATISTICS if name in rows[0]]
+
+
 def statistics_markdown(table: list[dict]) -> str:
-    header = ["group", "runs", *STATISTICS, "OOF acc"]
+    statistics = [name for name in STATISTICS if f"{name} mean" in table[0]]
+    header = ["group", "runs", *statistics, "OOF acc"]
     lines = [
         "Repeated runs (the same overrides but seed= and data.fold=): mean ± std (sample, ddof=1) [min, max]",
         "",
@@ -166,7 +175,7 @@ def statistics_markdown(table: list[dict]) -> str:
             f"[{stats[f'{name} min']:.4g}, {stats[f'{name} max']:.4g}]"
             if stats[f"{name} mean"] is not None
             else ""
-            for name in STATISTICS
+            for name in statistics
         ]
         oof = "" if stats["OOF acc"] is None else f"{stats['OOF acc']:.4g}"
         lines.append("| " + " | ".join([stats["group"], str(stats["runs"]), *cells, oof]) + " |")
@@ -189,20 +198,31 @@ def read_summary(path: Path) -> dict:
 
 
 def comparison_rows(runs: list[Path]) -> list[dict]:
+    """A row per run: its label, the COLUMNS it has (empty where not; the multi-label ones only where some run
+    has them) and its folder."""
     rows = []
     for run, label in zip(runs, run_labels(runs), strict=True):
         summary = read_summary(run / "summary.json")
         rows.append({"run": label, **{name: get(summary) for name, get, _ in COLUMNS}, "dir": str(run)})
+    for name in MULTILABEL_ONLY:
+        if all(row[name] is None for row in rows):
+            for row in rows:
+                del row[name]
     return rows
 
 
+def _columns(rows: list[dict]) -> list[tuple]:
+    return [column for column in COLUMNS if column[0] in rows[0]]
+
+
 def to_markdown(rows: list[dict]) -> str:
-    header = ["run", *(name for name, _, _ in COLUMNS)]
+    columns = _columns(rows)
+    header = ["run", *(name for name, _, _ in columns)]
     lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     for row in rows:
         cells = [
             row["run"],
-            *(fmt.format(row[name]) if row[name] is not None else "" for name, _, fmt in COLUMNS),
+            *(fmt.format(row[name]) if row[name] is not None else "" for name, _, fmt in columns),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -217,12 +237,17 @@ def write_csv(rows: list[dict], path: Path) -> None:
 
 
 def plot_bars(rows: list[dict], path: Path) -> None:
+    """Bar charts of CHARTS; with multi-label runs among them, their test mAP in place of the macro F1 (which
+    only single-label runs have). A run without a chart's number has no bar there, labelled n/a."""
     fig, axes = plt.subplots(2, 3, figsize=(15, 8), layout="constrained")
     labels = [row["run"] for row in rows]
-    for ax, name in zip(axes.flat, CHARTS, strict=True):
-        values = [row[name] or 0 for row in rows]
-        ax.bar(range(len(rows)), values, color=[f"C{i}" for i in range(len(rows))])
-        ax.bar_label(ax.containers[0], fmt="%.4g", fontsize=8)
+    charts = [("test mAP" if name == "macro F1" and "test mAP" in rows[0] else name) for name in CHARTS]
+    for ax, name in zip(axes.flat, charts, strict=True):
+        values = [row[name] for row in rows]
+        heights = [np.nan if value is None else value for value in values]
+        ax.bar(range(len(rows)), heights, color=[f"C{i}" for i in range(len(rows))])
+        bar_labels = ["n/a" if value is None else f"{value:.4g}" for value in values]
+        ax.bar_label(ax.containers[0], labels=bar_labels, fontsize=8)
         ax.set_xticks(range(len(rows)), labels, rotation=30, ha="right", fontsize=8)
         ax.set_title(name)
     fig.savefig(path, dpi=100)

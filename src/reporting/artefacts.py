@@ -1,6 +1,6 @@
 """The files a run leaves for people to read, as pure functions of arrays: classification report (markdown,
 CSV, rich table), confusion matrices, training curves, the reliability diagram, the most confidently wrong images,
-summary.json."""
+summary.json; for multi-label runs the per-label PR curves and the co-occurrence of errors."""
 
 import csv
 import json
@@ -20,6 +20,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from rich.table import Table  # noqa: E402
 from sklearn.metrics import (  # noqa: E402
     ConfusionMatrixDisplay,
+    PrecisionRecallDisplay,
     average_precision_score,
     classification_report,
     confusion_matrix,
@@ -33,6 +34,8 @@ SUMMARY_ROWS = ("accuracy", "macro avg", "weighted avg")
 # multi-label: each label a yes/no of its own, at its threshold; AP ranks the probabilities (no threshold)
 MULTILABEL_COLUMNS = ("precision", "recall", "f1-score", "average precision", "threshold", "support")
 MULTILABEL_SUMMARY_ROWS = ("micro avg", "macro avg")
+# a PR figure stays readable with about ten curves: more labels show the ten of the lowest AP
+MAX_PR_CURVES = 10
 
 
 def classification_rows(y_true, y_pred, class_names: Sequence[str]) -> dict[str, dict[str, float]]:
@@ -113,9 +116,11 @@ def write_report(
     run_dir: Path,
     split_counts: dict[str, dict[str, int]] | None = None,
     columns: Sequence[str] = REPORT_COLUMNS,
+    sections: Sequence[str] = (),
 ) -> str:
     """report.md and report.csv (the same rows); returns the markdown. With `split_counts` ({split: {class:
-    images}}), report.md also gives each split's images per class (how imbalanced the data are)."""
+    images}}), report.md also gives each split's images per class (how imbalanced the data are); `sections`
+    (markdown) follow in report.md."""
     lines = ["| class | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for name, row in report.items():
         lines.append(f"| {name} | " + " | ".join(_cells(row, columns=columns)) + " |")
@@ -125,7 +130,7 @@ def write_report(
         lines.append("|---" * (len(splits) + 1) + "|")
         for name in next(iter(split_counts.values())):
             lines.append(f"| {name} | " + " | ".join(str(split_counts[s][name]) for s in splits) + " |")
-    markdown = "\n".join(lines) + "\n"
+    markdown = "\n".join(lines) + "\n" + "".join("\n" + section for section in sections)
     (run_dir / "report.md").write_text(markdown)
     with open(run_dir / "report.csv", "w", newline="") as f:
         writer = csv.writer(f)
@@ -250,6 +255,30 @@ def image_grid(n: int, cols: int = 4) -> tuple[Figure, np.ndarray]:
     return fig, axes
 
 
+def plot_images(
+    images: torch.Tensor,
+    titles: Sequence[str],
+    mean: Sequence[float],
+    std: Sequence[float],
+    path: Path,
+    title: str = "Most confidently wrong test images",
+    empty: str = "no misclassified test images",
+    fontsize: int = 9,
+) -> Figure:
+    """A grid of normalised (N, C, H, W) images, un-normalised with the data set's mean/std for display, each
+    under its title (`empty` where there are none)."""
+    fig, axes = image_grid(len(images))
+    shown = displayable(images, mean, std)
+    for ax, image, panel_title in zip(axes.flat, shown, titles, strict=False):
+        ax.imshow(image, interpolation="nearest")
+        ax.set_title(panel_title, fontsize=fontsize)
+    if len(images) == 0:
+        axes[0, 0].text(0.5, 0.5, empty, ha="center", va="center")
+    fig.suptitle(title)
+    fig.savefig(path, dpi=100)
+    return fig
+
+
 def plot_misclassified(
     images: torch.Tensor,
     y_true: Sequence[int],
@@ -260,17 +289,45 @@ def plot_misclassified(
     std: Sequence[float],
     path: Path,
 ) -> Figure:
-    """A grid of normalised (N, C, H, W) images, un-normalised with the data set's mean/std for display."""
-    fig, axes = image_grid(len(images))
-    shown = displayable(images, mean, std)
-    for ax, image, true, pred, p in zip(axes.flat, shown, y_true, y_pred, confidence, strict=False):
-        ax.imshow(image, interpolation="nearest")
-        ax.set_title(f"true: {class_names[true]}\npred: {class_names[pred]} ({p:.0%})", fontsize=9)
-    if len(images) == 0:
-        axes[0, 0].text(0.5, 0.5, "no misclassified test images", ha="center", va="center")
-    fig.suptitle("Most confidently wrong test images")
-    fig.savefig(path, dpi=100)
-    return fig
+    """plot_images of single-label mistakes: the true class, the predicted one and its probability."""
+    titles = [
+        f"true: {class_names[true]}\npred: {class_names[pred]} ({p:.0%})"
+        for true, pred, p in zip(y_true, y_pred, confidence, strict=True)
+    ]
+    return plot_images(images, titles, mean, std, path)
+
+
+def confident_errors(targets: torch.Tensor, probabilities: torch.Tensor, thresholds: torch.Tensor) -> dict:
+    """Per image (rows of 0/1 `targets` and `probabilities`), its most confident wrong label of each kind: the
+    added one (a false positive) of the highest probability, and the missed one (a false negative) of the lowest;
+    `*_confidence` is how sure the model was (added: p, missed: 1 - p), -1 where the image has no such error."""
+    predicted = probabilities > thresholds.to(probabilities.device)
+    present = targets.bool()
+    added = torch.where(predicted & ~present, probabilities, torch.full_like(probabilities, -1.0))
+    missed = torch.where(present & ~predicted, 1 - probabilities, torch.full_like(probabilities, -1.0))
+    added_confidence, added_label = added.max(dim=1)
+    missed_confidence, missed_label = missed.max(dim=1)
+    return {
+        "added_confidence": added_confidence,
+        "added_label": added_label,
+        "missed_confidence": missed_confidence,
+        "missed_label": missed_label,
+    }
+
+
+def multilabel_mistake_title(
+    kind: str, label: int, target, probability, thresholds: Sequence[float], class_names: Sequence[str]
+) -> str:
+    """`added 7 (p 97%)` or `missed 5 (p 3%)`, then the image's true and predicted label sets."""
+
+    def names(mask) -> str:
+        return " ".join(name for name, on in zip(class_names, mask, strict=True) if on) or "-"
+
+    predicted = [p > t for p, t in zip(probability, thresholds, strict=True)]
+    return (
+        f"{kind} {class_names[label]} (p {probability[label]:.0%})\n"
+        f"true: {names(target)}\npred: {names(predicted)}"
+    )
 
 
 def write_summary(summary: dict, path: Path) -> None:
@@ -294,3 +351,65 @@ def _json_default(value):
     if isinstance(value, np.generic | torch.Tensor):
         return value.item()
     raise TypeError(f"not JSON serialisable: {value!r}")
+
+
+def plot_pr_curves(y_true, probabilities, class_names: Sequence[str], path: Path) -> Figure:
+    """scikit-learn's precision-recall curve of each label (its AP in the legend) and of all (image, label) pairs
+    (micro-average, dashed). Of more than MAX_PR_CURVES labels, the MAX_PR_CURVES of the lowest AP (the title
+    says so); a label the test set lacks has no curve."""
+    y_true, probabilities = np.asarray(y_true).astype(int), np.asarray(probabilities, dtype=float)
+    present = [j for j in range(y_true.shape[1]) if y_true[:, j].any()]
+    shown = present
+    title = "Precision-recall per label (test)"
+    if len(present) > MAX_PR_CURVES:
+        ap = {j: average_precision_score(y_true[:, j], probabilities[:, j]) for j in present}
+        shown = sorted(present, key=lambda j: (ap[j], j))[:MAX_PR_CURVES]
+        title += f": the {MAX_PR_CURVES} of {len(present)} labels with the lowest AP"
+    fig, ax = plt.subplots(figsize=(9, 6), layout="constrained")
+    for j in shown:
+        PrecisionRecallDisplay.from_predictions(y_true[:, j], probabilities[:, j], name=class_names[j], ax=ax)
+    PrecisionRecallDisplay.from_predictions(
+        y_true.ravel(), probabilities.ravel(), name="micro-average", ax=ax,
+        curve_kwargs={"color": "black", "linestyle": "--"},
+    )  # fmt: skip
+    ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8)  # beside the curves, not over them
+    ax.set(xlabel="recall", ylabel="precision")
+    ax.set_title(title, fontsize=10)
+    fig.savefig(path, dpi=100)
+    return fig
+
+
+def error_cooccurrence(y_true, y_pred) -> np.ndarray:
+    """Labels x labels: in how many images label i is missed (a false negative) while label j is added (a false
+    positive), the multi-label confusion of i with j; the diagonal is 0 (a label is never both)."""
+    y_true, y_pred = np.asarray(y_true).astype(int), np.asarray(y_pred).astype(int)
+    missed, added = y_true & (1 - y_pred), (1 - y_true) & y_pred
+    return missed.T @ added
+
+
+def cooccurrence_markdown(matrix: np.ndarray, class_names: Sequence[str], top: int = 10) -> str:
+    """The `top` pairs (missed, added) of the most images, most first (ties in label order); none: says so."""
+    rows, cols = np.nonzero(matrix)
+    pairs = sorted(zip(rows.tolist(), cols.tolist(), strict=True), key=lambda ij: (-matrix[ij], ij))[:top]
+    lines = ["Labels missed and added in the same image (most images first):", ""]
+    if not pairs:
+        return "\n".join([*lines, "no test image has a missed and an added label"]) + "\n"
+    lines += ["| missed | added | images |", "|---|---|---|"]
+    lines += [f"| {class_names[i]} | {class_names[j]} | {matrix[i, j]} |" for i, j in pairs]
+    return "\n".join(lines) + "\n"
+
+
+def plot_cooccurrence(matrix: np.ndarray, class_names: Sequence[str], path: Path) -> Figure:
+    """The error_cooccurrence counts as a confusion-matrix-like heat map: rows the missed label, columns the
+    added one."""
+    n = len(class_names)
+    side = min(max(5.0, 0.3 * n + 2), 24.0)
+    fig, ax = plt.subplots(figsize=(side + 1, side), layout="constrained")
+    display = ConfusionMatrixDisplay(matrix, display_labels=list(class_names))
+    display.plot(ax=ax, include_values=n <= 20, values_format="d", xticks_rotation="vertical", cmap="Reds")
+    ax.set(xlabel="added (false positive)", ylabel="missed (false negative)")
+    ax.set_title("Labels missed and added in the same test image")
+    if n > 40:
+        ax.tick_params(labelsize=6)
+    fig.savefig(path, dpi=100)
+    return fig

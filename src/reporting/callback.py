@@ -122,6 +122,7 @@ class ReportCallback(L.Callback):
         if getattr(pl_module, "multilabel", False):  # the probabilities: report.md's per-label table
             self._targets.append(targets)
             self._preds.append(outputs.float().sigmoid())
+            self._keep_multilabel_mistakes(images, targets, self._preds[-1], pl_module.label_thresholds())
             return
         confidence, preds = outputs.float().softmax(dim=-1).max(dim=-1)
         self._targets.append(targets)
@@ -134,22 +135,55 @@ class ReportCallback(L.Callback):
             "wrong_target": targets[wrong],
             "wrong_pred": preds[wrong],
         }
-        if self._wrong is None:  # fixed-size padding for all_gather: confidence -1 marks an empty slot
-            n = self.num_misclassified
-            self._wrong = {
-                key: value[:0].new_zeros((n, *value.shape[1:])) for key, value in batch_wrong.items()
-            }
-            self._wrong["wrong_confidence"] -= 1
-        self._wrong = _most_confident(self._wrong, batch_wrong, self.num_misclassified)
+        self._wrong = _most_confident(self._wrong, batch_wrong, self.num_misclassified, "wrong_confidence")
         if self.attention:
             self._right = attention.keep_right(self._right, images, targets, preds, confidence)
+
+    @property
+    def _mistakes_per_kind(self) -> int:
+        return -(-self.num_misclassified // 2)  # of 16 images, 8 added and 8 missed labels
+
+    def _keep_multilabel_mistakes(self, images, targets, probabilities, thresholds) -> None:
+        """Of this batch and those before, the images with the most confidently added label and those with the
+        most confidently missed one (half of num_misclassified each; an image may be in both)."""
+        errors = artefacts.confident_errors(targets, probabilities, thresholds)
+        n = self._mistakes_per_kind
+        wrong = dict(self._wrong or {})
+        for kind in ("added", "missed"):
+            batch = {
+                f"{kind}_confidence": errors[f"{kind}_confidence"],
+                f"{kind}_label": errors[f"{kind}_label"],
+                f"{kind}_image": images,
+                f"{kind}_target": targets,
+                f"{kind}_probability": probabilities,
+            }
+            kept = None if self._wrong is None else {key: wrong[key] for key in batch}
+            wrong |= _most_confident(kept, batch, n, f"{kind}_confidence")
+        self._wrong = wrong
+
+    def multilabel_mistakes(self, gathered: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+        """The kept (and gathered) mistakes by kind, most confident first, without the empty slots."""
+        mistakes = {}
+        n = self._mistakes_per_kind
+        for kind in ("added", "missed"):
+            confidence = gathered[f"{kind}_confidence"]
+            order = confidence.argsort(descending=True, stable=True)
+            order = order[confidence[order] >= 0][:n]
+            mistakes[kind] = {
+                key[len(kind) + 1 :]: value[order] for key, value in gathered.items() if key.startswith(kind)
+            }
+        return mistakes
 
     def on_test_end(self, trainer, pl_module) -> None:
         test_seconds = time.perf_counter() - self._test_start
         if getattr(pl_module, "multilabel", False):
             targets, probabilities = _gather(torch.cat(self._targets)), _gather(torch.cat(self._preds))
+            wrong = {key: _gather(value) for key, value in self._wrong.items()}
             if trainer.is_global_zero:
-                self._write_multilabel(trainer, pl_module, targets.cpu(), probabilities.cpu(), test_seconds)
+                mistakes = self.multilabel_mistakes({key: value.cpu() for key, value in wrong.items()})
+                self._write_multilabel(
+                    trainer, pl_module, targets.cpu(), probabilities.cpu(), mistakes, test_seconds
+                )
             return
         # every rank takes part in the gathers; only rank 0 writes
         local = {
@@ -185,21 +219,35 @@ class ReportCallback(L.Callback):
             self.output_dir,
         )
 
-    def _write_multilabel(self, trainer, pl_module, targets, probabilities, test_seconds: float) -> None:
-        """report.md/.csv with each label's precision, recall, F1 (at its threshold), AP and support, the curves,
-        and summary.json with the test mAP; multi-label runs draw no confusion matrix, reliability diagram or
-        misclassified images."""
+    def _write_multilabel(
+        self, trainer, pl_module, targets, probabilities, mistakes: dict, test_seconds: float
+    ) -> None:
+        """report.md/.csv with each label's precision, recall, F1 (at its threshold), AP and support and the
+        labels most often missed and added together, the PR curves, the co-occurrence of errors, the most
+        confidently wrong images, the curves, and summary.json with the test mAP."""
         self.output_dir.mkdir(parents=True, exist_ok=True)
         names = _class_names(trainer, pl_module)
         thresholds = pl_module.label_thresholds().tolist()
         report = artefacts.multilabel_rows(targets.numpy(), probabilities.numpy(), thresholds, names)
+        cooccurrence = artefacts.error_cooccurrence(targets.numpy(), probabilities.numpy() > thresholds)
         columns = artefacts.MULTILABEL_COLUMNS
         split_counts = getattr(trainer.datamodule, "split_counts", None)  # data=csv: images per label
-        markdown = artefacts.write_report(report, self.output_dir, split_counts, columns)
+        markdown = artefacts.write_report(
+            report,
+            self.output_dir,
+            split_counts,
+            columns,
+            [artefacts.cooccurrence_markdown(cooccurrence, names)],
+        )
         title = "Multi-label report (test)"
         summary_rows = len(artefacts.MULTILABEL_SUMMARY_ROWS)
         Console().print(artefacts.report_table(report, title, columns, summary_rows))
-        figures = {}
+        out = self.output_dir
+        figures = {
+            "pr_curves": artefacts.plot_pr_curves(targets.numpy(), probabilities.numpy(), names, out / "pr_curves.png"),
+            "error_cooccurrence": artefacts.plot_cooccurrence(cooccurrence, names, out / "error_cooccurrence.png"),
+            "misclassified": self._plot_multilabel_mistakes(trainer, pl_module, mistakes, thresholds, names),
+        }  # fmt: skip
         if self.history:
             figures["curves"] = artefacts.plot_curves(self.history, self.output_dir / "curves.png")
         self._log_report(trainer, markdown, figures)
@@ -210,7 +258,27 @@ class ReportCallback(L.Callback):
         summary |= {"task": "multilabel", "thresholds": dict(zip(names, thresholds, strict=True))}
         artefacts.write_summary(summary, self.output_dir / "summary.json")
         self.summary = summary
-        log.info("Report, curves and summary.json in %s", self.output_dir)
+        log.info(
+            "Report, PR curves, error co-occurrence, misclassified images, curves and summary.json in %s",
+            self.output_dir,
+        )
+
+    def _plot_multilabel_mistakes(self, trainer, pl_module, mistakes: dict, thresholds, names) -> Figure:
+        """misclassified.png: the images with the most confidently added labels, then those with the most
+        confidently missed ones, each titled with that label, its probability and the true and predicted sets."""
+        images, titles = [], []
+        for kind, kept in mistakes.items():
+            images.append(kept["image"])
+            titles += [
+                artefacts.multilabel_mistake_title(kind, label, target.tolist(), probability.tolist(), thresholds, names)
+                for label, target, probability in zip(kept["label"].tolist(), kept["target"], kept["probability"], strict=True)
+            ]  # fmt: skip
+        data = getattr(trainer.datamodule, "hparams", None) or pl_module.hparams.data
+        return artefacts.plot_images(
+            torch.cat(images), titles, data["mean"], data["std"], self.output_dir / "misclassified.png",
+            title="Most confidently added and missed labels (test)", empty="no wrong labels in the test images",
+            fontsize=8,
+        )  # fmt: skip
 
     def _write_classification_report(self, trainer, targets, preds, names: list[str]) -> tuple[dict, str]:
         """Per-class precision, recall and F1 into report.md and report.csv, and as a table on the console."""
@@ -269,7 +337,13 @@ class ReportCallback(L.Callback):
             if isinstance(logger, TensorBoardLogger):
                 step = trainer.global_step
                 logger.experiment.add_text("test/classification_report", markdown, step)
-                for name in ("confusion_matrix", "reliability", "attention"):
+                for name in (
+                    "confusion_matrix",
+                    "reliability",
+                    "attention",
+                    "pr_curves",
+                    "error_cooccurrence",
+                ):
                     if name in figures:
                         summary = _png_summary(f"test/{name}", self.output_dir / f"{name}.png")
                         logger.experiment.file_writer.add_summary(summary, step)
@@ -359,9 +433,14 @@ def _gather(tensor: torch.Tensor) -> torch.Tensor:
     return torch.cat(gather_all_tensors(tensor))
 
 
-def _most_confident(kept: dict, new: dict, n: int) -> dict:
+def _most_confident(kept: dict | None, new: dict, n: int, by: str) -> dict:
+    """The `n` rows of `kept` and `new` (dicts of tensors) of the highest `by`. Fixed-size padding for all_gather:
+    before the first batch `kept` is None, and its n slots start empty, `by` -1."""
+    if kept is None:
+        kept = {key: value[:0].new_zeros((n, *value.shape[1:])) for key, value in new.items()}
+        kept[by] -= 1
     merged = {key: torch.cat([kept[key], new[key]]) for key in kept}
-    top = merged["wrong_confidence"].topk(n).indices
+    top = merged[by].topk(n).indices
     return {key: value[top] for key, value in merged.items()}
 
 

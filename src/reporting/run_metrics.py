@@ -1,5 +1,6 @@
 """The numbers a run is judged by, read from its summary.json: one definition for src.compare's table and the
-metrics of TensorBoard's HParams view (`hp/<name>`), so the two always show the same values."""
+metrics of TensorBoard's HParams view (`hp/<name>`), so the two always show the same values. A run shows those
+it has: a multi-label run the mAP, a single-label one the accuracy."""
 
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
@@ -13,6 +14,9 @@ HEADLINE: dict[str, tuple[str, Callable[[dict], float | None]]] = {
     "test/acc": ("test acc", lambda s: s["test"].get("test/acc")),
     "test/loss": ("test loss", lambda s: s["test"].get("test/loss")),
     "test/macro_f1": ("macro F1", lambda s: s["test"].get("test/macro_f1")),
+    # multi-label runs: their headline instead of the accuracy (a single-label run has none of these)
+    "val/map_best": ("best val mAP", lambda s: s.get("best_val_map")),
+    "test/map": ("test mAP", lambda s: s["test"].get("test/map")),
     "seconds_per_epoch": ("s/epoch", lambda s: s.get("seconds_per_epoch")),
     "peak_memory_mib": ("peak memory MiB", lambda s: s.get("peak_memory_mib")),
 }

@@ -161,14 +161,19 @@ def test_thresholds_travel_in_the_checkpoint_to_predict(tmp_path):
 @pytest.mark.slow
 def test_quickstart_multilabel_learns_and_reports(tmp_path):
     """The experiment as a user runs it, shortened (3 epochs of 1 000 canvases, test mAP about 0.5 then): far
-    above chance (about 0.25: a quarter of the labels are on), and the report gives each label's row."""
+    above chance (about 0.25: a quarter of the labels are on), and the report gives each label's row, the
+    co-occurrence of its errors and its figures, also in TensorBoard, whose HParams view shows the test mAP."""
+    import io
     import json
+
+    import matplotlib.image
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from tests.conftest import run_cli
 
     result = run_cli(
         "src.train", "experiment=quickstart_multilabel", "trainer.max_epochs=3", "data.train_images=1000",
-        "data.test_images=300", "~callbacks.rich_progress_bar", "logger=none", f"paths.log_dir={tmp_path}",
+        "data.test_images=300", "~callbacks.rich_progress_bar", f"paths.log_dir={tmp_path}",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert "module.task=multilabel (from DigitsMultilabelDataModule)" in result.stdout + result.stderr
@@ -178,4 +183,24 @@ def test_quickstart_multilabel_learns_and_reports(tmp_path):
     assert list(summary["thresholds"]) == [str(digit) for digit in range(10)]
     report = (run / "report.md").read_text()
     assert "| average precision | threshold | support |" in report and "| macro avg |" in report
-    assert report.count("\n| ") == 10 + 2  # below the header: one row per label, micro and macro averages
+    table, pairs = report.split("Labels missed and added in the same image")
+    assert table.count("\n| ") == 10 + 2  # below the header: one row per label, micro and macro averages
+    # the pairs are the largest counts of the missed x added matrix of the tested predictions
+    rows = [
+        line.strip("|").split("|")
+        for line in pairs.splitlines()
+        if line.startswith("| ") and "missed" not in line
+    ]
+    counts = [int(images) for _, _, images in rows]
+    assert len(rows) == 10 and counts == sorted(counts, reverse=True) and counts[0] > 0
+    for name in ("pr_curves", "error_cooccurrence", "misclassified"):
+        image = matplotlib.image.imread(run / f"{name}.png")
+        assert image.ndim == 3 and min(image.shape[:2]) > 400, name
+    events = EventAccumulator(str(run / "tensorboard")).Reload()
+    for name in ("pr_curves", "error_cooccurrence"):
+        (logged,) = events.Images(f"test/{name}")
+        decoded = matplotlib.image.imread(io.BytesIO(logged.encoded_image_string))
+        assert np.array_equal(decoded[..., :3], matplotlib.image.imread(run / f"{name}.png")[..., :3]), name
+    assert [e.value for e in events.Scalars("hp/test/map")] == pytest.approx([summary["test"]["test/map"]])
+    assert b"hp/test/map" in events.PluginTagToContent("hparams")["_hparams_/experiment"]
+    assert "hp/test/acc" not in events.Tags()["scalars"]
