@@ -33,15 +33,17 @@ HEADER = (
 )
 
 
-def write_files(root: Path, n: int, size: int) -> None:
-    if len(list(root.glob("*/*.jpg"))) >= n:
+def write_files(root: Path, n: int, size: int, ext: str = "jpg") -> None:
+    """`n` images of `size` px in 10 class folders (image i: one noise picture rolled by i pixels), as JPEGs
+    (quality 85) or PNGs; an existing folder of at least `n` of them is kept."""
+    if len(list(root.glob(f"*/*.{ext}"))) >= n:
         return
     rng = np.random.default_rng(0)
     base = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
     for i in range(n):
         folder = root / f"class_{i % 10}"
         folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(np.roll(base, i, axis=1)).save(folder / f"{i:06d}.jpg", quality=85)
+        Image.fromarray(np.roll(base, i, axis=1)).save(folder / f"{i:06d}.{ext}", quality=85)
 
 
 def model_rate(image_size: int, batch_size: int, steps: int = 5) -> float:
