@@ -61,6 +61,13 @@ def _stamps(paths: Sequence[str]) -> np.ndarray:
     return stamps
 
 
+def _relative(path: str, prefixes: list[str]) -> str:
+    for prefix in prefixes:
+        if path.startswith(prefix):
+            return path[len(prefix) :]
+    return path
+
+
 def _join(strings: Sequence[str]) -> np.ndarray:
     """Strings as one array of UTF-8 bytes, separated by NUL (which no path holds)."""
     return np.frombuffer("\0".join(strings).encode("utf-8", "surrogateescape"), dtype=np.uint8)
@@ -136,9 +143,10 @@ def unreadable_files(
     if check == "none" or not paths:
         return {}
     processes = max(1, min(processes or os.cpu_count() or 1, os.cpu_count() or 1, 32))
-    root = str(Path(root).resolve())
-    prefix = root.rstrip(os.sep) + os.sep
-    names = [path[len(prefix) :] if path.startswith(prefix) else path for path in paths]
+    given, root = str(Path(root)).rstrip(os.sep) + os.sep, str(Path(root).resolve())
+    # the paths below the folder as the scan named it (relative, a link) or as it is: the same names either way
+    prefixes = [prefix for prefix in (given, root.rstrip(os.sep) + os.sep) if prefix != "." + os.sep]
+    names = [_relative(path, prefixes) for path in paths]
     stamps = _stamps(paths) if stamps is None else np.asarray(stamps, dtype=np.int64)
     path = cache_path(root, check)
     cached = _read_cache(path, root, check)

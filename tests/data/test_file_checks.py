@@ -46,7 +46,7 @@ def count_checks(monkeypatch) -> list[str]:
     return opened
 
 
-def test_second_setup_checks_no_file_again(tmp_path, count_checks):
+def test_second_setup_checks_no_file_again(tmp_path, count_checks, monkeypatch):
     root = write_folder(tmp_path / "images")
     first = split_files(setup(root))
     assert len(count_checks) == 30
@@ -54,6 +54,11 @@ def test_second_setup_checks_no_file_again(tmp_path, count_checks):
     count_checks.clear()
     second = split_files(setup(root))
     assert count_checks == [] and second == first
+    monkeypatch.chdir(tmp_path)  # the same folder named by a relative path, or through a link
+    (tmp_path / "link").symlink_to(root)
+    setup(Path("images"))
+    setup(tmp_path / "link")
+    assert count_checks == []
 
 
 def test_file_changed_after_the_scan_is_checked_again(tmp_path, caplog, count_checks):
