@@ -112,9 +112,8 @@ def _write_cache(path: Path, root: str, check: str, names: list[str], stamps: np
 
     try:
         atomic_write(path, write)
-    except (
-        OSError
-    ) as err:  # a read-only home or a full disk: the next setup checks again, nothing else is lost
+    # a read-only home or a full disk: the next setup checks again, nothing else is lost
+    except OSError as err:
         log.warning("could not write the file check cache %s (%s): the next setup checks every file again",
                     path, err)  # fmt: skip
 
@@ -145,7 +144,7 @@ def unreadable_files(
     processes = max(1, min(processes or os.cpu_count() or 1, os.cpu_count() or 1, 32))
     given, root = str(Path(root)).rstrip(os.sep) + os.sep, str(Path(root).resolve())
     # the paths below the folder as the scan named it (relative, a link) or as it is: the same names either way
-    prefixes = [prefix for prefix in (given, root.rstrip(os.sep) + os.sep) if prefix != "." + os.sep]
+    prefixes = [given, root.rstrip(os.sep) + os.sep]
     names = [_relative(path, prefixes) for path in paths]
     stamps = _stamps(paths) if stamps is None else np.asarray(stamps, dtype=np.int64)
     path = cache_path(root, check)
@@ -159,13 +158,15 @@ def unreadable_files(
         if same_listing:  # the usual case: the same listing, in the same order
             todo = (cached_stamps != stamps).any(axis=1)
             reasons = cached_reasons
-        else:
+        else:  # files added, removed or renamed: matched by name
             where = {name: i for i, name in enumerate(cached_names)}
-            for i, name in enumerate(names):
-                j = where.get(name)
-                if j is not None and (cached_stamps[j] == stamps[i]).all():
-                    todo[i], reasons[i] = False, cached_reasons[j]
+            found = np.array([where.get(name, -1) for name in names], dtype=np.int64)
             del where
+            known = np.flatnonzero(found >= 0)
+            known = known[(cached_stamps[found[known]] == stamps[known]).all(axis=1)]
+            todo[known] = False
+            for i in known:
+                reasons[i] = cached_reasons[found[i]]
         del cached
         todo |= (stamps == MISSING).all(axis=1)
     checked = np.flatnonzero(todo)

@@ -79,6 +79,9 @@ def test_file_changed_after_the_scan_is_checked_again(tmp_path, caplog, count_ch
     with caplog.at_level(logging.WARNING):
         setup(root)
     assert count_checks == [] and "skipped 2 of the 31 files" in caplog.text and "105.png" in caplog.text
+    (root / "class_0" / "000.png").unlink()  # another listing: the rest still matched by name
+    count_checks.clear()
+    assert len({p for split in split_files(setup(root)).values() for p in split}) == 28 and count_checks == []
 
 
 @pytest.mark.parametrize("damage", ["garbage", "foreign", "truncated"])
