@@ -131,7 +131,7 @@ def _identity(path: Path) -> tuple[int, int] | None:
     return None if info is None else (info.st_dev, info.st_ino)
 
 
-def _stat(path: Path) -> os.stat_result | None:
+def _stat(path: str | Path) -> os.stat_result | None:
     try:
         return os.stat(path)
     except OSError:
