@@ -86,6 +86,15 @@ def run_dirs(log_dir: Path, task_name: str) -> list[Path]:
     return sorted((log_dir / task_name / "runs").iterdir())
 
 
+@pytest.fixture(scope="session", autouse=True)
+def file_check_cache(tmp_path_factory) -> Path:
+    """The file check cache of data=imagefolder/csv (src/data/file_checks.py), for this session only: the tests'
+    folders stay out of the user's ~/.cache/vitlab (subprocesses inherit the variable)."""
+    folder = tmp_path_factory.mktemp("vitlab_cache")
+    os.environ["VITLAB_CACHE"] = str(folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def fake_cifar10(tmp_path_factory) -> Path:
     return write_fake_cifar10(tmp_path_factory.mktemp("cifar10"))

@@ -34,11 +34,6 @@ def image_mode(channels: int) -> str:
     return "L" if channels == 1 else "RGB"
 
 
-def is_hidden(relative: Path) -> bool:
-    """.DS_Store, ._photo.jpg (macOS), .git/...: no file below a dot-folder or with a dot-name is data."""
-    return any(part.startswith(".") for part in relative.parts)
-
-
 def _check(path: str | BinaryIO) -> str | None:
     """Why `path` (a file name, or the bytes of a file) cannot be trained on, or None. Decodes the whole file (a truncated one fails only there);
     JPEGs at 1/8 scale (PIL's draft mode: the same bytes are read, an eighth of the pixels computed)."""
@@ -52,18 +47,30 @@ def _check(path: str | BinaryIO) -> str | None:
     return None
 
 
-def unreadable_reasons(sources: Sequence[str | BinaryIO], threads: int | None = None) -> list[str | None]:
-    """For each file (a name, or its bytes), why it is no readable image, or None. Threads: Pillow decodes
-    without the GIL."""
+def _check_header(path: str | BinaryIO) -> str | None:
+    """Why `path` is no image that PIL identifies from its header, or None (data.check_files=open)."""
+    try:
+        with Image.open(path):
+            pass
+    except READ_ERRORS as err:
+        return f"{type(err).__name__}: {err}"
+    return None
+
+
+# data.check_files: how each file is checked at setup (none: not at all)
+CHECKERS = {"decode": _check, "open": _check_header}
+
+
+def unreadable_reasons(
+    sources: Sequence[str | BinaryIO], threads: int | None = None, check: str = "decode"
+) -> list[str | None]:
+    """For each file (a name, or its bytes), why it is no readable image, or None, as data.check_files=`check`
+    finds it. Threads: Pillow decodes without the GIL."""
+    if check == "none":
+        return [None] * len(sources)
     threads = threads or min(32, (os.cpu_count() or 1) * 2)
     with ThreadPoolExecutor(threads) as pool:
-        return list(pool.map(_check, sources, chunksize=64))
-
-
-def unreadable(paths: Sequence[str], threads: int | None = None) -> dict[str, str]:
-    """{path: reason} for the files that are no readable image."""
-    reasons = unreadable_reasons(paths, threads)
-    return {path: reason for path, reason in zip(paths, reasons, strict=True) if reason}
+        return list(pool.map(CHECKERS[check], sources, chunksize=64))
 
 
 def warn_skipped(skipped: dict[str, str], total: int, where: str, shown: int = 5) -> None:

@@ -129,8 +129,9 @@ def _image_source(value) -> str | io.BytesIO:
     return value
 
 
-def scan_hf(name: str, image_column: str, label_column: str, splits: dict) -> Index:
-    """Every row of the mapped splits whose image can be read, named '<split>/<row>' in index.files."""
+def scan_hf(name: str, image_column: str, label_column: str, splits: dict, check: str = "decode") -> Index:
+    """Every row of the mapped splits whose image can be read (as data.check_files=`check` finds them), named
+    '<split>/<row>' in index.files."""
     datasets = _import_datasets()
     data = load_hf(name)
     feature = _column(data, image_column, "image_column")
@@ -151,7 +152,7 @@ def scan_hf(name: str, image_column: str, label_column: str, splits: dict) -> In
             index.origin[split, label] = f"{class_name} of {name} (split {source})"
         for start in range(0, len(rows), CHECK_BATCH):
             batch = rows[start : start + CHECK_BATCH]
-            reasons = unreadable_reasons([_image_source(value) for value in batch[image_column]])
+            reasons = unreadable_reasons([_image_source(value) for value in batch[image_column]], check=check)
             for row, (value, reason) in enumerate(zip(batch[label_column], reasons, strict=True), start):
                 index.total += 1
                 if reason:
@@ -215,7 +216,7 @@ class HFDataModule(FileDataModule):
 
     def scan(self) -> Index:
         h = self.hparams
-        return scan_hf(h.name, h.image_column, h.label_column, h.splits)
+        return scan_hf(h.name, h.image_column, h.label_column, h.splits, h.check_files)
 
     def dataset(self, index: Index, labels: np.ndarray) -> HFRows:
         h = self.hparams

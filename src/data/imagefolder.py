@@ -7,6 +7,7 @@ hidden files, non-images and unreadable or truncated images are left out with on
 
 import logging
 import os
+from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,7 +16,8 @@ import torch
 from torch.utils.data import Dataset, WeightedRandomSampler
 
 from src.data.base import ImageDataModule, TransformedSubset, stratified_split
-from src.data.files import IMAGE_EXTENSIONS, image_mode, is_hidden, open_image, unreadable, warn_skipped
+from src.data.file_checks import CHECKS, unreadable_files
+from src.data.files import IMAGE_EXTENSIONS, image_mode, open_image, warn_skipped
 from src.errors import UserError
 
 SPLITS = ("train", "val", "test")
@@ -36,19 +38,32 @@ class Index:
     origin: dict = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
     total: int = 0
+    # each file's size and mtime_ns, in turn, where the scan stat'ed it (what the file check cache is keyed by)
+    stamps: array = field(default_factory=lambda: array("q"))
 
-    def add(self, path: str, label: int, split: str) -> None:
+    def add(self, path: str, label: int, split: str, stamp: tuple[int, int] | None = None) -> None:
         self.files.append(path)
         self.labels.append(label)
         self.splits.append(split)
+        if stamp is not None:
+            self.stamps.extend(stamp)
 
-    def drop_unreadable(self, where: str) -> None:
-        bad = unreadable(self.files)
+    def drop_unreadable(
+        self, where: str, root: str | Path, check: str = "decode", processes: int | None = None
+    ):
+        """Leaves out the files that data.check_files=`check` finds unreadable (file_checks.py), with one warning
+        for all the files the scan left out."""
+        stamps = None
+        if len(self.stamps) == 2 * len(self.files):
+            stamps = np.frombuffer(self.stamps, dtype=np.int64).reshape(-1, 2)
+        bad = unreadable_files(self.files, root, check, processes, stamps)
         self.skipped |= bad
-        keep = [i for i, path in enumerate(self.files) if path not in bad]
-        self.files, self.labels, self.splits = (
-            [values[i] for i in keep] for values in (self.files, self.labels, self.splits)
-        )
+        if bad:
+            keep = [i for i, path in enumerate(self.files) if path not in bad]
+            self.files, self.labels, self.splits = (
+                [values[i] for i in keep] for values in (self.files, self.labels, self.splits)
+            )
+        self.stamps = array("q")
         warn_skipped(self.skipped, self.total, where)
 
 
@@ -112,15 +127,19 @@ def folder_classes(data_dir: str | Path) -> list[str]:
 def _identity(path: Path) -> tuple[int, int] | None:
     """What a path is on disk, links followed (device, inode); None for a path that cannot be read (a link to
     nothing: the readability check names it)."""
+    info = _stat(path)
+    return None if info is None else (info.st_dev, info.st_ino)
+
+
+def _stat(path: str | Path) -> os.stat_result | None:
     try:
-        info = os.stat(path)
+        return os.stat(path)
     except OSError:
         return None
-    return info.st_dev, info.st_ino
 
 
 def _walk(folder: Path, entered: set, not_followed: dict[str, str]):
-    """Every file below `folder` (followed links included), as paths; hidden folders are not entered, nor is a
+    """Every file below `folder` (followed links included), as path strings; hidden folders are not entered, nor is a
     folder that is in `entered` (each folder entered is added): a link loop such as `cat/self -> .` or
     `cat/up -> ..`, or a link into another class folder, is noted in `not_followed` instead."""
     for root, dirs, files in os.walk(folder, followlinks=True):
@@ -134,7 +153,7 @@ def _walk(folder: Path, entered: set, not_followed: dict[str, str]):
             kept.append(name)
         dirs[:] = kept
         for name in sorted(files):
-            yield Path(root) / name
+            yield os.path.join(root, name)
 
 
 def _warn_not_followed(not_followed: dict[str, str], shown: int = 5) -> None:
@@ -149,9 +168,17 @@ def _warn_not_followed(not_followed: dict[str, str], shown: int = 5) -> None:
     )  # fmt: skip
 
 
-def scan_folder(data_dir: str | Path) -> Index:
-    """Every image of every class folder, per split folder (layout 1) or unassigned (layout 2). Each file on
-    disk is read once, however many links lead to it."""
+def scan_folder(data_dir: str | Path, check: str = "decode", processes: int | None = None) -> Index:
+    """Every readable image of every class folder (list_folder), as data.check_files=`check` finds them with
+    `processes` processes (file_checks.py)."""
+    index = list_folder(data_dir)
+    index.drop_unreadable(str(_expand(data_dir)), _expand(data_dir), check, processes)
+    return index
+
+
+def list_folder(data_dir: str | Path) -> Index:
+    """Every image file of every class folder, per split folder (layout 1) or unassigned (layout 2), none read
+    yet. Each file on disk is listed once, however many links lead to it."""
     data_dir = _expand(data_dir)
     names = folder_classes(data_dir)
     classes_dir, split_dirs = _layout(data_dir)
@@ -175,19 +202,21 @@ def scan_folder(data_dir: str | Path) -> Index:
             index.origin[split, label] = str(split_dir / name)
             for path in _walk(split_dir / name, entered, not_followed):
                 index.total += 1
-                identity = _identity(path)
-                if is_hidden(path.relative_to(split_dir)):
-                    index.skipped[str(path)] = "hidden file"
-                elif path.suffix.lower() not in IMAGE_EXTENSIONS:
-                    index.skipped[str(path)] = f"not an image: {path.suffix or 'no'} extension"
+                info = _stat(path)
+                identity = None if info is None else (info.st_dev, info.st_ino)
+                suffix = os.path.splitext(path)[1]
+                # .DS_Store, ._photo.jpg (macOS); hidden folders (.git) are not entered
+                if os.path.basename(path).startswith("."):
+                    index.skipped[path] = "hidden file"
+                elif suffix.lower() not in IMAGE_EXTENSIONS:
+                    index.skipped[path] = f"not an image: {suffix or 'no'} extension"
                 elif identity in first_path:
-                    index.skipped[str(path)] = f"the same file as another: {first_path[identity]}"
+                    index.skipped[path] = f"the same file as another: {first_path[identity]}"
                 else:
                     if identity is not None:
-                        first_path[identity] = str(path)
-                    index.add(str(path), label, split)
+                        first_path[identity] = path
+                    index.add(path, label, split, (info.st_size, info.st_mtime_ns) if info else (-1, -1))
     _warn_not_followed(not_followed)
-    index.drop_unreadable(str(data_dir))
     return index
 
 
@@ -262,8 +291,11 @@ class FileDataModule(ImageDataModule):
         val_size: float = 0.1,
         test_size: float = 0.1,
         style: str = "imagenet",
+        check_files: str = "decode",
         **kwargs,
     ):
+        """`check_files`: how the setup scan checks that each file is a readable image (decode, open, none;
+        file_checks.py)."""
         super().__init__(**kwargs)
         self.save_hyperparameters(logger=False)
         self.style = style
@@ -271,6 +303,10 @@ class FileDataModule(ImageDataModule):
 
     def scan(self) -> Index:
         raise NotImplementedError
+
+    def check_processes(self) -> int | None:
+        """The processes that check files at setup: data.num_workers (the cores when 0)."""
+        return self.hparams.num_workers or None
 
     def dataset(self, index: Index, labels: np.ndarray) -> Dataset:
         """The images the scan listed, as (PIL image, label) pairs in the order of index.files; `labels`: as
@@ -300,6 +336,8 @@ class FileDataModule(ImageDataModule):
         if self.data_train is not None:
             return
         self.check_sampler()  # before the scan of a large folder
+        if self.hparams.check_files not in CHECKS:
+            raise UserError(f"data.check_files={self.hparams.check_files} is not one of {', '.join(CHECKS)}")
         trainer = self.trainer
         if trainer is not None and trainer.world_size > 1:
             # DDP: rank 0 scans (once, not once per rank: a folder of 100 000 files is read once) and sends the
@@ -367,4 +405,4 @@ class EpochSeededSampler(WeightedRandomSampler):
 
 class ImageFolderDataModule(FileDataModule):
     def scan(self) -> Index:
-        return scan_folder(self.hparams.data_dir)
+        return scan_folder(self.hparams.data_dir, self.hparams.check_files, self.check_processes())

@@ -75,6 +75,8 @@ def scan_manifest(
     label_column: str,
     split_column: str | None,
     separator: str | None = None,
+    check: str = "decode",
+    processes: int | None = None,
 ) -> Index:
     """The files of the manifest; each label a class index, or with `separator`, a sorted tuple of them."""
     rows = read_manifest(csv_path, {"path": path_column, "label": label_column})
@@ -118,7 +120,7 @@ def scan_manifest(
             index.skipped[str(path)] = f"listed again: line {line} repeats line {first[0]}"
         else:
             index.add(str(path), label, split)
-    index.drop_unreadable(str(csv_path))
+    index.drop_unreadable(str(csv_path), root, check, processes)
     return index
 
 
@@ -185,8 +187,9 @@ class CSVDataModule(FileDataModule):
     def scan(self) -> Index:
         h = self.hparams
         return scan_manifest(
-            h.csv_path, h.image_root, h.path_column, h.label_column, h.split_column, h.label_separator
-        )
+            h.csv_path, h.image_root, h.path_column, h.label_column, h.split_column, h.label_separator,
+            h.check_files, self.check_processes(),
+        )  # fmt: skip
 
     def assign_splits(self, index: Index) -> dict[str, np.ndarray]:
         if self.task == "multiclass":

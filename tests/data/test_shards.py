@@ -1,7 +1,12 @@
 """data=shards: WebDataset tar shards written by src.shards from an image folder (and from data=hf), read back
 bit-identical, split across 2 and 3 ranks with each sample read once, trained on from the command line."""
 
+import functools
+import http.server
+import io
 import json
+import re
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -197,3 +202,61 @@ def test_shards_of_a_hugging_face_data_set_and_of_digits_keep_their_images(tmp_p
     pixels, label = digits.data_test.dataset[digits.data_test.indices[0]]
     image, stored = data.data_test.dataset[data.data_test.indices[0]]
     assert stored == label and np.array_equal(np.asarray(image), pixels.permute(1, 2, 0).numpy())
+
+
+class RangeHandler(http.server.SimpleHTTPRequestHandler):
+    """Python's file server plus single byte ranges (`Range: bytes=a-b`), as object stores and web servers
+    answer them: what fsspec's HTTP reads of a sample at an offset ask for."""
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def send_head(self):
+        wanted = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range", ""))
+        path = Path(self.translate_path(self.path))
+        if not wanted or not path.is_file():
+            return super().send_head()
+        data = path.read_bytes()
+        start, end = int(wanted[1]), min(int(wanted[2] or len(data) - 1), len(data) - 1)
+        self.send_response(206)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
+        self.send_header("Content-Length", str(end - start + 1))
+        self.end_headers()
+        return io.BytesIO(data[start : end + 1])
+
+
+@pytest.fixture(scope="module")
+def shards_url(shards) -> str:
+    """The shard folder served over HTTP on the loopback interface, for as long as the module's tests run."""
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(RangeHandler, directory=str(shards))
+    )
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_shards_read_from_an_http_url_as_from_their_folder(shards, shards_url):
+    local, remote = loaded(shards), loaded(shards_url, num_workers=2)
+    assert remote.class_names == local.class_names and remote.split_counts == local.split_counts
+    samples = remote.data_train.dataset
+    assert all(samples.read(i) == local.data_train.dataset.read(i) for i in range(len(samples)))
+    # the training loader's worker processes, each with its own connections, read every training image once
+    labels = torch.cat([y for _, y in remote.train_dataloader()])
+    assert sorted(labels.tolist()) == sorted(
+        local.data_train.dataset.targets[local.data_train.indices].tolist()
+    )
+
+
+@pytest.mark.slow
+def test_training_streams_shards_from_an_http_url(shards_url, tmp_path):
+    logs = tmp_path / "logs"
+    result = run_cli("src.train", "data=shards", f"data.path={shards_url}", *TINY_VIT, *QUICK,
+                     f"paths.log_dir={logs}", "task_name=web", "data.image_size=16")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run_dir,) = run_dirs(logs, "web")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["class_counts"]["test"] == {"cat": 2, "dog": 2, "owl": 2}
