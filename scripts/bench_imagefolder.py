@@ -4,7 +4,7 @@
 
 Writes `--files` JPEGs (`--size` px, 10 class folders; once: an existing folder is reused), then prints
 - the setup scan as one markdown table row: listing and classing the files, the check that every file decodes
-  (data.check_files=decode, with `--workers` processes, nothing cached), a whole setup once that check is cached,
+  (data.check_files=`--check`, decode by default, with `--workers` processes, nothing cached), a whole setup once that check is cached,
   the split, the peak memory (resident set of this process plus that of its largest child) and files/s of the
   cached setup; `--header` prints the table's header first;
 - on stderr (with `--batches` above 0): the training DataLoader (decode + data.style=imagenet's random-resized
@@ -28,8 +28,8 @@ from PIL import Image
 from src.data.imagefolder import ImageFolderDataModule, assign_splits, list_folder
 
 HEADER = (
-    "| files | listing s | check s (uncached) | setup s (cached check) | split s | peak RSS MB | files/s (cached) |\n"
-    "|---:|---:|---:|---:|---:|---:|---:|"
+    "| files | data.check_files | listing s | check s (uncached) | setup s (cached check) | split s | peak RSS MB | files/s (cached) |\n"
+    "|---:|---|---:|---:|---:|---:|---:|---:|"
 )
 
 
@@ -70,7 +70,7 @@ def peak_rss_mb() -> float:
     return (own + children) / 1024
 
 
-def scan_row(datamodule: ImageFolderDataModule, workers: int) -> str:
+def scan_row(datamodule: ImageFolderDataModule, workers: int, check: str) -> str:
     """The table row of the setup scan of `datamodule`'s folder: its check cached in a new, empty cache folder."""
     data_dir = datamodule.hparams.data_dir
     previous = os.environ.get("VITLAB_CACHE")
@@ -79,7 +79,7 @@ def scan_row(datamodule: ImageFolderDataModule, workers: int) -> str:
         start = time.perf_counter()
         index = list_folder(data_dir)
         listed = time.perf_counter()
-        index.drop_unreadable(data_dir, data_dir, "decode", workers)
+        index.drop_unreadable(data_dir, data_dir, check, workers)
         checked = time.perf_counter()
         assign_splits(index, 0.1, 0.1, seed=0)
         split = time.perf_counter() - checked
@@ -93,7 +93,7 @@ def scan_row(datamodule: ImageFolderDataModule, workers: int) -> str:
     else:
         os.environ["VITLAB_CACHE"] = previous
     return (
-        f"| {files:,} | {listed - start:.1f} | {checked - listed:.1f} | {cached:.1f} | {split:.2f} | "
+        f"| {files:,} | {check} | {listed - start:.1f} | {checked - listed:.1f} | {cached:.1f} | {split:.2f} | "
         f"{peak_rss_mb():,.0f} | {files / cached:,.0f} |"
     )
 
@@ -109,6 +109,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--batches", type=int, default=30, help="of the loader; 0: the scan only")
     parser.add_argument("--dir", type=Path, default=Path("/tmp/vitlab_bench_images"))
+    parser.add_argument("--check", choices=["decode", "open"], default="decode", help="data.check_files")
     parser.add_argument("--header", action="store_true", help="print the table's header before its row")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -121,11 +122,11 @@ def main() -> None:
     dm = ImageFolderDataModule(
         data_dir=str(args.dir), num_classes=10, image_size=args.image_size, mean=[0.5] * 3, std=[0.25] * 3,
         batch_size=args.batch_size, num_workers=args.workers, persistent_workers=False, prefetch_factor=4,
-        val_size=0.1, test_size=0.1,
+        val_size=0.1, test_size=0.1, check_files=args.check,
     )  # fmt: skip
     if args.header:
         print(HEADER)
-    print(scan_row(dm, args.workers), flush=True)
+    print(scan_row(dm, args.workers, args.check), flush=True)
 
     if not args.batches:
         return
