@@ -52,6 +52,52 @@ def test_fitted_thresholds_maximise_each_labels_f1():
     assert multilabel.fit_thresholds(p, np.zeros_like(y)) == [0.5] * 4  # no positives: the default
 
 
+def test_precision_thresholds_keep_the_most_positives_at_the_chosen_precision():
+    # label 0: positives at 0.9, 0.7; negatives at 0.8, 0.6, 0.5: at precision 0.6 the cut keeps 0.9..0.7 (2/3,
+    # recall 1), at precision 1 only 0.9 (recall 1/2)
+    # label 1: positives at 0.7, 0.6, 0.4; negatives at 0.8, 0.5: precision 0.6 keeps all five (3/5, recall 1),
+    # precision 1 is reached nowhere (0.8 is a negative): the F1-maximising threshold, 0.2
+    # label 2: its one positive (0.6) is below three negatives: precision 0.6 is reached nowhere
+    p = np.array([[0.9, 0.8, 0.9], [0.8, 0.7, 0.8], [0.7, 0.6, 0.7], [0.6, 0.5, 0.6], [0.5, 0.4, 0.5]])
+    y = np.array([[1, 0, 0], [0, 1, 0], [1, 1, 0], [0, 0, 1], [0, 1, 0]])
+    f1_thresholds = multilabel.fit_thresholds(p, y)
+    assert f1_thresholds == pytest.approx([0.65, 0.2, 0.55])
+    thresholds, unreached = multilabel.fit_precision_thresholds(p, y, 0.6)
+    assert thresholds == pytest.approx([(0.7 + 0.6) / 2, 0.4 / 2, f1_thresholds[2]]) and unreached == [2]
+    thresholds, unreached = multilabel.fit_precision_thresholds(p, y, 1.0)
+    assert thresholds == pytest.approx([(0.9 + 0.8) / 2, *f1_thresholds[1:]]) and unreached == [1, 2]
+    # on random scores: each reached label's precision is at least the target, and no threshold below its own
+    # keeps that precision with more of its positives
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 2, (300, 4))
+    p = np.clip(rng.random((300, 4)) * 0.7 + 0.3 * y, 0, 1)
+    thresholds, unreached = multilabel.fit_precision_thresholds(p, y, 0.8)
+    assert unreached == []
+    for j, t in enumerate(thresholds):
+        kept = p[:, j] > t
+        assert y[kept, j].mean() >= 0.8
+        for lower in np.unique(p[:, j][p[:, j] <= t]) - 1e-9:
+            more = p[:, j] > lower
+            assert y[more, j].mean() < 0.8 or y[more, j].sum() == y[kept, j].sum()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["module.thresholds=recall"], "module.thresholds=recall is unknown"),
+        (["module.thresholds=precision", "module.target_precision=1.5"], "module.target_precision=1.5"),
+        (["module.thresholds=precision", "module.target_precision=0"], "module.target_precision=0"),
+    ],
+)
+def test_bad_threshold_fits_are_one_error(tmp_path, overrides, message):
+    from hydra.utils import instantiate
+
+    cfg = _module_config(tmp_path, *overrides)
+    multilabel.settle_task(cfg, "multilabel", "data=digits_multilabel")
+    with pytest.raises((UserError, InstantiationException), match=message):
+        instantiate(cfg.module)
+
+
 def test_losses_and_balanced_positive_weights():
     targets = torch.tensor([[1.0, 0.0, 0.0], [1.0, 1.0, 0.0], [0.0, 0.0, 0.0], [1.0, 0.0, 0.0]])
     # label 0: 3 positives, 1 negative; label 1: 1 and 3; label 2 has no positives and keeps weight 1
@@ -156,6 +202,32 @@ def test_thresholds_travel_in_the_checkpoint_to_predict(tmp_path):
         )
         assert [name for name, _ in labels] == [name for name, _ in expected]
         assert [p for _, p in labels] == pytest.approx([p for _, p in expected], abs=1e-5)
+
+
+def test_precision_thresholds_are_fitted_on_val_and_name_the_labels_that_miss(tmp_path, caplog):
+    """module.thresholds=precision: the thresholds after the validation pass are those of its probabilities;
+    the labels that reach the precision nowhere are named in one warning."""
+    import lightning as L
+    from hydra.utils import instantiate
+
+    cfg = _module_config(
+        tmp_path, "data.train_images=64", "data.val_images=32", "module.thresholds=precision",
+        "module.target_precision=1.0",
+    )  # fmt: skip
+    multilabel.settle_task(cfg, "multilabel", "data=digits_multilabel")
+    model: ClassifierModule = instantiate(cfg.module)
+    trainer = L.Trainer(
+        max_epochs=1, limit_train_batches=1, accelerator="cpu", logger=False, enable_progress_bar=False,
+        enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=0,
+    )  # fmt: skip
+    with caplog.at_level("WARNING"):
+        trainer.fit(model, datamodule=instantiate(cfg.data))
+    probabilities, targets = model.val_probabilities.compute().numpy(), model.val_targets.compute().numpy()
+    expected, unreached = multilabel.fit_precision_thresholds(probabilities, targets, 1.0)
+    assert model.thresholds.tolist() == pytest.approx(expected)
+    assert unreached  # an untrained model ranks some negative of each of several labels first
+    (warning,) = [r.getMessage() for r in caplog.records if "reach a precision" in r.getMessage()]
+    assert warning.startswith(f"labels {', '.join(str(j) for j in unreached)} reach a precision of 1.0")
 
 
 @pytest.mark.slow
