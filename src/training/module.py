@@ -126,7 +126,9 @@ class ClassifierModule(L.LightningModule):
             self.criterion = multilabel.criterion(loss)
             multilabel.check_threshold_fit(thresholds, target_precision)
         elif thresholds != "f1":
-            raise UserError(f"module.thresholds={thresholds} is for multi-label data: single-label data has none")
+            raise UserError(
+                f"module.thresholds={thresholds} is for multi-label data: single-label data has none"
+            )
         elif loss not in (None, "ce"):
             raise UserError(f"module.loss={loss} is for multi-label data: single-label data trains with ce")
         else:
