@@ -1,6 +1,8 @@
 """Multi-label classification: its metrics agree with scikit-learn's, the thresholds fitted on val are each
 label's F1-maximising ones, a checkpoint's thresholds reach src.predict unchanged, and a tiny model trains."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -143,13 +145,14 @@ def test_multi_label_data_switches_val_acc_monitors_to_val_map(tmp_path):
         assert (cfg.callbacks[name].monitor, cfg.callbacks[name].mode) == ("val/map", "max")
 
 
-def test_thresholds_travel_in_the_checkpoint_to_predict(tmp_path):
+def test_thresholds_travel_in_the_checkpoint_to_predict(tmp_path, capsys):
     """A module's fitted thresholds, saved as src.train saves them, are the ones src.predict applies, from the
-    checkpoint and from its ONNX export; threshold=0.5 overrides them."""
+    checkpoint, from its ONNX export and from a Hub folder of the model; threshold=0.5 overrides them; src.serve
+    answers with the same labels."""
     import lightning as L
     from hydra.utils import instantiate
 
-    from src.inference.classifiers import onnx_classifier, torch_classifier
+    from src.inference.classifiers import load_classifier, onnx_classifier, torch_classifier
     from src.predict import predict
 
     cfg = _module_config(tmp_path, "data.train_images=64", "data.val_images=32", "data.test_images=32")
@@ -185,7 +188,33 @@ def test_thresholds_travel_in_the_checkpoint_to_predict(tmp_path):
     assert onnx_classifier_.thresholds == fitted
     (onnx_probabilities,) = onnx_classifier_([Image.open(tmp_path / "canvas.png").convert("RGB")])
     assert onnx_probabilities == pytest.approx(probabilities, abs=1e-5)
-    cases = [(path, "null", fitted), (path, 0.5, [0.5] * 10), (onnx, "null", fitted)]
+    # a Hub folder of the model (src.export refuses it: its model card is a single-label one): transformers'
+    # multi-label task, the names and thresholds in config.json, which vitlab's readers apply
+    from src.data.preprocessing import preprocessing_facts
+    from src.inference.hub_folder import write_folder
+
+    with pytest.raises(SystemExit):
+        export(compose_config("export", [f"ckpt_path={path}", "format=hf"], tmp_path / "export_hf"))
+    assert (
+        "error: format=hf: the Hub folder's model card describes single-label runs" in capsys.readouterr().err
+    )
+    hub = tmp_path / "hf"
+    names = [str(i) for i in range(10)]
+    facts, backbone = preprocessing_facts(datamodule), dict(model.hparams.backbone)
+    write_folder(model.backbone, hub, facts, names, backbone, thresholds=fitted)
+    config = json.loads((hub / "config.json").read_text())
+    assert config["problem_type"] == "multi_label_classification" and config["vitlab"]["thresholds"] == fitted
+    assert config["label_names"] == names
+    (hub_probabilities,) = load_classifier(hub, "cpu")([Image.open(tmp_path / "canvas.png").convert("RGB")])
+    assert hub_probabilities == pytest.approx(probabilities, abs=1e-5)
+    cases = [(path, "null", fitted), (path, 0.5, [0.5] * 10), (onnx, "null", fitted), (hub, "null", fitted),
+             (hub, 0.5, [0.5] * 10)]  # fmt: skip
+
+    def labels_above(thresholds):
+        """The canvas's labels above `thresholds` with their probabilities, most probable first."""
+        above = [(str(j), float(p)) for j, p in enumerate(probabilities) if p > thresholds[j]]
+        return sorted(above, key=lambda pair: -pair[1])
+
     for number, (model_path, threshold, expected_thresholds) in enumerate(cases):
         out = tmp_path / f"predict_{number}"
         out.mkdir()
@@ -195,13 +224,21 @@ def test_thresholds_travel_in_the_checkpoint_to_predict(tmp_path):
             out,
         )
         ((_, labels),) = predict(cfg)
-        names = [str(i) for i in range(10)]
-        expected = sorted(
-            ((names[j], float(p)) for j, p in enumerate(probabilities) if p > expected_thresholds[j]),
-            key=lambda pair: -pair[1],
-        )
+        expected = labels_above(expected_thresholds)
         assert [name for name, _ in labels] == [name for name, _ in expected]
         assert [p for _, p in labels] == pytest.approx([p for _, p in expected], abs=1e-5)
+    # src.serve of the folder answers with the same labels
+    from tests.serving.test_server import request, running
+
+    with running(hub) as url:
+        status, answer, _ = request(f"{url}/predict", (tmp_path / "canvas.png").read_bytes())
+        _, health, _ = request(f"{url}/health")
+    assert status == 200 and health["thresholds"] == fitted
+    (served,) = answer["predictions"]
+    assert [top["label"] for top in served["top"]] == [name for name, _ in labels_above(fitted)]
+    assert [top["probability"] for top in served["top"]] == pytest.approx(
+        [p for _, p in labels_above(fitted)], abs=1e-5
+    )
 
 
 def test_precision_thresholds_are_fitted_on_val_and_name_the_labels_that_miss(tmp_path, caplog):
