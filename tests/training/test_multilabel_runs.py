@@ -110,3 +110,52 @@ def test_ddp_metrics_are_those_of_one_process_on_the_same_checkpoint(tmp_path):
     for name, value in tested.items():
         assert value == pytest.approx(one_process[name], abs=1e-5), name
     assert summary["test"]["test/loss"] == pytest.approx(one_process["test/loss"], rel=1e-4)
+
+
+@pytest.mark.slow
+def test_a_users_folder_with_a_csv_beside_it_trains_reports_predicts_and_exports(tmp_path):
+    """docs/multilabel.md's own-images commands, in this process: a folder of PNGs and a CSV of `path,label` rows
+    (`dog;car`) train a step, the report has a row per label, src.predict lists each image's labels above their
+    thresholds, and the ONNX export predicts the same labels."""
+    from PIL import Image
+
+    from src.export import export
+    from src.predict import predict
+
+    folder = tmp_path / "my_photos"
+    (folder / "images").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    label_sets = ["dog;car", "cat", "dog", "car;cat", "dog;cat;car", "car"]
+    rows = ["path,label"]
+    for i in range(30):
+        Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(
+            folder / "images" / f"{i}.png"
+        )
+        rows.append(f"{i}.png,{label_sets[i % len(label_sets)]}")
+    (folder / "labels.csv").write_text("\n".join(rows) + "\n")
+
+    run = tmp_path / "run"
+    train(compose_config("train", [
+        "data=csv", f"data.csv_path={folder / 'labels.csv'}", f"data.image_root={folder / 'images'}",
+        "data.label_separator=';'", "data.image_size=32", "data.val_size=6", "data.test_size=6", "data.batch_size=8",
+        *TINY_VIT, *QUICK, "+trainer.limit_train_batches=1", "logger=none",
+    ], run))  # fmt: skip
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["task"] == "multilabel" and list(summary["thresholds"]) == ["car", "cat", "dog"]
+    report = (run / "report.md").read_text()
+    assert all(f"\n| {name} |" in report for name in ("car", "cat", "dog", "micro avg", "macro avg"))
+    checkpoint = summary["best_checkpoint"]
+
+    def labels_of(model_path, out: Path) -> dict[str, list[str]]:
+        out.mkdir()
+        rows = predict(
+            compose_config("predict", [f"ckpt_path={model_path}", f"inputs={folder / 'images'}"], out)
+        )
+        return {file.name: [name for name, _ in labels] for file, labels in rows}
+
+    from_checkpoint = labels_of(checkpoint, tmp_path / "predict")
+    assert any(from_checkpoint.values())  # some image has labels above their thresholds
+    assert len(from_checkpoint) == 30 and (tmp_path / "predict" / "predictions.csv").is_file()
+    assert {name for labels in from_checkpoint.values() for name in labels} <= {"car", "cat", "dog"}
+    onnx = export(compose_config("export", [f"ckpt_path={checkpoint}", "format=onnx"], tmp_path / "export"))
+    assert labels_of(onnx, tmp_path / "predict_onnx") == from_checkpoint
