@@ -9,7 +9,9 @@ loaded back) at batch sizes 1, 3 and all against the PyTorch model's, in fp32. A
 deleted and the run ends with one `error:` line saying by how much. A checkpoint's fitted temperature
 (src.eval calibrate=temperature) is folded into the ONNX and TorchScript graphs (their logits are divided by it,
 and the metadata names it); a Hub folder keeps the model's own weights and names the temperature in config.json,
-which vitlab applies when it loads the folder."""
+which vitlab applies when it loads the folder. A multi-label model's ONNX or TorchScript export keeps its logits,
+and its metadata the task and each label's threshold, which src.predict and src.serve apply (a sigmoid per
+label); format=hf refuses it (the model card describes single-label runs only)."""
 
 import json
 import logging
@@ -172,7 +174,11 @@ def export(cfg: DictConfig) -> Path:
     path = Path(cfg.paths.output_dir) / FORMATS[cfg.format]
     path.parent.mkdir(parents=True, exist_ok=True)
     if cfg.format == "hf" and module.multilabel:
-        raise UserError("a Hub folder keeps no label thresholds: export multi-label models with format=onnx")
+        # the folder itself carries multi-label models (write_folder's thresholds), its model card does not
+        raise UserError(
+            "format=hf: the Hub folder's model card describes single-label runs only (classes, accuracy): "
+            "export multi-label models with format=onnx"
+        )
     if cfg.format == "hf":
         exported = export_hf(module, path, facts, names, Path(cfg.ckpt_path))
     else:

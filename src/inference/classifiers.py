@@ -201,21 +201,27 @@ def _sigmoids(model, device) -> Callable[[list], np.ndarray]:
 
 def hub_folder_classifier(path: Path, device, tta: str = "none") -> Classifier:
     """From a folder of src.export format=hf (src/inference/hub_folder.py): safetensors weights, the backbone built
-    by timm or through vitlab's allow-list (its temperature applied), the eval transform of its config.json."""
+    by timm or through vitlab's allow-list (its temperature applied), the eval transform of its config.json; a
+    multi-label folder's sigmoids and thresholds."""
     import torch
 
     from src.data.preprocessing import numpy_eval_transform
     from src.data.tta import tta_views
-    from src.inference.hub_folder import load_folder
+    from src.inference.hub_folder import folder_thresholds, load_folder
 
     model, facts, names = load_folder(path)
     to_array = numpy_eval_transform(facts)
+
+    def transform(image):
+        return torch.from_numpy(to_array(image))
+
+    thresholds = folder_thresholds(path)
+    if thresholds is not None:
+        if tta != "none":
+            raise UserError("test-time augmentation averages single-label probabilities: use tta=none")
+        return Classifier(names, transform, _sigmoids(model.to(device), device), thresholds)
     views = tta_views(tta, facts["style"], facts["image_size"])
-    return Classifier(
-        names,
-        lambda image: torch.from_numpy(to_array(image)),
-        _probabilities(model.to(device), device, views, 1.0),
-    )
+    return Classifier(names, transform, _probabilities(model.to(device), device, views, 1.0))
 
 
 def load_classifier(path: Path, device: str | None = None, tta: str = "none") -> Classifier:

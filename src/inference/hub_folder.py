@@ -6,7 +6,9 @@ model=<folder>)`, through its TimmWrapper) load it as they load Hub models. vitl
 CCT, TokenLearner) are no timm architectures: their folder holds the same three files with vitlab's backbone
 config, which vitlab loads (`python -m src.predict ckpt_path=<folder>`). Either way config.json keeps, under
 "vitlab", the eval transform's facts and the backbone config, so that vitlab reads a folder exactly as it read the
-checkpoint. Weights are read with safetensors: no pickle runs."""
+checkpoint. A multi-label model's folder says so as transformers does (`problem_type: multi_label_classification`:
+its pipeline then gives each label's sigmoid) and keeps each label's threshold under "vitlab" (`thresholds`), which
+vitlab's loader applies. Weights are read with safetensors: no pickle runs."""
 
 import json
 from pathlib import Path
@@ -18,6 +20,10 @@ from src.errors import UserError
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 CARD = "README.md"
+# transformers' name of the task whose pipeline applies a sigmoid per label
+MULTI_LABEL = "multi_label_classification"
+# where config.json's "vitlab" section keeps a multi-label model's thresholds
+THRESHOLDS = "thresholds"
 
 
 def is_timm_model(backbone: nn.Module) -> bool:
@@ -50,20 +56,26 @@ def write_folder(
     class_names: list[str],
     backbone_config: dict,
     temperature: float = 1.0,
+    thresholds: list[float] | None = None,
 ) -> str:
     """Writes model.safetensors and config.json; returns the library that loads them: "timm" or "vitlab".
-    `temperature` (src.eval calibrate=temperature) is named in config.json, for vitlab's loader to apply."""
+    `temperature` (src.eval calibrate=temperature) is named in config.json, for vitlab's loader to apply;
+    `thresholds` (multi-label models: each label's) make the folder a multi-label one."""
     import safetensors.torch
 
     folder.mkdir(parents=True, exist_ok=True)
     vitlab = {"preprocessing": facts, "backbone": backbone_config, "temperature": float(temperature)}
+    task = {}
+    if thresholds is not None:
+        vitlab |= {"task": "multilabel", THRESHOLDS: [float(t) for t in thresholds]}
+        task = {"problem_type": MULTI_LABEL}
     if is_timm_model(backbone):
         from timm.models import save_for_hf
 
         from src.upstream_fixes.timm import drop_duplicate_num_classes
 
         save_for_hf(
-            backbone, str(folder), model_config={"label_names": class_names, "vitlab": vitlab},
+            backbone, str(folder), model_config={"label_names": class_names, **task, "vitlab": vitlab},
             safe_serialization=True, data_config=timm_data_config(facts),
         )  # fmt: skip
         drop_duplicate_num_classes(folder / CONFIG)
@@ -75,6 +87,7 @@ def write_folder(
         "library_name": "vitlab",
         "num_classes": len(class_names),
         "label_names": class_names,
+        **task,
         "pretrained_cfg": timm_data_config(facts),
         "vitlab": vitlab,
     }
@@ -126,3 +139,9 @@ def load_folder(folder: Path) -> tuple[nn.Module, dict, list[str]]:
 
         model = TemperatureScaled(model, temperature)
     return model.eval(), config["vitlab"]["preprocessing"], list(config["label_names"])
+
+
+def folder_thresholds(folder: Path) -> list[float] | None:
+    """A multi-label folder's thresholds (a label is predicted above its own); None for a single-label one."""
+    vitlab = read_config(folder)["vitlab"]
+    return [float(t) for t in vitlab[THRESHOLDS]] if vitlab.get("task") == "multilabel" else None

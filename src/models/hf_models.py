@@ -66,6 +66,9 @@ class HFClassifier(nn.Module):
     """A transformers image classifier whose forward takes images and returns logits, as vitlab's module expects.
     Models with position embeddings for one size (ViT, DeiT, BEiT) interpolate them for another `img_size`."""
 
+    # the classifier module of transformers' image classifiers (freeze=head_only trains it alone)
+    classifier_names = ("model.classifier",)
+
     def __init__(self, model: nn.Module, img_size: int | None):
         super().__init__()
         self.model = model

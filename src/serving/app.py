@@ -129,7 +129,7 @@ def create_app(classifier: Classifier, settings: Settings, model_name: str, expl
     batcher = DynamicBatcher(
         classifier.run, settings.max_batch_size, settings.max_wait_ms, settings.max_queue
     )
-    names = classifier.class_names
+    names, thresholds = classifier.class_names, classifier.thresholds
 
     @asynccontextmanager
     async def lifespan(_app):
@@ -164,7 +164,9 @@ def create_app(classifier: Classifier, settings: Settings, model_name: str, expl
         results = await batcher.submit(inputs)
         predictions = []
         for (name, _), (row, batch_size) in zip(files, results, strict=True):
-            top = row.argsort(kind="stable")[::-1][:k]  # most probable first, as src.predict ranks
+            top = row.argsort(kind="stable")[::-1]  # most probable first, as src.predict ranks
+            # multi-label: every label above its threshold, as src.predict lists them (k does not apply)
+            top = top[:k] if thresholds is None else [i for i in top if row[i] > thresholds[i]]
             predictions.append({
                 "file": name,
                 "top": [{"label": names[i], "probability": float(row[i])} for i in top],
@@ -179,6 +181,7 @@ def create_app(classifier: Classifier, settings: Settings, model_name: str, expl
             "status": "ok", "model": model_name, "class_names": names, "queued": batcher.pending,
             "max_queue": settings.max_queue, "max_batch_size": settings.max_batch_size, "batches": stats.batches,
             "images": stats.images, "largest_batch": stats.largest_batch, "demo": explainer is not None,
+            "thresholds": thresholds,
         }  # fmt: skip
 
     if explainer is not None:

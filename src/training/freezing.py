@@ -36,7 +36,10 @@ def timm_blocks(model: nn.Module) -> tuple[list[str], list[list[str]]]:
 
 
 def head_names(model: nn.Module) -> list[str]:
-    """The classifier modules: timm's pretrained config names them ('head', 'head_dist'); ours are `head`."""
+    """The classifier modules: the model's `classifier_names` where it states them (hf_models.py), else timm's
+    pretrained config names them ('head', 'head_dist'); ours are `head`."""
+    if hasattr(model, "classifier_names"):
+        return list(model.classifier_names)
     classifiers = (getattr(model, "pretrained_cfg", None) or {}).get("classifier", "head")
     return [classifiers] if isinstance(classifiers, str) else list(classifiers)
 
@@ -73,7 +76,10 @@ def apply_freezing(
     if mode == "none":
         _freeze_before(model, "")  # the root module comes first: nothing is before it
     elif mode == "head_only":
-        _freeze_before(model, head_names(model)[0])
+        head = head_names(model)[0]
+        if head not in dict(model.named_modules()):  # else every parameter would freeze, the head's too
+            raise UserError(f"freeze.mode=head_only: {type(model).__name__} has no classifier named {head!r}")
+        _freeze_before(model, head)
     elif mode == "until":
         _freeze_before(model, resolve(model, layer))
     elif mode == "first_n_blocks" and hasattr(model, "group_matcher") and not hasattr(model, "block_names"):

@@ -66,6 +66,8 @@ class ClassifierModule(L.LightningModule):
         mixup: DictConfig | None = None,
         task: str | None = None,
         loss: str | None = None,
+        thresholds: str = "f1",
+        target_precision: float = 0.9,
     ):
         """`data` is the data config the model was trained with, kept so that eval and predict can rebuild
         the same inputs from the checkpoint alone. `freeze` (conf/freeze/) says which backbone parameters
@@ -75,7 +77,9 @@ class ClassifierModule(L.LightningModule):
         `mixup` (conf/mixup/, see mixing.py) mixes training batches; their loss is then the soft-target
         cross-entropy. `task`: multiclass (null: src.train sets the data's) or multilabel (multilabel.py: a
         sigmoid per label, `loss` bce or asl, mAP metrics, per-label thresholds fitted on val); for multilabel,
-        class_weights=balanced weighs each label's positives by its negatives over its positives."""
+        class_weights=balanced weighs each label's positives by its negatives over its positives. `thresholds`:
+        how each validation pass fits the labels' thresholds: f1 (each label's F1-maximising one) or precision (the
+        highest recall at a precision of at least `target_precision`)."""
         super().__init__()
         # filled from the DataModule when a checkpoint is saved, and from the checkpoint when one is loaded
         self.class_names: list[str] = []
@@ -120,6 +124,11 @@ class ClassifierModule(L.LightningModule):
                     "module.label_smoothing=0.0 mixup=none distill=none"
                 )
             self.criterion = multilabel.criterion(loss)
+            multilabel.check_threshold_fit(thresholds, target_precision)
+        elif thresholds != "f1":
+            raise UserError(
+                f"module.thresholds={thresholds} is for multi-label data: single-label data has none"
+            )
         elif loss not in (None, "ce"):
             raise UserError(f"module.loss={loss} is for multi-label data: single-label data trains with ce")
         else:
@@ -231,7 +240,21 @@ class ClassifierModule(L.LightningModule):
         # the checkpoint saved after this pass keeps the thresholds fitted to it
         if self.multilabel and self.val_targets.update_count:
             probabilities, targets = self.val_probabilities.compute(), self.val_targets.compute()
-            fitted = multilabel.fit_thresholds(probabilities.cpu().numpy(), targets.cpu().numpy())
+            probabilities, targets = probabilities.cpu().numpy(), targets.cpu().numpy()
+            if self.hparams.get("thresholds", "f1") == "f1":
+                fitted = multilabel.fit_thresholds(probabilities, targets)
+            else:
+                precision = self.hparams.target_precision
+                fitted, unreached = multilabel.fit_precision_thresholds(probabilities, targets, precision)
+                if unreached and not self.trainer.sanity_checking:
+                    names = getattr(self.trainer.datamodule, "class_names", None) or self.class_names
+                    named = ", ".join(str(names[j]) if names else str(j) for j in unreached)
+                    log.warning(
+                        "labels %s reach a precision of %s at no threshold on val: they keep their "
+                        "F1-maximising thresholds (module.thresholds=precision)",
+                        named,
+                        precision,
+                    )
             self.thresholds = torch.tensor(fitted)
 
     def on_test_epoch_start(self) -> None:

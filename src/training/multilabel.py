@@ -1,6 +1,7 @@
 """Multi-label classification (`module.task=multilabel`): each image has any number of the labels, each label a
 yes/no of its own (a sigmoid per logit). Its losses, metrics, and the per-label thresholds that turn
-probabilities into labels: fitted on the validation split to maximise each label's F1, kept in the checkpoint
+probabilities into labels: fitted on the validation split (each label's F1-maximising one, or the one of the highest
+recall at a chosen precision), kept in the checkpoint
 as the plain list `checkpoint["thresholds"]`, applied by test, src.eval and src.predict (a label is predicted
 when its probability is above its threshold)."""
 
@@ -22,6 +23,8 @@ from torchmetrics.classification import (
 from src.errors import UserError
 
 TASKS = ("multiclass", "multilabel")
+# how module.thresholds fits each label's threshold on val
+THRESHOLD_FITS = ("f1", "precision")
 # where a checkpoint keeps the fitted thresholds (one float per label)
 THRESHOLDS_KEY = "thresholds"
 
@@ -123,6 +126,51 @@ def fit_thresholds(probabilities: np.ndarray, targets: np.ndarray, default: floa
         below = p[k] if k < len(p) else 0.0
         thresholds.append(float((p[k - 1] + below) / 2))
     return thresholds
+
+
+def check_threshold_fit(fit: str, target_precision) -> None:
+    """module.thresholds and module.target_precision (the precision that thresholds=precision reaches)."""
+    if fit not in THRESHOLD_FITS:
+        raise UserError(f"module.thresholds={fit} is unknown: use f1 or precision")
+    if fit == "precision" and (
+        isinstance(target_precision, bool)
+        or not isinstance(target_precision, int | float)
+        or not 0 < target_precision <= 1
+    ):
+        raise UserError(
+            f"module.target_precision={target_precision} must lie in (0, 1] with module.thresholds=precision"
+        )
+
+
+def fit_precision_thresholds(
+    probabilities: np.ndarray, targets: np.ndarray, target_precision: float, default: float = 0.5
+) -> tuple[list[float], list[int]]:
+    """Per label, the threshold of the highest recall whose precision on these images is at least
+    `target_precision` (torchmetrics' recall at fixed precision; among cuts of that recall, the one predicting the
+    fewest labels), placed midway below the lowest probability it keeps as fit_thresholds places it. A label that
+    reaches the precision at no cut keeps its F1-maximising threshold (fit_thresholds): its index is returned with
+    the others in `unreached`."""
+    from torchmetrics.functional.classification import multilabel_recall_at_fixed_precision
+
+    probabilities, targets = np.asarray(probabilities, float), np.asarray(targets)
+    _, cuts = multilabel_recall_at_fixed_precision(
+        torch.from_numpy(probabilities),
+        torch.from_numpy(targets).long(),
+        num_labels=targets.shape[1],
+        min_precision=float(target_precision),
+        validate_args=False,
+    )
+    fallback = fit_thresholds(probabilities, targets, default)
+    thresholds, unreached = [], []
+    for j, cut in enumerate(cuts.tolist()):
+        if np.isnan(cut):  # torchmetrics: no cut of that precision keeps a positive
+            thresholds.append(fallback[j])
+            unreached.append(j)
+            continue
+        # torchmetrics keeps probabilities >= cut; here a label is predicted above its threshold
+        below = probabilities[:, j][probabilities[:, j] < cut]
+        thresholds.append(float((cut + (below.max() if len(below) else 0.0)) / 2))
+    return thresholds, unreached
 
 
 def settle_task(cfg: DictConfig, data_task: str, data_name: str) -> str:

@@ -175,3 +175,35 @@ def test_a_calibrated_folder_keeps_the_weights_and_vitlab_divides_the_logits_by_
     loaded, _, _ = load_folder(tmp_path)
     with torch.no_grad():
         assert (loaded(images) - model(images) / 2.0).abs().max() <= 1e-5
+
+
+@pytest.mark.slow
+def test_a_multi_label_timm_folder_gives_sigmoids_in_transformers_and_vitlab(tmp_path, image_files):
+    """problem_type multi_label_classification: transformers' pipeline gives each label's sigmoid, as vitlab's
+    loader does, which also applies the folder's thresholds."""
+    pytest.importorskip("transformers", reason="the optional hf extra: pip install -e '.[hf]'")
+    from PIL import Image
+    from transformers import pipeline
+
+    from src.inference.classifiers import load_classifier
+
+    torch.manual_seed(0)
+    model = FAMILIES["timm_vit"]().eval()
+    thresholds = [0.1 * (i + 1) - 0.05 for i in range(10)]
+    config = {"_target_": "src.models.timm_models.vision_transformer", **model_arguments("timm_vit")}
+    write_folder(model, tmp_path / "hf", FACTS, NAMES, config, thresholds=thresholds)
+    saved = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert (
+        saved["problem_type"] == "multi_label_classification" and saved["vitlab"]["thresholds"] == thresholds
+    )
+    image = Image.open(image_files / "digit_0.png").convert("RGB").resize((32, 32))  # no resizing by either
+    ours = load_classifier(tmp_path / "hf", "cpu")
+    assert ours.thresholds == thresholds
+    (probabilities,) = ours([image])
+    with torch.no_grad():
+        logits = model(torch.from_numpy(ours.transform(image).numpy())[None])[0]
+    assert probabilities == pytest.approx(torch.sigmoid(logits).numpy(), abs=1e-5)
+    scores = {s["label"]: s["score"] for s in pipeline("image-classification", model=str(tmp_path / "hf"))(
+        image, top_k=len(NAMES)
+    )}  # fmt: skip
+    assert [scores[name] for name in NAMES] == pytest.approx(probabilities.tolist(), abs=1e-4)

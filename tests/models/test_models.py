@@ -156,3 +156,24 @@ def test_unreachable_hub_is_detected_in_seconds(monkeypatch):
     with pytest.raises(UserError, match="127.0.0.1 cannot be reached.*model.weights_path=<that file>"):
         create_timm_model("vit_tiny_patch16_224", pretrained=True)
     assert time.monotonic() - start < 5
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", options("model"))
+def test_every_model_config_trains_a_multi_label_step_with_a_frozen_backbone(model, tmp_path, request):
+    """Multi-label data (sigmoids, BCE) on every backbone, as a linear probe (freeze=head_only): one step's
+    gradients reach the head and only the head."""
+    from src.training import multilabel
+
+    named = [f"model.name={request.getfixturevalue('hf_vit_folder')}"] if model == "hf" else []
+    overrides = [f"model={model}", "data=digits_multilabel", "data.image_size=32", "freeze=head_only", *named]
+    cfg = compose_config("train", overrides, tmp_path)
+    multilabel.settle_task(cfg, "multilabel", "data=digits_multilabel")
+    module = instantiate(cfg.module).train()
+    assert module.multilabel and isinstance(module.criterion, torch.nn.BCEWithLogitsLoss)
+    logits = module(torch.randn(2, 3, 32, 32))
+    assert logits.shape == (2, 10)
+    module.criterion(logits, torch.tensor([[1.0, 0, 1] + [0] * 7, [0, 1.0] + [0] * 8])).backward()
+    trainable = [p for p in module.parameters() if p.requires_grad]
+    assert 0 < len(trainable) < len(list(module.parameters()))
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in trainable)

@@ -279,3 +279,10 @@ def test_a_timm_models_stages_freeze_by_timms_grouping(name, stem_and_first_two,
     assert parameter_counts(model)["params_trainable"] == _numel(classifier(model))
     with pytest.raises(UserError, match=r"freeze.num_blocks=13: \w+ has (4|12) blocks"):
         apply_freezing(model, "first_n_blocks", num_blocks=13)
+
+
+def test_head_only_on_a_model_without_its_named_head_is_one_error_not_a_frozen_model():
+    # a model whose classifier freezing cannot find would otherwise freeze every parameter, its head's too
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
+    with pytest.raises(UserError, match="freeze.mode=head_only: Sequential has no classifier named 'head'"):
+        apply_freezing(model, "head_only")

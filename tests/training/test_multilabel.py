@@ -1,6 +1,8 @@
 """Multi-label classification: its metrics agree with scikit-learn's, the thresholds fitted on val are each
 label's F1-maximising ones, a checkpoint's thresholds reach src.predict unchanged, and a tiny model trains."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -52,6 +54,52 @@ def test_fitted_thresholds_maximise_each_labels_f1():
     assert multilabel.fit_thresholds(p, np.zeros_like(y)) == [0.5] * 4  # no positives: the default
 
 
+def test_precision_thresholds_keep_the_most_positives_at_the_chosen_precision():
+    # label 0: positives at 0.9, 0.7; negatives at 0.8, 0.6, 0.5: at precision 0.6 the cut keeps 0.9..0.7 (2/3,
+    # recall 1), at precision 1 only 0.9 (recall 1/2)
+    # label 1: positives at 0.7, 0.6, 0.4; negatives at 0.8, 0.5: precision 0.6 keeps all five (3/5, recall 1),
+    # precision 1 is reached nowhere (0.8 is a negative): the F1-maximising threshold, 0.2
+    # label 2: its one positive (0.6) is below three negatives: precision 0.6 is reached nowhere
+    p = np.array([[0.9, 0.8, 0.9], [0.8, 0.7, 0.8], [0.7, 0.6, 0.7], [0.6, 0.5, 0.6], [0.5, 0.4, 0.5]])
+    y = np.array([[1, 0, 0], [0, 1, 0], [1, 1, 0], [0, 0, 1], [0, 1, 0]])
+    f1_thresholds = multilabel.fit_thresholds(p, y)
+    assert f1_thresholds == pytest.approx([0.65, 0.2, 0.55])
+    thresholds, unreached = multilabel.fit_precision_thresholds(p, y, 0.6)
+    assert thresholds == pytest.approx([(0.7 + 0.6) / 2, 0.4 / 2, f1_thresholds[2]]) and unreached == [2]
+    thresholds, unreached = multilabel.fit_precision_thresholds(p, y, 1.0)
+    assert thresholds == pytest.approx([(0.9 + 0.8) / 2, *f1_thresholds[1:]]) and unreached == [1, 2]
+    # on random scores: each reached label's precision is at least the target, and no threshold below its own
+    # keeps that precision with more of its positives
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 2, (300, 4))
+    p = np.clip(rng.random((300, 4)) * 0.7 + 0.3 * y, 0, 1)
+    thresholds, unreached = multilabel.fit_precision_thresholds(p, y, 0.8)
+    assert unreached == []
+    for j, t in enumerate(thresholds):
+        kept = p[:, j] > t
+        assert y[kept, j].mean() >= 0.8
+        for lower in np.unique(p[:, j][p[:, j] <= t]) - 1e-9:
+            more = p[:, j] > lower
+            assert y[more, j].mean() < 0.8 or y[more, j].sum() == y[kept, j].sum()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["module.thresholds=recall"], "module.thresholds=recall is unknown"),
+        (["module.thresholds=precision", "module.target_precision=1.5"], "module.target_precision=1.5"),
+        (["module.thresholds=precision", "module.target_precision=0"], "module.target_precision=0"),
+    ],
+)
+def test_bad_threshold_fits_are_one_error(tmp_path, overrides, message):
+    from hydra.utils import instantiate
+
+    cfg = _module_config(tmp_path, *overrides)
+    multilabel.settle_task(cfg, "multilabel", "data=digits_multilabel")
+    with pytest.raises((UserError, InstantiationException), match=message):
+        instantiate(cfg.module)
+
+
 def test_losses_and_balanced_positive_weights():
     targets = torch.tensor([[1.0, 0.0, 0.0], [1.0, 1.0, 0.0], [0.0, 0.0, 0.0], [1.0, 0.0, 0.0]])
     # label 0: 3 positives, 1 negative; label 1: 1 and 3; label 2 has no positives and keeps weight 1
@@ -97,13 +145,14 @@ def test_multi_label_data_switches_val_acc_monitors_to_val_map(tmp_path):
         assert (cfg.callbacks[name].monitor, cfg.callbacks[name].mode) == ("val/map", "max")
 
 
-def test_thresholds_travel_in_the_checkpoint_to_predict(tmp_path):
+def test_thresholds_travel_in_the_checkpoint_to_predict(tmp_path, capsys):
     """A module's fitted thresholds, saved as src.train saves them, are the ones src.predict applies, from the
-    checkpoint and from its ONNX export; threshold=0.5 overrides them."""
+    checkpoint, from its ONNX export and from a Hub folder of the model; threshold=0.5 overrides them; src.serve
+    answers with the same labels."""
     import lightning as L
     from hydra.utils import instantiate
 
-    from src.inference.classifiers import onnx_classifier, torch_classifier
+    from src.inference.classifiers import load_classifier, onnx_classifier, torch_classifier
     from src.predict import predict
 
     cfg = _module_config(tmp_path, "data.train_images=64", "data.val_images=32", "data.test_images=32")
@@ -139,7 +188,33 @@ def test_thresholds_travel_in_the_checkpoint_to_predict(tmp_path):
     assert onnx_classifier_.thresholds == fitted
     (onnx_probabilities,) = onnx_classifier_([Image.open(tmp_path / "canvas.png").convert("RGB")])
     assert onnx_probabilities == pytest.approx(probabilities, abs=1e-5)
-    cases = [(path, "null", fitted), (path, 0.5, [0.5] * 10), (onnx, "null", fitted)]
+    # a Hub folder of the model (src.export refuses it: its model card is a single-label one): transformers'
+    # multi-label task, the names and thresholds in config.json, which vitlab's readers apply
+    from src.data.preprocessing import preprocessing_facts
+    from src.inference.hub_folder import write_folder
+
+    with pytest.raises(SystemExit):
+        export(compose_config("export", [f"ckpt_path={path}", "format=hf"], tmp_path / "export_hf"))
+    assert (
+        "error: format=hf: the Hub folder's model card describes single-label runs" in capsys.readouterr().err
+    )
+    hub = tmp_path / "hf"
+    names = [str(i) for i in range(10)]
+    facts, backbone = preprocessing_facts(datamodule), dict(model.hparams.backbone)
+    write_folder(model.backbone, hub, facts, names, backbone, thresholds=fitted)
+    config = json.loads((hub / "config.json").read_text())
+    assert config["problem_type"] == "multi_label_classification" and config["vitlab"]["thresholds"] == fitted
+    assert config["label_names"] == names
+    (hub_probabilities,) = load_classifier(hub, "cpu")([Image.open(tmp_path / "canvas.png").convert("RGB")])
+    assert hub_probabilities == pytest.approx(probabilities, abs=1e-5)
+    cases = [(path, "null", fitted), (path, 0.5, [0.5] * 10), (onnx, "null", fitted), (hub, "null", fitted),
+             (hub, 0.5, [0.5] * 10)]  # fmt: skip
+
+    def labels_above(thresholds):
+        """The canvas's labels above `thresholds` with their probabilities, most probable first."""
+        above = [(str(j), float(p)) for j, p in enumerate(probabilities) if p > thresholds[j]]
+        return sorted(above, key=lambda pair: -pair[1])
+
     for number, (model_path, threshold, expected_thresholds) in enumerate(cases):
         out = tmp_path / f"predict_{number}"
         out.mkdir()
@@ -149,13 +224,47 @@ def test_thresholds_travel_in_the_checkpoint_to_predict(tmp_path):
             out,
         )
         ((_, labels),) = predict(cfg)
-        names = [str(i) for i in range(10)]
-        expected = sorted(
-            ((names[j], float(p)) for j, p in enumerate(probabilities) if p > expected_thresholds[j]),
-            key=lambda pair: -pair[1],
-        )
+        expected = labels_above(expected_thresholds)
         assert [name for name, _ in labels] == [name for name, _ in expected]
         assert [p for _, p in labels] == pytest.approx([p for _, p in expected], abs=1e-5)
+    # src.serve of the folder answers with the same labels
+    from tests.serving.test_server import request, running
+
+    with running(hub) as url:
+        status, answer, _ = request(f"{url}/predict", (tmp_path / "canvas.png").read_bytes())
+        _, health, _ = request(f"{url}/health")
+    assert status == 200 and health["thresholds"] == fitted
+    (served,) = answer["predictions"]
+    assert [top["label"] for top in served["top"]] == [name for name, _ in labels_above(fitted)]
+    assert [top["probability"] for top in served["top"]] == pytest.approx(
+        [p for _, p in labels_above(fitted)], abs=1e-5
+    )
+
+
+def test_precision_thresholds_are_fitted_on_val_and_name_the_labels_that_miss(tmp_path, caplog):
+    """module.thresholds=precision: the thresholds after the validation pass are those of its probabilities;
+    the labels that reach the precision nowhere are named in one warning."""
+    import lightning as L
+    from hydra.utils import instantiate
+
+    cfg = _module_config(
+        tmp_path, "data.train_images=64", "data.val_images=32", "module.thresholds=precision",
+        "module.target_precision=1.0",
+    )  # fmt: skip
+    multilabel.settle_task(cfg, "multilabel", "data=digits_multilabel")
+    model: ClassifierModule = instantiate(cfg.module)
+    trainer = L.Trainer(
+        max_epochs=1, limit_train_batches=1, accelerator="cpu", logger=False, enable_progress_bar=False,
+        enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=0,
+    )  # fmt: skip
+    with caplog.at_level("WARNING"):
+        trainer.fit(model, datamodule=instantiate(cfg.data))
+    probabilities, targets = model.val_probabilities.compute().numpy(), model.val_targets.compute().numpy()
+    expected, unreached = multilabel.fit_precision_thresholds(probabilities, targets, 1.0)
+    assert model.thresholds.tolist() == pytest.approx(expected)
+    assert unreached  # an untrained model ranks some negative of each of several labels first
+    (warning,) = [r.getMessage() for r in caplog.records if "reach a precision" in r.getMessage()]
+    assert warning.startswith(f"labels {', '.join(str(j) for j in unreached)} reach a precision of 1.0")
 
 
 @pytest.mark.slow
