@@ -11,7 +11,7 @@ deleted and the run ends with one `error:` line saying by how much. A checkpoint
 and the metadata names it); a Hub folder keeps the model's own weights and names the temperature in config.json,
 which vitlab applies when it loads the folder. A multi-label model's ONNX or TorchScript export keeps its logits,
 and its metadata the task and each label's threshold, which src.predict and src.serve apply (a sigmoid per
-label); format=hf refuses it (the model card describes single-label runs only)."""
+label); its Hub folder names the task and the thresholds in config.json."""
 
 import json
 import logging
@@ -103,14 +103,19 @@ def export_hf(module, path: Path, facts: dict, class_names: list[str], ckpt_path
     from src.reporting.model_card import write_model_card
 
     backbone_config = dict(module.hparams.backbone)
-    library = write_folder(module.backbone, path, facts, class_names, backbone_config, module.temperature)
+    thresholds = module.thresholds.tolist() if module.multilabel else None
+    library = write_folder(
+        module.backbone, path, facts, class_names, backbone_config, module.temperature, thresholds
+    )
     name = (
         getattr(module.backbone, "pretrained_cfg", {}).get("architecture")
         or backbone_config["_target_"].split(".")[-1]
     )
     run_dir = ckpt_path.resolve().parent.parent  # <run dir>/checkpoints/<file>.ckpt
     data_name = str(module.hparams.data.get("_target_", "")).split(".")[-1] or "images"
-    write_model_card(path, library, name, data_name, class_names, run_dir, facts, module.temperature)
+    write_model_card(
+        path, library, name, data_name, class_names, run_dir, facts, module.temperature, thresholds
+    )
     reloaded, _, _ = load_folder(path)
     return lambda images: reloaded(images).detach()
 
@@ -173,12 +178,6 @@ def export(cfg: DictConfig) -> Path:
 
     path = Path(cfg.paths.output_dir) / FORMATS[cfg.format]
     path.parent.mkdir(parents=True, exist_ok=True)
-    if cfg.format == "hf" and module.multilabel:
-        # the folder itself carries multi-label models (write_folder's thresholds), its model card does not
-        raise UserError(
-            "format=hf: the Hub folder's model card describes single-label runs only (classes, accuracy): "
-            "export multi-label models with format=onnx"
-        )
     if cfg.format == "hf":
         exported = export_hf(module, path, facts, names, Path(cfg.ckpt_path))
     else:

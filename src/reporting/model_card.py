@@ -11,7 +11,10 @@ from pathlib import Path
 import yaml
 
 # summary.json's test metrics that the Hub's metadata names (its metric types)
-HUB_METRICS = {"test/acc": "accuracy", "test/macro_f1": "f1", "test/balanced_acc": "balanced_accuracy"}
+HUB_METRICS = {
+    "test/acc": "accuracy", "test/macro_f1": "f1", "test/balanced_acc": "balanced_accuracy",
+    "test/map": "mean_average_precision",
+}  # fmt: skip
 
 
 def training_command(run_dir: Path) -> str | None:
@@ -27,9 +30,8 @@ def weakest_classes(run_dir: Path, n: int = 3) -> list[tuple[str, float, int]]:
     if not path.is_file():
         return []
     with path.open(newline="") as f:
-        rows = [
-            row for row in csv.DictReader(f) if row["class"] not in ("accuracy", "macro avg", "weighted avg")
-        ]
+        averages = ("accuracy", "micro avg", "macro avg", "weighted avg")
+        rows = [row for row in csv.DictReader(f) if row["class"] not in averages]
     rows.sort(key=lambda row: float(row["f1-score"]))
     return [(row["class"], float(row["f1-score"]), int(float(row["support"]))) for row in rows[:n]]
 
@@ -52,7 +54,9 @@ def usage(library: str, name: str) -> str:
 
 
 def write_model_card(folder: Path, library: str, model_name: str, data_name: str, class_names: list[str],
-                     run_dir: Path | None, preprocessing: dict, temperature: float = 1.0) -> Path:  # fmt: skip
+                     run_dir: Path | None, preprocessing: dict, temperature: float = 1.0,
+                     thresholds: list[float] | None = None) -> Path:  # fmt: skip
+    """`thresholds`: a multi-label model's, one per label (the card then says how its labels are read)."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
     summary_path = run_dir / "summary.json" if run_dir else None
@@ -81,7 +85,8 @@ def write_model_card(folder: Path, library: str, model_name: str, data_name: str
     lines = [
         f"# {model_name}",
         "",
-        f"An image classifier ({model_name}) trained with vitlab on `{data_name}`: {len(class_names)} classes "
+        f"An image classifier ({model_name}) trained with vitlab on `{data_name}`: {len(class_names)} "
+        f"{'labels' if thresholds is not None else 'classes'} "
         f"({', '.join(class_names[:20])}{', ...' if len(class_names) > 20 else ''}).",
         "",
         "## Use it",
@@ -100,6 +105,16 @@ def write_model_card(folder: Path, library: str, model_name: str, data_name: str
             if temperature != 1.0
             else []
         ),
+        *(
+            [
+                "Multi-label: each label's probability is the sigmoid of its logit, and a label is present above "
+                "its own threshold (config.json `vitlab.thresholds`, fitted on the validation split; transformers' "
+                "pipeline applies the sigmoid for `problem_type: multi_label_classification`).",
+                "",
+            ]
+            if thresholds is not None
+            else []
+        ),
         "## Training",
         "",
     ]
@@ -109,9 +124,11 @@ def write_model_card(folder: Path, library: str, model_name: str, data_name: str
         "",
     ]
     if summary:
+        best = ("mAP", summary.get("best_val_map")) if thresholds is not None else ("accuracy", None)
+        best = best if best[1] is not None else ("accuracy", summary.get("best_val_acc"))
         lines += [
-            f"Parameters: {summary.get('params_total', '?'):,}. Best validation accuracy: "
-            f"{summary.get('best_val_acc', float('nan')):.4f}.",
+            f"Parameters: {summary.get('params_total', '?'):,}. Best validation {best[0]}: "
+            f"{best[1] if best[1] is not None else float('nan'):.4f}.",
             "",
         ]
     lines += ["## Results", ""]
@@ -123,7 +140,12 @@ def write_model_card(folder: Path, library: str, model_name: str, data_name: str
         lines += ["| metric | value |", "|---|---|", *(f"| {k} | {v:.4f} |" for k, v in tested.items()), ""]
         report = run_dir / "report.md"
         if report.is_file():
-            lines += ["Per class:", "", report.read_text().strip(), ""]
+            lines += [
+                "Per label:" if thresholds is not None else "Per class:",
+                "",
+                report.read_text().strip(),
+                "",
+            ]
     else:
         lines += ["Not tested: the training run has no summary.json.", ""]
     lines += ["## Limitations", ""]

@@ -188,22 +188,14 @@ def test_thresholds_travel_in_the_checkpoint_to_predict(tmp_path, capsys):
     assert onnx_classifier_.thresholds == fitted
     (onnx_probabilities,) = onnx_classifier_([Image.open(tmp_path / "canvas.png").convert("RGB")])
     assert onnx_probabilities == pytest.approx(probabilities, abs=1e-5)
-    # a Hub folder of the model (src.export refuses it: its model card is a single-label one): transformers'
-    # multi-label task, the names and thresholds in config.json, which vitlab's readers apply
-    from src.data.preprocessing import preprocessing_facts
-    from src.inference.hub_folder import write_folder
-
-    with pytest.raises(SystemExit):
-        export(compose_config("export", [f"ckpt_path={path}", "format=hf"], tmp_path / "export_hf"))
-    assert (
-        "error: format=hf: the Hub folder's model card describes single-label runs" in capsys.readouterr().err
-    )
-    hub = tmp_path / "hf"
+    # the Hub folder of the model: transformers' multi-label task, the names and thresholds in config.json, which
+    # vitlab's readers apply; its model card says how the labels are read
+    hub = export(compose_config("export", [f"ckpt_path={path}", "format=hf"], tmp_path / "export_hf"))
     names = [str(i) for i in range(10)]
-    facts, backbone = preprocessing_facts(datamodule), dict(model.hparams.backbone)
-    write_folder(model.backbone, hub, facts, names, backbone, thresholds=fitted)
     config = json.loads((hub / "config.json").read_text())
     assert config["problem_type"] == "multi_label_classification" and config["vitlab"]["thresholds"] == fitted
+    card = (hub / "README.md").read_text()
+    assert "Multi-label: each label's probability is the sigmoid" in card
     assert config["label_names"] == names
     (hub_probabilities,) = load_classifier(hub, "cpu")([Image.open(tmp_path / "canvas.png").convert("RGB")])
     assert hub_probabilities == pytest.approx(probabilities, abs=1e-5)
@@ -313,3 +305,12 @@ def test_quickstart_multilabel_learns_and_reports(tmp_path):
     assert [e.value for e in events.Scalars("hp/test/map")] == pytest.approx([summary["test"]["test/map"]])
     assert b"hp/test/map" in events.PluginTagToContent("hparams")["_hparams_/experiment"]
     assert "hp/test/acc" not in events.Tags()["scalars"]
+    # its Hub folder: the model card gives the test mAP (the Hub's metadata too) and how the labels are read
+    best = next((run / "checkpoints").glob("epoch_*.ckpt"))
+    exported = run_cli("src.export", f"ckpt_path={best}", "format=hf",
+                       f"paths.log_dir={tmp_path}")  # fmt: skip
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    (card,) = (tmp_path / "export" / "runs").glob("*/hf/README.md")
+    text = card.read_text()
+    assert "type: mean_average_precision" in text and "Best validation mAP" in text
+    assert f"| test/map | {summary['test']['test/map']:.4f} |" in text and "Per label:" in text
