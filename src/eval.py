@@ -20,6 +20,7 @@ from src.cli.exits import exit_on_user_error
 from src.cli.resolvers import register_resolvers
 from src.data.tta import tta_views
 from src.errors import UserError
+from src.inference.classifiers import check_threshold
 from src.reporting.callback import ReportCallback
 from src.reporting.hparams_table import log_hyperparameters
 from src.reporting.run_metrics import metrics_to_floats
@@ -27,7 +28,6 @@ from src.runs.guard import tidied_on_failure
 from src.runs.resume import read_checkpoint
 from src.training.calibration import TEMPERATURE_KEY, calibration_scores, fit_temperature
 from src.training.module import ClassifierModule, load_checkpoint
-from src.training.multilabel import check_threshold
 from src.training.trainer import build_trainer
 from src.upstream_fixes.checkpoint_io import atomic_torch_save
 

@@ -17,7 +17,7 @@ from src.cli.command import run_command
 from src.cli.exits import exit_on_user_error
 from src.cli.resolvers import register_resolvers
 from src.errors import UserError
-from src.inference.classifiers import load_classifier
+from src.inference.classifiers import check_threshold, load_classifier
 from src.inference.files import expand_inputs, load_image, predictions_table, write_predictions
 from src.runs.guard import tidied_on_failure
 
@@ -42,10 +42,8 @@ def predict(cfg: DictConfig) -> list[tuple[Path, list[tuple[str, float]]]]:
     names = classify.class_names
     thresholds = classify.thresholds
     if thresholds is not None:
-        if (threshold := cfg.get("threshold")) is not None:
-            if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not 0 < threshold < 1:
-                raise UserError(f"threshold={threshold} must lie between 0 and 1 (or null: the fitted ones)")
-            thresholds = [float(cfg.threshold)] * len(names)
+        if (threshold := check_threshold(cfg.get("threshold"))) is not None:
+            thresholds = [float(threshold)] * len(names)
         log.info("multi-label model: every label above its threshold, most probable first")
     inputs = list(cfg.inputs) if isinstance(cfg.inputs, ListConfig) else str(cfg.inputs)
     files = expand_inputs(inputs)

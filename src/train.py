@@ -17,13 +17,14 @@ from src.cli.exits import exit_on_user_error
 from src.cli.model_input import report_model_input
 from src.cli.resolvers import register_resolvers
 from src.errors import UserError
+from src.inference.classifiers import check_threshold
 from src.reporting.hparams_table import log_hyperparameters
 from src.reporting.out_of_fold import write_out_of_fold
 from src.reporting.run_metrics import metrics_to_floats
 from src.runs.folders import find_checkpoint, requeued_checkpoint
 from src.runs.guard import guarded_run
 from src.runs.resume import check_resume
-from src.training.multilabel import check_threshold, settle_task
+from src.training.multilabel import settle_task
 from src.training.nonfinite import DivergedTrial, NonFiniteLossError
 from src.training.swa import averaged_checkpoint
 from src.training.trainer import build_trainer

@@ -30,6 +30,17 @@ class Classifier:
         return self.run([self.transform(image) for image in images])
 
 
+def check_threshold(value) -> float | None:
+    """threshold=<number> of src.train / src.eval / src.predict: one probability for every label, or null."""
+    if value is not None and (
+        isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1
+    ):
+        raise UserError(
+            f"threshold={value} must lie between 0 and 1 (or null: each label's fitted threshold)"
+        )
+    return value
+
+
 def _softmax(logits: np.ndarray) -> np.ndarray:
     shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
     return shifted / shifted.sum(axis=-1, keepdims=True)

@@ -44,17 +44,6 @@ def resolve_task(requested: str | None, data_task: str, data_name: str) -> str:
     return data_task
 
 
-def check_threshold(value) -> float | None:
-    """threshold=<number> of src.train / src.eval / src.predict: one probability for every label, or null."""
-    if value is not None and (
-        isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1
-    ):
-        raise UserError(
-            f"threshold={value} must lie between 0 and 1 (or null: each label's fitted threshold)"
-        )
-    return value
-
-
 def criterion(loss: str | None, pos_weight: torch.Tensor | None = None) -> nn.Module:
     """BCE with logits (`pos_weight`: each label's weight of its positives), or timm's asymmetric loss."""
     if loss in (None, "bce"):
